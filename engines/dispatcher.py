@@ -1,0 +1,369 @@
+"""The Dispatcher: a render queue in front of one warm worker process per model.
+
+Commands go in (submit, cancel, cancel_all, move, pause, resume, retry); an async
+stream of `Event`s comes out. It knows nothing of its clients: the TUI, the headless
+CLI and later a daemon all speak this one API. UI side: never imports torch.
+
+Jobs run one at a time (one GPU). Workers stay warm after a job; an idle worker is
+stopped after `idle_timeout_s`, or earlier, least recently used first, when a model
+that is about to load would push the warm models' memory past the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import psutil
+
+from .registry import Registry, RegistryError
+from .spec import SEED_RANGE, JobSpec
+from .telemetry import Telemetry, WorkerView
+from .workers import BUSY, EXITED, IDLE, WorkerError, WorkerProcess, describe_exit
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, HELD = "queued", "running", "done", "failed", "cancelled", "held"
+FINISHED = (DONE, FAILED, CANCELLED, HELD)
+CRASHES_BEFORE_HOLD = 2
+
+
+@dataclass
+class Event:
+    type: str
+    job: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "job": self.job, **self.data}
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec  # resolved: model defaults filled in, seeds fixed
+    status: str = QUEUED
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # when it left the queue
+    images: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory: int | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    worker_crashes: int = 0
+    passed_over: int = 0  # times a later job for a warm model went first
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+
+class EventStream:
+    """One subscriber's view of the events, from the moment it subscribed."""
+
+    def __init__(self, subscribers: list["EventStream"]):
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers = subscribers
+        subscribers.append(self)
+
+    def put(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(self)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._queue.get()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        images_dir: Path,
+        *,
+        memory_budget_gb: float | None = None,
+        idle_timeout_s: float = 600.0,
+        lookahead: int = 4,
+        preview_interval_s: float = 0.25,
+        telemetry_interval_s: float = 1.0,
+        telemetry: Telemetry | None = None,
+    ):
+        self.registry = registry
+        self.images_dir = Path(images_dir)
+        self.idle_timeout_s = idle_timeout_s
+        self.lookahead = lookahead
+        self.preview_interval_s = preview_interval_s
+        self.telemetry_interval_s = telemetry_interval_s
+        self.telemetry = telemetry or Telemetry()
+        self.memory_budget_gb = memory_budget_gb or _default_budget_gb(self.telemetry)
+        self.jobs: dict[str, Job] = {}
+        self.queue: list[Job] = []
+        self.workers: dict[str, WorkerProcess] = {}
+        self.paused = False
+        self._ids = itertools.count(1)
+        self._subscribers: list[EventStream] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # lifecycle
+
+    async def __aenter__(self) -> "Dispatcher":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._schedule()), asyncio.create_task(self._watch())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+
+    def subscribe(self) -> EventStream:
+        return EventStream(self._subscribers)
+
+    # commands
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Validate, resolve seeds and defaults, and queue. Raises SpecError or RegistryError."""
+        spec.validate()
+        files = self.registry.files(spec.model)
+        if files.problem:
+            raise RegistryError(files.problem)
+        seeds = spec.seeds or _seeds(spec.seed, spec.count)
+        job = Job(f"job-{next(self._ids):04d}",
+                  spec.resolved(self.registry.defaults(spec.model), files.family, seeds))
+        self.jobs[job.id] = job
+        self.queue.append(job)
+        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1)
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job, or stop a running one within one denoising step."""
+        job = self._job(job_id)
+        if job.status == QUEUED:
+            self.queue.remove(job)
+            self._finish(job, CANCELLED)
+        elif job.status == RUNNING:
+            worker = self.workers.get(job.spec.model)
+            if worker is not None and worker.job_id == job.id:
+                worker.send("cancel", id=job.id)  # the worker answers `cancelled`
+            else:  # still waiting for its model to load
+                self._finish(job, CANCELLED)
+        else:
+            return False
+        return True
+
+    def cancel_all(self) -> int:
+        targets = [j for j in self.jobs.values() if j.status in (QUEUED, RUNNING)]
+        return sum(self.cancel(j.id) for j in targets)
+
+    def move(self, job_id: str, position: int) -> None:
+        """Put a queued job at `position` in the queue (0: next; clamped to the queue)."""
+        job = self._job(job_id)
+        if job.status != QUEUED:
+            raise ValueError(f"{job_id} is {job.status}; only queued jobs can be moved")
+        self.queue.remove(job)
+        position = max(0, min(position, len(self.queue)))
+        self.queue.insert(position, job)
+        self._emit("moved", job, position=position)
+
+    def pause(self) -> None:
+        """Start no new job once the current one ends."""
+        self.paused = True
+        self._emit("paused", None)
+
+    def resume(self) -> None:
+        self.paused = False
+        self._emit("resumed", None)
+        self._wakeup.set()
+
+    def retry(self, job_id: str, force: bool = False) -> Job:
+        """Queue a failed, cancelled or (with force) held job again, with the same seeds."""
+        job = self._job(job_id)
+        if job.status == HELD and not force:
+            raise ValueError(f"{job_id} is held: it crashed its worker {job.worker_crashes} times; "
+                             "retry with force to try again")
+        if job.status not in (FAILED, CANCELLED, HELD):
+            raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
+        job.status, job.images, job.timings, job.error, job.error_kind = QUEUED, [], {}, None, None
+        job.submitted_at, job.started_at, job.passed_over = time.monotonic(), None, 0
+        job.finished = asyncio.Event()
+        self.queue.append(job)
+        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1)
+        self._wakeup.set()
+        return job
+
+    async def wait(self, job_id: str) -> Job:
+        job = self._job(job_id)
+        await job.finished.wait()
+        return job
+
+    # scheduling
+
+    def _next_job(self) -> Job | None:
+        """The head of the queue, unless a job close behind it can use a warm model.
+        A job is passed over at most `lookahead` times, so nothing starves."""
+        if self.paused or not self.queue:
+            return None
+        head = self.queue[0]
+        warm = {name for name, w in self.workers.items() if w.state == IDLE}
+        if head.spec.model in warm or head.passed_over >= self.lookahead:
+            return head
+        for i, job in enumerate(self.queue[1:self.lookahead + 1], start=1):
+            if job.spec.model in warm:
+                for skipped in self.queue[:i]:
+                    skipped.passed_over += 1
+                return job
+        return head
+
+    async def _schedule(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        self.queue.remove(job)
+        job.status, job.started_at = RUNNING, time.monotonic()
+        worker = self.workers.get(job.spec.model)
+        load_s = 0.0
+        if worker is None:
+            worker = await self._spawn(job.spec.model)
+            self._emit("loading", job, model=job.spec.model, pid=worker.pid)
+            try:
+                await worker.ready
+            except WorkerError as e:
+                if job.status == RUNNING:
+                    self._fail(job, str(e), "load")
+                return
+            load_s = time.monotonic() - job.started_at
+        if job.status != RUNNING:  # cancelled while its model loaded
+            return
+        job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": round(load_s, 4)}
+        worker.state, worker.job_id = BUSY, job.id
+        self._emit("started", job, model=job.spec.model, pid=worker.pid, **job.timings)
+        worker.send("job", id=job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir))
+        await job.finished.wait()
+        if worker.state == BUSY:
+            worker.state, worker.job_id, worker.last_used = IDLE, None, time.monotonic()
+
+    async def _spawn(self, model: str) -> WorkerProcess:
+        spec = self.registry.get(model)
+        need = self.registry.memory_gb(model)
+        idle = sorted((w for w in self.workers.values() if w.state == IDLE), key=lambda w: w.last_used)
+        while idle and sum(w.memory_gb for w in self.workers.values()) + need > self.memory_budget_gb:
+            victim = idle.pop(0)
+            self._emit("worker_evicted", None, model=victim.model, pid=victim.pid, reason="memory budget",
+                       budget_gb=self.memory_budget_gb, needed_gb=need)
+            await victim.stop()
+        worker = WorkerProcess(spec, need, self._on_worker_message, self._on_worker_exit,
+                               self.preview_interval_s)
+        self.workers[model] = worker
+        await worker.start()
+        self._emit("worker_spawned", None, model=model, pid=worker.pid)
+        return worker
+
+    async def _watch(self) -> None:
+        """Telemetry at about 1 Hz, and idle workers stopped after their timeout."""
+        while True:
+            views = [WorkerView(w.pid, w.model, w.state) for w in self.workers.values() if w.pid]
+            self._emit("telemetry", None, **self.telemetry.sample(views))
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                if worker.state == IDLE and now - worker.last_used > self.idle_timeout_s:
+                    self._emit("worker_evicted", None, model=worker.model, pid=worker.pid, reason="idle timeout")
+                    await worker.stop()
+            await asyncio.sleep(self.telemetry_interval_s)
+
+    # worker events
+
+    def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message.pop("type")
+        if kind == "ready":
+            self._emit("worker_ready", None, model=worker.model, pid=worker.pid,
+                       **{k: message[k] for k in ("load_s", "family", "device", "dtype", "memory")})
+            return
+        if kind in ("hello", "load_failed"):
+            return
+        job = self.jobs.get(message.pop("id", None))
+        if job is None or job.status != RUNNING:
+            return
+        if kind == "image":
+            job.images.append(message)
+        elif kind == "done":
+            job.timings.update(message["timings"])
+            job.timings["total_s"] = round(time.monotonic() - job.submitted_at, 4)
+            job.peak_memory = message["peak_memory"]
+            self._finish(job, DONE, images=job.images, timings=job.timings, peak_memory=job.peak_memory)
+            return
+        elif kind == "cancelled":
+            self._finish(job, CANCELLED, step=message["step"])
+            return
+        elif kind == "failed":
+            self._fail(job, message["error"], message["kind"])
+            return
+        self._emit(kind, job, **message)
+
+    def _on_worker_exit(self, worker: WorkerProcess) -> None:
+        if self.workers.get(worker.model) is worker:
+            del self.workers[worker.model]
+        self._emit("worker_exited", None, model=worker.model, pid=worker.pid, returncode=worker.returncode)
+        job = self.jobs.get(worker.job_id) if worker.job_id else None
+        if job is not None and job.status == RUNNING:
+            job.worker_crashes += 1
+            message = (f"the worker for {worker.model!r} {describe_exit(worker.returncode)} during "
+                       f"{job.id}; last log lines:\n{worker.stderr_text()}")
+            self._fail(job, message, "crash")
+        self._wakeup.set()
+
+    # state changes
+
+    def _fail(self, job: Job, error: str, kind: str) -> None:
+        job.error, job.error_kind = error, kind
+        status = HELD if job.worker_crashes >= CRASHES_BEFORE_HOLD else FAILED
+        self._finish(job, status, error=error, kind=kind, worker_crashes=job.worker_crashes)
+
+    def _finish(self, job: Job, status: str, **data: Any) -> None:
+        job.status = status
+        job.finished.set()
+        self._emit(status, job, **data)
+        self._wakeup.set()
+
+    def _emit(self, kind: str, job: Job | None, **data: Any) -> None:
+        event = Event(kind, job.id if job else None, data)
+        for subscriber in list(self._subscribers):
+            subscriber.put(event)
+
+    def _job(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise ValueError(f"no job {job_id!r}") from None
+
+
+def _seeds(first: int | None, count: int) -> tuple[int, ...]:
+    """Image i uses first + i; a missing first seed is drawn now, so it is recorded."""
+    if first is None:
+        first = random.randrange(SEED_RANGE - count)
+    return tuple((first + i) % SEED_RANGE for i in range(count))
+
+
+def _default_budget_gb(telemetry: Telemetry) -> float:
+    """90 % of the first GPU's memory, else half the RAM (CPU workers share it with the system)."""
+    gpu = telemetry.gpu_total_bytes()
+    return round((gpu * 0.9 if gpu else psutil.virtual_memory().total * 0.5) / 1e9, 2)

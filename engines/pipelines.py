@@ -1,0 +1,177 @@
+"""The diffusers adapter: load a pipeline, swap its scheduler, render one image with
+step progress, previews and cancellation. Worker side: imports torch and diffusers.
+
+All four families (SD 1.x/2.x, SDXL, SD3, Flux) go through the same `Model.render`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import diffusers
+import numpy as np
+import psutil
+import torch
+
+from .previews import latents_to_rgb
+from .registry import ModelFiles
+from .spec import SCHEDULERS, JobSpec, ModelSpec
+
+GPU_DTYPES = {"sd": torch.float16, "sdxl": torch.float16, "sd3": torch.bfloat16, "flux": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Cancelled(Exception):
+    """Raised from the step callback: diffusers stops at once and skips the VAE decode."""
+
+    def __init__(self, step: int):
+        super().__init__(f"cancelled at step {step}")
+        self.step = step
+
+
+def pick_device(spec: ModelSpec) -> str:
+    if spec.device != "auto":
+        return spec.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(spec: ModelSpec, family: str, device: str) -> torch.dtype:
+    if spec.dtype != "auto":
+        return DTYPES[spec.dtype]
+    return GPU_DTYPES[family] if device == "cuda" else torch.float32
+
+
+@dataclass
+class StepInfo:
+    image: int
+    step: int  # 1-based: steps completed
+    total: int
+    elapsed_s: float
+
+
+class Model:
+    """One loaded pipeline. Not thread-safe: one render at a time."""
+
+    def __init__(self, spec: ModelSpec, files: ModelFiles):
+        self.spec = spec
+        self.family = files.family
+        self.device = pick_device(spec)
+        self.dtype = pick_dtype(spec, files.family, self.device)
+        self.source = str(files.folder) if files.folder else spec.source
+        self.pipe = self._load()
+        self.pipeline_class = type(self.pipe).__name__
+        self._default_scheduler = self.pipe.scheduler
+
+    def _load(self):
+        pipe = diffusers.DiffusionPipeline.from_pretrained(
+            self.source,
+            revision=None if Path(self.source).is_dir() else self.spec.revision,
+            dtype=self.dtype,
+            use_safetensors=not self.spec.allow_pickle,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        if self.device == "cuda" and self.spec.offload == "model":
+            pipe.enable_model_cpu_offload()
+        elif self.device == "cuda" and self.spec.offload == "sequential":
+            pipe.enable_sequential_cpu_offload()
+        else:
+            pipe.to(self.device)
+        return pipe
+
+    def use_scheduler(self, name: str) -> None:
+        if name == "default":
+            self.pipe.scheduler = self._default_scheduler
+            return
+        class_name, overrides, _ = SCHEDULERS[name]
+        cls = getattr(diffusers, class_name)
+        self.pipe.scheduler = cls.from_config(self._default_scheduler.config, **overrides)
+
+    def scheduler_record(self) -> dict[str, Any]:
+        s = self.pipe.scheduler
+        return {"class": type(s).__name__, "config": _json_config(s)}
+
+    def render(
+        self,
+        spec: JobSpec,
+        index: int,
+        on_step: Callable[[StepInfo], None],
+        on_preview: Callable[[int, int, np.ndarray], None] | None,
+        preview_interval_s: float,
+        cancelled: Callable[[], bool],
+    ):
+        """Render image `index` of `spec`. Returns (PIL image, timings, peak memory bytes)."""
+        seed = spec.seeds[index]
+        start = time.perf_counter()
+        state = {"prev": None, "last_preview": start, "denoised_at": start, "peak_rss": 0}
+
+        def callback(pipe, step, timestep, kwargs):
+            now = time.perf_counter()
+            if cancelled():
+                raise Cancelled(step + 1)
+            latents = kwargs["latents"]
+            total = pipe.num_timesteps
+            if step + 1 == total and self.device == "cuda":
+                torch.cuda.synchronize()
+            state["denoised_at"] = time.perf_counter()
+            state["peak_rss"] = max(state["peak_rss"], psutil.Process().memory_info().rss)
+            on_step(StepInfo(index, step + 1, total, now - start))
+            if on_preview and now - state["last_preview"] >= preview_interval_s and state["prev"] is not None:
+                state["last_preview"] = now
+                x0 = _denoised_estimate(pipe.scheduler, state["prev"], latents)
+                on_preview(index, step + 1, latents_to_rgb(self._unpack(x0, spec)[0].float().cpu().numpy(),
+                                                            self.family))
+            state["prev"] = latents.detach().clone() if on_preview else None
+            return kwargs
+
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            image = self.pipe(**self._call_args(spec, seed), callback_on_step_end=callback,
+                              callback_on_step_end_tensor_inputs=["latents"]).images[0]
+        except Cancelled:
+            self.pipe.maybe_free_model_hooks()
+            raise
+        end = time.perf_counter()
+        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else max(
+            state["peak_rss"], psutil.Process().memory_info().rss)
+        timings = {"denoise_s": state["denoised_at"] - start, "decode_s": end - state["denoised_at"]}
+        return image, timings, peak
+
+    def _call_args(self, spec: JobSpec, seed: int) -> dict[str, Any]:
+        args = {
+            "prompt": spec.prompt,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.guidance,
+            "width": spec.width,
+            "height": spec.height,
+            "generator": torch.Generator("cpu").manual_seed(seed),
+        }
+        if self.family != "flux":
+            args["negative_prompt"] = spec.negative_prompt or None
+        return args
+
+    def _unpack(self, latents: torch.Tensor, spec: JobSpec) -> torch.Tensor:
+        if self.family == "flux":
+            return type(self.pipe)._unpack_latents(latents, spec.height, spec.width, self.pipe.vae_scale_factor)
+        return latents
+
+
+def _denoised_estimate(scheduler, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """x0 from two consecutive latents of a first-order sigma stepper (REFERENCE.md);
+    schedulers without sigmas (DDIM, PNDM) preview the current latents as they are."""
+    sigmas, i = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    if sigmas is None or i is None or not 1 <= i < len(sigmas):
+        return cur
+    s_prev, s_cur = float(sigmas[i - 1]), float(sigmas[i])
+    if s_cur == s_prev:
+        return cur
+    return cur - s_cur * (cur - prev) / (s_cur - s_prev)
+
+
+def _json_config(scheduler) -> dict[str, Any]:
+    """The scheduler's full config as stored JSON (not dict(config): that drops defaults)."""
+    return json.loads(scheduler.to_json_string())

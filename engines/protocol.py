@@ -1,0 +1,46 @@
+"""The wire between the Dispatcher and a worker: one JSON object per line.
+
+Dispatcher -> worker:
+  job       {id, spec (resolved JobSpec dict), out_dir}
+  cancel    {id}
+  shutdown  {}
+
+Worker -> Dispatcher:
+  hello     {pid, model, device, dtype, versions}      as soon as the process starts
+  ready     {load_s, family, pipeline_class, scheduler, memory}   the model is loaded
+  load_failed {error}                                  the model could not be loaded; exits
+  step      {id, image, count, step, total, elapsed_s, it_s}
+  preview   {id, image, step, mime, data (base64, <= 16 KB)}
+  image     {id, image, seed, path, timings, peak_memory}
+  done      {id, timings, peak_memory}
+  cancelled {id, step}
+  failed    {id, error, kind: "error" | "oom" | "fatal"}   "fatal": the worker exits next
+
+Paths, never pixels, except the small throttled previews.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+PREVIEW_MAX_BYTES = 16 * 1024
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    return (json.dumps({"type": kind, **fields}, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes | str) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not a JSON line: {line[:200]!r} ({e})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError(f"message without a type: {line[:200]!r}")
+    return message

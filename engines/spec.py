@@ -1,0 +1,205 @@
+"""Validated descriptions of what to render (JobSpec) and with what (ModelSpec).
+
+Pure data: no torch here. Every validation error names the field that is wrong and
+what a valid value looks like, so the CLI and the TUI can show it as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3/3.5", "flux": "Flux.1"}
+OFFLOAD_MODES = ("none", "model", "sequential")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+MAX_COUNT = 64
+SEED_RANGE = 2**32
+
+# Short scheduler names. Each maps to a diffusers class and the config overrides it needs.
+# Families whose models predict noise (eps/v) take the first group; flow-matching models
+# (SD3, Flux) only take flow-matching schedulers.
+_EPS_FAMILIES = ("sd", "sdxl")
+_FLOW_FAMILIES = ("sd3", "flux")
+SCHEDULERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "euler": ("EulerDiscreteScheduler", {}, _EPS_FAMILIES),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, _EPS_FAMILIES),
+    "heun": ("HeunDiscreteScheduler", {}, _EPS_FAMILIES),
+    "lms": ("LMSDiscreteScheduler", {}, _EPS_FAMILIES),
+    "ddim": ("DDIMScheduler", {}, _EPS_FAMILIES),
+    "pndm": ("PNDMScheduler", {}, _EPS_FAMILIES),
+    "unipc": ("UniPCMultistepScheduler", {}, _EPS_FAMILIES),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}, _EPS_FAMILIES),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, _EPS_FAMILIES),
+    "dpmpp_sde": ("DPMSolverSinglestepScheduler", {}, _EPS_FAMILIES),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}, _FLOW_FAMILIES),
+    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}, _FLOW_FAMILIES),
+}
+DEFAULT_SCHEDULER = "default"  # keep the scheduler the model ships with
+
+
+class SpecError(ValueError):
+    """A value in a job or model description is invalid. ``field`` names it."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768); 'WxH' is width first, as in AUTOMATIC1111."""
+    parts = str(text).lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise SpecError("size", f"{text!r} is not WIDTHxHEIGHT, for example 512x512")
+    return int(parts[0]), int(parts[1])
+
+
+def check_scheduler(name: str, family: str | None) -> None:
+    if name == DEFAULT_SCHEDULER:
+        return
+    if name not in SCHEDULERS:
+        known = ", ".join([DEFAULT_SCHEDULER, *SCHEDULERS])
+        raise SpecError("scheduler", f"unknown scheduler {name!r}; known: {known}")
+    allowed = SCHEDULERS[name][2]
+    if family is not None and family not in allowed:
+        fits = ", ".join(n for n, (_, _, fams) in SCHEDULERS.items() if family in fams)
+        raise SpecError(
+            "scheduler",
+            f"{name!r} does not work with {FAMILY_NAMES[family]} models; use one of: "
+            f"{DEFAULT_SCHEDULER}, {fits}",
+        )
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One render request: ``count`` images of one prompt, each with its own seed."""
+
+    prompt: str
+    model: str = "demo"
+    negative_prompt: str = ""
+    seed: int | None = None  # first seed; image i uses seed + i. None: drawn at submit
+    seeds: tuple[int, ...] | None = None  # explicit per-image seeds (replay, grids)
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    count: int = 1
+    group: str | None = None  # A/B set or grid cell this job belongs to
+
+    def validate(self) -> None:
+        _check(isinstance(self.prompt, str), "prompt", "must be text")
+        _check(self.prompt.strip() != "", "prompt", "is empty; describe the image to render")
+        _check(isinstance(self.negative_prompt, str), "negative_prompt", "must be text")
+        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            _check("\x00" not in text, name, "contains a NUL character")
+            bad = _undecodable_at(text)
+            _check(bad is None, name, f"is not valid UTF-8: an undecodable byte at character {bad}; "
+                   "check the encoding of your terminal (locale) or prompt file")
+        _check(bool(self.model), "model", "is empty; name a model from `diffdeck models`")
+        _check(_is_int(self.count) and 1 <= self.count <= MAX_COUNT, "count",
+               f"must be a whole number from 1 to {MAX_COUNT}, got {self.count!r}")
+        if self.seed is not None:
+            _check(_is_int(self.seed) and 0 <= self.seed < SEED_RANGE, "seed",
+                   f"must be a whole number from 0 to {SEED_RANGE - 1}, got {self.seed!r}")
+        if self.seeds is not None:
+            _check(len(self.seeds) == self.count, "seeds",
+                   f"gives {len(self.seeds)} seeds for a count of {self.count}")
+            for s in self.seeds:
+                _check(_is_int(s) and 0 <= s < SEED_RANGE, "seeds", f"{s!r} is not a valid seed")
+        if self.steps is not None:
+            _check(_is_int(self.steps) and 1 <= self.steps <= MAX_STEPS, "steps",
+                   f"must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
+        if self.guidance is not None:
+            _check(isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50,
+                   "guidance", f"must be a number from 0 to 50, got {self.guidance!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            _check(_is_int(value) and 8 <= value <= MAX_SIDE, name,
+                   f"must be from 8 to {MAX_SIDE} pixels, got {value!r}")
+            _check(value % 8 == 0, name,
+                   f"{value} is not a multiple of 8; try {max(8, value // 8 * 8)} or {value // 8 * 8 + 8}")
+        check_scheduler(self.scheduler, None)
+
+    def resolved(self, defaults: dict[str, Any], family: str | None, seeds: tuple[int, ...]) -> "JobSpec":
+        """This spec with the model's defaults filled in and every seed fixed, re-validated."""
+        filled = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
+        job = dataclasses.replace(self, **filled, seeds=seeds, seed=seeds[0])
+        job.validate()
+        check_scheduler(job.scheduler, family)
+        if family == "flux":
+            _check(job.negative_prompt == "", "negative_prompt",
+                   "Flux models take no negative prompt; leave it empty")
+            _check(job.width % 16 == 0 and job.height % 16 == 0, "size",
+                   "Flux models need a width and height that are multiples of 16")
+        return job
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["seeds"] is not None:
+            d["seeds"] = list(d["seeds"])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(unknown[0], f"is not a job field; fields are {', '.join(sorted(known))}")
+        data = dict(data)
+        if data.get("seeds") is not None:
+            data["seeds"] = tuple(data["seeds"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of models.yaml, as the worker needs it."""
+
+    name: str
+    source: str  # hub id ("org/name") or local folder
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    offload: str = "none"
+    defaults: dict[str, Any] = field(default_factory=dict)
+    memory_gb: float | None = None  # estimate used by the dispatcher's memory budget
+    roles: tuple[str, ...] = ()
+    description: str = ""
+    allow_pickle: bool = False  # load .bin/.ckpt weights; off: they can run code on load
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["roles"] = list(self.roles)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        data = dict(data)
+        data["roles"] = tuple(data.get("roles") or ())
+        return cls(**data)
+
+
+def _undecodable_at(text: str) -> int | None:
+    """Bytes that were not UTF-8 reach Python as lone surrogates (surrogateescape)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise SpecError(field_name, message)

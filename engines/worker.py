@@ -1,0 +1,239 @@
+"""A worker process: `python -m engines.worker --model JSON` loads one model and serves
+jobs one at a time over JSON lines (engines.protocol) on stdin/stdout.
+
+stdout carries protocol messages and nothing else: file descriptor 1 is pointed at stderr
+at start-up, so a stray print from any library lands in the log, not on the wire.
+Commands are read on a thread of their own so that a cancel reaches a running job
+between two denoising steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import json
+import logging
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import diffusers
+import psutil
+import torch
+
+from . import __version__
+from .environment import describe
+from .metadata import png_info
+from .pipelines import Cancelled, Model
+from .previews import encode_preview
+from .protocol import decode, encode
+from .registry import RegistryError, inspect_folder, locate
+from .spec import JobSpec, ModelSpec
+
+log = logging.getLogger("diffdeck.worker")
+
+
+class Wire:
+    """The protocol side of stdout."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        data = encode(kind, **fields)
+        with self._lock:
+            self._stream.write(data)
+            self._stream.flush()
+
+
+def claim_stdout() -> BinaryIO:
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "wb", buffering=0)
+
+
+class Commands:
+    """Reads the Dispatcher's commands; jobs queue up, cancels are noted at once."""
+
+    def __init__(self, stream: BinaryIO):
+        self.jobs: queue.Queue[dict | None] = queue.Queue()
+        self.cancelled: set[str] = set()
+        threading.Thread(target=self._read, args=(stream,), daemon=True, name="commands").start()
+
+    def _read(self, stream: BinaryIO) -> None:
+        for line in stream:
+            message = decode(line)
+            if message["type"] == "job":
+                self.jobs.put(message)
+            elif message["type"] == "cancel":
+                self.cancelled.add(message["id"])
+            elif message["type"] == "shutdown":
+                break
+        self.jobs.put(None)  # shutdown, or the Dispatcher is gone
+
+
+def load_model(spec: ModelSpec) -> Model:
+    files = locate(spec)
+    if files.problem:
+        raise RegistryError(files.problem)
+    if files.folder is None:  # a hub model not downloaded yet: fetch it, safetensors only
+        log.info("downloading %s from the hub", spec.source)
+        folder = diffusers.DiffusionPipeline.download(
+            spec.source, revision=spec.revision, use_safetensors=not spec.allow_pickle)
+        files = inspect_folder(spec, Path(folder))
+        if files.problem:
+            raise RegistryError(files.problem)
+    return Model(spec, files)
+
+
+def out_of_memory_message(error: BaseException) -> str:
+    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(error))
+    free, total = torch.cuda.mem_get_info() if torch.cuda.is_available() else (0, 0)
+    return (f"out of GPU memory: asked for {asked.group(1) if asked else 'more'} with "
+            f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB; try a smaller size or count, "
+            "or offload: model in models.yaml")
+
+
+def is_fatal_cuda_error(error: BaseException) -> bool:
+    """After a CUDA error other than OOM the context is unusable: the worker must be replaced."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(error, accelerator_error) or (
+        isinstance(error, RuntimeError) and "CUDA error" in str(error))
+
+
+class Worker:
+    def __init__(self, model: Model, wire: Wire, commands: Commands, preview_interval_s: float):
+        self.model = model
+        self.wire = wire
+        self.commands = commands
+        self.preview_interval_s = preview_interval_s
+
+    def serve(self) -> int:
+        while (message := self.commands.jobs.get()) is not None:
+            if self.run(message) == "fatal":
+                return 3
+        return 0
+
+    def run(self, message: dict[str, Any]) -> str:
+        job_id = message["id"]
+        try:
+            self._render_job(job_id, JobSpec.from_dict(message["spec"]), Path(message["out_dir"]))
+            return "done"
+        except Cancelled as c:
+            self.wire.send("cancelled", id=job_id, step=c.step)
+            return "cancelled"
+        except torch.cuda.OutOfMemoryError as e:
+            failure = ("oom", out_of_memory_message(e))
+        except Exception as e:  # noqa: BLE001 - any failure is reported, the worker lives on
+            traceback.print_exc()
+            failure = ("fatal" if is_fatal_cuda_error(e) else "error", f"{type(e).__name__}: {e}")
+        finally:
+            self.commands.cancelled.discard(job_id)
+        # Recover outside the except block, so the traceback no longer pins tensors.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.wire.send("failed", id=job_id, kind=failure[0], error=failure[1])
+        return failure[0]
+
+    def _render_job(self, job_id: str, spec: JobSpec, out_dir: Path) -> None:
+        model = self.model
+        model.use_scheduler(spec.scheduler)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        totals = {"denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+        peak = 0
+
+        def on_step(info):
+            self.wire.send("step", id=job_id, image=info.image, count=spec.count, step=info.step,
+                           total=info.total, elapsed_s=round(info.elapsed_s, 4),
+                           it_s=round(info.step / info.elapsed_s, 3) if info.elapsed_s else None)
+
+        def on_preview(index, step, rgb):
+            mime, data = encode_preview(rgb)
+            self.wire.send("preview", id=job_id, image=index, step=step, mime=mime,
+                           data=base64.b64encode(data).decode())
+
+        for index, seed in enumerate(spec.seeds):
+            if job_id in self.commands.cancelled:
+                raise Cancelled(0)
+            image, timings, image_peak = model.render(
+                spec, index, on_step, on_preview, self.preview_interval_s,
+                lambda: job_id in self.commands.cancelled)
+            started = time.perf_counter()
+            path = out_dir / f"{job_id}-{index:02d}-{seed}.png"
+            save_png(image, self._record(job_id, spec, index), path)
+            timings["save_s"] = time.perf_counter() - started
+            for key, value in timings.items():
+                totals[key] += value
+            peak = max(peak, image_peak)
+            self.wire.send("image", id=job_id, image=index, seed=seed, path=str(path),
+                           timings=_rounded(timings), peak_memory=image_peak)
+        self.wire.send("done", id=job_id, timings=_rounded(totals), peak_memory=peak)
+
+    def _record(self, job_id: str, spec: JobSpec, index: int) -> dict[str, Any]:
+        m = self.model
+        return {
+            "format": 1,
+            "job": job_id,
+            "image": index,
+            "seed": spec.seeds[index],
+            "rng": "cpu",
+            "spec": spec.to_dict(),
+            "model": {
+                "name": m.spec.name, "source": m.spec.source, "revision": m.spec.revision,
+                "family": m.family, "pipeline_class": m.pipeline_class, "dtype": str(m.dtype).removeprefix("torch."),
+                "device": m.device, "offload": m.spec.offload, "scheduler": m.scheduler_record(),
+            },
+            "diffdeck": __version__,
+        }
+
+
+def save_png(image, record: dict[str, Any], path: Path) -> None:
+    """Write atomically: a kill mid-write never leaves a truncated PNG under the final name."""
+    partial = path.with_name(path.name + ".part")
+    image.save(partial, format="PNG", pnginfo=png_info(record))
+    os.replace(partial, path)
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines.worker")
+    parser.add_argument("--model", required=True, help="the ModelSpec as JSON")
+    parser.add_argument("--preview-interval", type=float, default=0.25, help="seconds between previews")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    wire = Wire(claim_stdout())
+    spec = ModelSpec.from_dict(json.loads(args.model))
+    wire.send("hello", pid=os.getpid(), model=spec.name, environment=describe())
+    commands = Commands(sys.stdin.buffer)
+    started = time.perf_counter()
+    try:
+        model = load_model(spec)
+    except Exception as e:  # noqa: BLE001 - reported to the Dispatcher, which tells the user
+        traceback.print_exc()
+        wire.send("load_failed", error=f"could not load model {spec.name!r}: {type(e).__name__}: {e}")
+        return 2
+    wire.send(
+        "ready", load_s=round(time.perf_counter() - started, 3), family=model.family,
+        pipeline_class=model.pipeline_class, device=model.device,
+        dtype=str(model.dtype).removeprefix("torch."), scheduler=model.scheduler_record(),
+        memory={"rss": psutil.Process().memory_info().rss,
+                "gpu": torch.cuda.memory_allocated() if model.device == "cuda" else None},
+    )
+    return Worker(model, wire, commands, args.preview_interval).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

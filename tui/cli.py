@@ -1,0 +1,251 @@
+"""The `diffdeck` command line: render, models, doctor, bench.
+
+Headless: a client of the Dispatcher like the TUI will be. Never imports torch;
+anything that needs it runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from engines import __version__
+from engines.dispatcher import CANCELLED, DONE, Dispatcher
+from engines.registry import Registry, RegistryError, load_registry
+from engines.session import DEFAULT_ROOT, images_dir, new_session_dir
+from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+from engines.telemetry import Telemetry
+
+
+class CliError(Exception):
+    """A problem worth one line to the user, and a non-zero exit status."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffdeck", description="A terminal workbench for local diffusion models.")
+    parser.add_argument("--version", action="version", version=f"diffdeck {__version__}")
+    parser.add_argument("--models", metavar="FILE", help="models.yaml to use (default: $DIFFDECK_MODELS, "
+                        "./models.yaml, then the user config dir)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    render = commands.add_parser("render", help="render images headless, through the workers")
+    render.add_argument("prompt")
+    render.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
+    render.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    render.add_argument("--seed", type=int, help="first seed; image i uses seed+i (default: random, recorded)")
+    render.add_argument("--count", type=int, default=1, help="number of images (default: 1)")
+    render.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    render.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    render.add_argument("--size", metavar="WxH", help="image size, for example 512x768 (default: the model's)")
+    render.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                        help=f"{DEFAULT_SCHEDULER} (the model's own), or one of: {', '.join(SCHEDULERS)}")
+    render.add_argument("--session", type=Path, metavar="DIR",
+                        help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
+    render.add_argument("--json", action="store_true", help="print one JSON object per image")
+    render.set_defaults(run=cmd_render)
+
+    models = commands.add_parser("models", help="list the model registry")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=cmd_models)
+
+    doctor = commands.add_parser("doctor", help="report versions, GPUs, NVML and terminal image support")
+    doctor.set_defaults(run=cmd_doctor)
+
+    bench = commands.add_parser("bench", help="per-image overhead of diffdeck over a bare diffusers loop")
+    bench.add_argument("--model", default="demo")
+    bench.add_argument("-n", type=int, default=20, help="images per round (default: 20)")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds of each (default: 3)")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except (CliError, SpecError, RegistryError) as e:
+        print(f"diffdeck: error: {e}", file=sys.stderr)
+        return 2
+
+
+# render
+
+def cmd_render(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    width, height = parse_size(args.size) if args.size else (None, None)
+    spec = JobSpec(
+        prompt=args.prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
+        steps=args.steps, guidance=args.guidance, width=width, height=height,
+        scheduler=args.scheduler, count=args.count,
+    )
+    session = args.session or new_session_dir()
+    return asyncio.run(_render(registry, spec, session, args.json))
+
+
+async def _render(registry: Registry, spec: JobSpec, session: Path, as_json: bool) -> int:
+    progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
+    async with Dispatcher(registry, images_dir(session)) as dispatcher:
+        events = dispatcher.subscribe()
+        job = dispatcher.submit(spec)  # raises on bad input, before anything runs
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
+        try:
+            async for event in events:
+                if event.job not in (job.id, None):
+                    continue
+                if progress:
+                    progress.show(event)
+                if event.type == "image":
+                    _print_image(event.data, job, as_json)
+                if job.finished.is_set():
+                    break
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            if progress:
+                progress.clear()
+    if job.status == DONE:
+        return 0
+    if job.status == CANCELLED:
+        print(f"diffdeck: {job.id} cancelled", file=sys.stderr)
+        return 130
+    print(f"diffdeck: error: {job.id} {job.status}: {job.error}", file=sys.stderr)
+    return 1
+
+
+def _print_image(data: dict[str, Any], job, as_json: bool) -> None:
+    if not as_json:
+        print(data["path"], flush=True)
+        return
+    record = {
+        "path": data["path"], "seed": data["seed"], "model": job.spec.model, "job": job.id,
+        "image": data["image"], "timings": {**job.timings, **data["timings"]},
+        "peak_memory": data["peak_memory"],
+    }
+    print(json.dumps(record), flush=True)
+
+
+class Progress:
+    """A one-line progress report on a terminal, rewritten in place."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.width = shutil.get_terminal_size().columns - 1
+
+    def show(self, event) -> None:
+        d = event.data
+        text = {
+            "loading": lambda: f"loading {d['model']} (worker {d['pid']})",
+            "started": lambda: f"{event.job}: rendering on {d['model']}",
+            "step": lambda: (f"{event.job}: image {d['image'] + 1}/{d['count']}  step {d['step']}/{d['total']}"
+                             f"  {d['it_s'] or 0:.1f} it/s"),
+        }.get(event.type)
+        if text:
+            self.stream.write("\r" + text()[: self.width].ljust(self.width))
+            self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r" + " " * self.width + "\r")
+        self.stream.flush()
+
+
+# models
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    rows = []
+    for name, spec in registry.models.items():
+        files = registry.files(name)
+        rows.append({
+            "name": name, "source": spec.source, "family": files.family,
+            "pipeline_class": files.pipeline_class, "offline": files.available,
+            "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
+            "roles": list(spec.roles), "description": spec.description,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if registry.path:
+        print(f"models from {registry.path}")
+    table = [("NAME", "FAMILY", "OFFLINE", "SOURCE")] + [
+        (r["name"], r["family"] or "?", "yes" if r["offline"] else "no", r["source"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    for r in rows:
+        if r["problem"]:
+            print(f"  {r['name']}: {r['problem']}")
+    return 0
+
+
+# doctor
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    print(f"diffdeck {__version__}  python {sys.version.split()[0]}  ({sys.executable})")
+    try:
+        probe = subprocess.run([sys.executable, "-m", "engines.environment"], capture_output=True,
+                               text=True, timeout=120, stdin=subprocess.DEVNULL)
+        env = json.loads(probe.stdout) if probe.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError):
+        env = None
+    if env is None:
+        print("engine: could not start python -m engines.environment; is torch installed? (pip install -e .)")
+    else:
+        print("libraries: " + "  ".join(f"{k} {v or 'missing'}" for k, v in env["versions"].items()))
+        print(f"CUDA: {env['cuda'] or 'not available: workers render on the CPU'}"
+              + (f"  cuDNN {env['cudnn']}" if env["cudnn"] else ""))
+        for i, name in enumerate(env["gpus"]):
+            print(f"GPU {i}: {name}")
+    telemetry = Telemetry()
+    print("NVML: " + ("ok" if telemetry.has_gpu else telemetry.gpu_problem))
+    for line in terminal_report():
+        print(line)
+    try:
+        registry = load_registry(args.models)
+        print(f"models: {len(registry.models)} ({registry.path or 'built-in demo only'})")
+    except RegistryError as e:
+        print(f"models: {e}")
+    return 0
+
+
+def terminal_report() -> list[str]:
+    term, colorterm = os.environ.get("TERM", "?"), os.environ.get("COLORTERM", "")
+    lines = [f"terminal: TERM={term} COLORTERM={colorterm or '(unset)'}"
+             + ("" if colorterm in ("truecolor", "24bit") else
+                "  (no truecolour advertised: over SSH, forward COLORTERM or set it to truecolor)")]
+    if os.environ.get("TMUX"):
+        passthrough = subprocess.run(["tmux", "show", "-gv", "allow-passthrough"], capture_output=True,
+                                     text=True, stdin=subprocess.DEVNULL).stdout.strip() or "off"
+        lines.append(f"tmux: allow-passthrough {passthrough}"
+                     + ("" if passthrough in ("on", "all") else
+                        "  (Kitty graphics need: set -g allow-passthrough on)"))
+    if sys.stdout.isatty():
+        from textual_image.renderable import Image
+
+        lines.append(f"images: {Image.__module__.rsplit('.', 1)[-1]} (textual-image's choice for this terminal)")
+    else:
+        lines.append("images: not a terminal; run doctor in the terminal you will use")
+    return lines
+
+
+# bench
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from engines.bench import run_bench
+
+    return run_bench(load_registry(args.models), args.model, args.n, args.rounds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
