@@ -70,6 +70,13 @@ class EventStream:
     def put(self, event: Event) -> None:
         self._queue.put_nowait(event)
 
+    def drain(self) -> list[Event]:
+        """The events waiting right now, without waiting for more (to coalesce redraws)."""
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
     def close(self) -> None:
         with contextlib.suppress(ValueError):
             self._subscribers.remove(self)
@@ -338,14 +345,14 @@ class Dispatcher:
         status = HELD if job.worker_crashes >= CRASHES_BEFORE_HOLD else FAILED
         self._finish(job, status, error=error, kind=kind, worker_crashes=job.worker_crashes)
 
-    def _finish(self, job: Job, status: str, **data: Any) -> None:
+    def _finish(self, job: Job, status: str, /, **data: Any) -> None:
         job.status = status
         job.finished.set()
         self._emit(status, job, **data)
         self._wakeup.set()
 
-    def _emit(self, kind: str, job: Job | None, **data: Any) -> None:
-        event = Event(kind, job.id if job else None, data)
+    def _emit(self, event_type: str, job: Job | None, /, **data: Any) -> None:
+        event = Event(event_type, job.id if job else None, data)
         for subscriber in list(self._subscribers):
             subscriber.put(event)
 

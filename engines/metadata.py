@@ -92,7 +92,7 @@ _FIELD = re.compile(r'\s*(\w[\w \-/]*): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 def parse_parameters(text: str) -> dict[str, Any]:
     """Parse an A1111 `parameters` text the way A1111's own parser does (for round trips)."""
-    *prompt_lines, last = text.strip().split("\n")
+    *prompt_lines, last = text.rstrip("\n").split("\n")
     if len(_FIELD.findall(last)) < 3:  # no settings line: the whole text is the prompt
         prompt_lines.append(last)
         last = ""

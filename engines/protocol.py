@@ -32,8 +32,8 @@ class ProtocolError(ValueError):
     pass
 
 
-def encode(kind: str, **fields: Any) -> bytes:
-    return (json.dumps({"type": kind, **fields}, separators=(",", ":")) + "\n").encode()
+def encode(message_type: str, /, **fields: Any) -> bytes:
+    return (json.dumps({"type": message_type, **fields}, separators=(",", ":")) + "\n").encode()
 
 
 def decode(line: bytes | str) -> dict[str, Any]:

@@ -40,7 +40,8 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "flux": {"steps": 28, "guidance": 3.5, "width": 1024, "height": 1024},
 }
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HUB_ID = re.compile(r"^(?![.~])[\w.-]+/(?!\.\.?$)[\w.-]+$")  # org/name, never ./x or ../x
+_DEFAULT_KEYS = ("steps", "guidance", "width", "height", "size")
 _ENTRY_KEYS = {f.name for f in fields(ModelSpec)} - {"name"}
 
 
@@ -138,7 +139,7 @@ def parse_models_file(path: Path) -> dict[str, ModelSpec]:
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RegistryError(f"{path}{where}: not valid YAML ({problem})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
         raise RegistryError(f"{path}: expected a mapping with a 'models:' section of named entries")
     models = {}
     for name, entry in (data.get("models") or {}).items():
@@ -166,17 +167,22 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
     defaults = entry.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise RegistryError(f"{where}: 'defaults:' must be a mapping such as {{steps: 20}}")
+    unknown = sorted(set(defaults) - set(_DEFAULT_KEYS))
+    if unknown:
+        raise RegistryError(f"{where}: {unknown[0]!r} cannot be a default; defaults are {', '.join(_DEFAULT_KEYS)}")
     try:
         JobSpec(prompt="check", model=name, **_size_split(defaults)).validate()
     except (SpecError, TypeError) as e:
         raise RegistryError(f"{where}: bad default {e}") from None
-    roles = entry.get("roles") or ()
+    roles = entry.get("roles") or []
+    if not isinstance(entry.get("allow_pickle", False), bool):
+        raise RegistryError(f"{where}: allow_pickle must be true or false, unquoted")
     return ModelSpec(
         name=name, source=source, revision=_opt_str(entry.get("revision")),
         dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
         offload=entry.get("offload", "none"), defaults=_size_split(defaults),
-        memory_gb=entry.get("memory_gb"), roles=tuple(roles) if isinstance(roles, list) else (str(roles),),
-        description=str(entry.get("description", "")), allow_pickle=bool(entry.get("allow_pickle", False)),
+        memory_gb=entry.get("memory_gb"), roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
+        description=str(entry.get("description", "")), allow_pickle=entry.get("allow_pickle", False),
     )
 
 

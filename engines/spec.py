@@ -54,7 +54,7 @@ class SpecError(ValueError):
 def parse_size(text: str) -> tuple[int, int]:
     """'512x768' -> (512, 768); 'WxH' is width first, as in AUTOMATIC1111."""
     parts = str(text).lower().replace(" ", "").split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdecimal() for p in parts):
         raise SpecError("size", f"{text!r} is not WIDTHxHEIGHT, for example 512x512")
     return int(parts[0]), int(parts[1])
 
@@ -116,7 +116,7 @@ class JobSpec:
             _check(_is_int(self.steps) and 1 <= self.steps <= MAX_STEPS, "steps",
                    f"must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
         if self.guidance is not None:
-            _check(isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50,
+            _check(isinstance(self.guidance, (int, float)) and not isinstance(self.guidance, bool) and 0 <= self.guidance <= 50,
                    "guidance", f"must be a number from 0 to 50, got {self.guidance!r}")
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -154,6 +154,8 @@ class JobSpec:
         if unknown:
             raise SpecError(unknown[0], f"is not a job field; fields are {', '.join(sorted(known))}")
         data = dict(data)
+        if "prompt" not in data:
+            raise SpecError("prompt", "is missing")
         if data.get("seeds") is not None:
             data["seeds"] = tuple(data["seeds"])
         return cls(**data)

@@ -47,8 +47,8 @@ class Wire:
         self._stream = stream
         self._lock = threading.Lock()
 
-    def send(self, kind: str, **fields: Any) -> None:
-        data = encode(kind, **fields)
+    def send(self, message_type: str, /, **fields: Any) -> None:
+        data = encode(message_type, **fields)
         with self._lock:
             self._stream.write(data)
             self._stream.flush()

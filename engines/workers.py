@@ -69,10 +69,10 @@ class WorkerProcess:
         )
         self._tasks = [asyncio.create_task(self._read_stderr()), asyncio.create_task(self._read_stdout())]
 
-    def send(self, kind: str, **fields: Any) -> None:
+    def send(self, message_type: str, /, **fields: Any) -> None:
         if self._proc is None or self._proc.stdin is None or self.state in (STOPPING, EXITED):
             raise WorkerError(f"worker for {self.model!r} is not running")
-        self._proc.stdin.write(encode(kind, **fields))
+        self._proc.stdin.write(encode(message_type, **fields))
 
     def stderr_text(self, lines: int = 12) -> str:
         return "\n".join(list(self.stderr_tail)[-lines:])

@@ -1,0 +1,34 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engines.registry import DEMO, DEMO_FOLDER, load_registry
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """SDXL-, SD3- and Flux-shaped tiny pipelines saved as safetensors folders, built offline."""
+    from engines import tinypipes
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: tinypipes.save(family, root / f"tiny-{family}") for family in ("sdxl", "sd3", "flux")}
+
+
+def write_models(folder: Path, models: dict) -> Path:
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+@pytest.fixture
+def registry(tmp_path, tiny_models):
+    """The demo, a second copy of it (another model, so another worker), and the tiny families."""
+    second = tmp_path / "demo-copy"
+    shutil.copytree(DEMO_FOLDER, second)
+    models = {"demo2": {"source": str(second), "memory_gb": 0.1, "defaults": DEMO.defaults}}
+    for family, folder in tiny_models.items():
+        models[f"tiny-{family}"] = {"source": str(folder), "memory_gb": 0.1,
+                                     "defaults": {"steps": 4, "width": 64, "height": 64}}
+    return load_registry(write_models(tmp_path, models))

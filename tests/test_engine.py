@@ -1,0 +1,232 @@
+"""The Dispatcher with real worker subprocesses on real (tiny) diffusers pipelines."""
+
+import asyncio
+import base64
+import io
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engines.dispatcher import CANCELLED, DONE, FAILED, HELD, Dispatcher
+from engines.metadata import parse_parameters, read_record
+from engines.protocol import PREVIEW_MAX_BYTES
+from engines.spec import JobSpec
+from engines.workers import EXITED
+
+TIMEOUT = 120
+
+
+@pytest.fixture
+async def dispatcher(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path / "images", preview_interval_s=0.0) as d:
+        yield d
+
+
+async def until(stream, predicate, timeout=TIMEOUT):
+    """Events from `stream` up to and including the first that satisfies `predicate`."""
+    seen = []
+
+    async def collect():
+        async for event in stream:
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+async def render(dispatcher, **spec):
+    job = dispatcher.submit(JobSpec(**{"prompt": "a red circle", "seed": 42, **spec}))
+    await asyncio.wait_for(dispatcher.wait(job.id), TIMEOUT)
+    return job
+
+
+def pixels(path):
+    return np.asarray(Image.open(path))
+
+
+async def test_render_writes_png_whose_metadata_round_trips(dispatcher):
+    job = await render(dispatcher, negative_prompt="blurry", count=2, seed=1000)
+    assert job.status == DONE, job.error
+    assert [img["seed"] for img in job.images] == [1000, 1001]
+    path = job.images[1]["path"]
+    record = read_record(path)
+    assert record["seed"] == 1001 and record["image"] == 1 and record["rng"] == "cpu"
+    assert record["spec"]["prompt"] == "a red circle" and record["spec"]["seeds"] == [1000, 1001]
+    assert record["model"]["family"] == "sd" and record["model"]["pipeline_class"] == "StableDiffusionPipeline"
+    params = parse_parameters(Image.open(path).text["parameters"])
+    assert params["Prompt"] == "a red circle" and params["Negative prompt"] == "blurry"
+    assert params["Seed"] == "1001" and params["Size"] == "64x64" and params["Steps"] == "20"
+    assert Image.open(path).size == (64, 64)
+    assert set(job.timings) >= {"queue_wait_s", "load_s", "denoise_s", "decode_s", "save_s", "total_s"}
+    assert job.timings["load_s"] > 0 and job.peak_memory > 0
+
+
+async def test_same_seed_gives_identical_pixels_and_image_i_renders_alone(dispatcher):
+    a = await render(dispatcher, count=3, seed=7)
+    b = await render(dispatcher, seed=9)  # image 2 of `a`, alone
+    c = await render(dispatcher, count=3, seed=7)
+    assert np.array_equal(pixels(a.images[2]["path"]), pixels(b.images[0]["path"]))
+    for x, y in zip(a.images, c.images):
+        assert np.array_equal(pixels(x["path"]), pixels(y["path"]))
+    assert not np.array_equal(pixels(a.images[0]["path"]), pixels(a.images[1]["path"]))
+    assert b.timings["load_s"] == 0, "the second job reuses the warm worker"
+
+
+async def test_two_models_run_in_two_worker_processes(dispatcher):
+    a = await render(dispatcher, model="demo")
+    pid_a = dispatcher.workers["demo"].pid
+    b = await render(dispatcher, model="demo2")
+    assert a.status == b.status == DONE
+    assert set(dispatcher.workers) == {"demo", "demo2"}
+    assert pid_a != dispatcher.workers["demo2"].pid and pid_a != os.getpid()
+
+
+async def test_cancel_lands_within_one_step_and_skips_the_decode(dispatcher, tmp_path):
+    events = dispatcher.subscribe()
+    job = dispatcher.submit(JobSpec(prompt="slow", seed=1, steps=400, width=256, height=256))
+    seen = await until(events, lambda e: e.type == "step" and e.data["step"] >= 3)
+    dispatcher.cancel(job.id)
+    last_seen = seen[-1].data["step"]
+    rest = await until(events, lambda e: e.type == CANCELLED)
+    assert job.status == CANCELLED
+    steps_after = [e.data["step"] for e in rest if e.type == "step"]
+    assert rest[-1].data["step"] <= last_seen + 2, (last_seen, steps_after)
+    assert not any(e.type == "image" for e in rest)
+    assert not list((tmp_path / "images").glob("*.png"))
+    assert (await render(dispatcher)).status == DONE
+
+
+async def test_killed_worker_fails_its_job_clearly_and_the_queue_goes_on(dispatcher):
+    events = dispatcher.subscribe()
+    doomed = dispatcher.submit(JobSpec(prompt="doomed", seed=1, steps=400, width=256, height=256))
+    after = dispatcher.submit(JobSpec(prompt="after", seed=2))
+    await until(events, lambda e: e.type == "step")
+    os.kill(dispatcher.workers["demo"].pid, signal.SIGKILL)
+    rest = await until(events, lambda e: e.type == DONE and e.job == after.id)
+    failed = [e for e in rest if e.type == FAILED]
+    assert [e.job for e in failed] == [doomed.id] and failed[0].data["kind"] == "crash"
+    assert failed[0].data["error"] == doomed.error
+    assert doomed.status == FAILED
+    assert "SIGKILL" in doomed.error and "'demo'" in doomed.error and doomed.error_kind == "crash"
+    assert after.status == DONE, after.error
+
+
+async def test_job_that_kills_its_worker_twice_is_held(dispatcher):
+    events = dispatcher.subscribe()
+    job = dispatcher.submit(JobSpec(prompt="crashy", seed=1, steps=400, width=256, height=256))
+    for attempt in range(2):
+        await until(events, lambda e: e.type == "step" and e.job == job.id)
+        os.kill(dispatcher.workers["demo"].pid, signal.SIGKILL)
+        await asyncio.wait_for(dispatcher.wait(job.id), TIMEOUT)
+        if attempt == 0:
+            assert job.status == FAILED
+            dispatcher.retry(job.id)
+    assert job.status == HELD and job.worker_crashes == 2
+    with pytest.raises(ValueError, match="held"):
+        dispatcher.retry(job.id)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+async def test_every_family_renders_through_the_same_worker_path(dispatcher, family):
+    events = dispatcher.subscribe()
+    job = await render(dispatcher, model=f"tiny-{family}", count=2)
+    assert job.status == DONE, job.error
+    record = read_record(job.images[0]["path"])
+    assert record["model"]["family"] == family
+    assert Image.open(job.images[0]["path"]).size == (64, 64)
+    previews = [e for e in events.drain() if e.type == "preview"]
+    assert previews, "previews are produced for every family"
+    data = base64.b64decode(previews[-1].data["data"])
+    assert len(data) <= PREVIEW_MAX_BYTES
+    assert Image.open(io.BytesIO(data)).mode == "RGB"
+
+
+async def test_scheduler_swap_is_recorded(dispatcher):
+    job = await render(dispatcher, scheduler="dpmpp_2m_karras")
+    record = read_record(job.images[0]["path"])
+    assert record["model"]["scheduler"]["class"] == "DPMSolverMultistepScheduler"
+    assert record["model"]["scheduler"]["config"]["use_karras_sigmas"] is True
+    assert "Schedule type: Karras" in Image.open(job.images[0]["path"]).text["parameters"]
+    default = await render(dispatcher)
+    assert read_record(default.images[0]["path"])["model"]["scheduler"]["class"] == "EulerDiscreteScheduler"
+
+
+async def test_warm_model_goes_first_within_the_look_ahead(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path, lookahead=1) as d:
+        await render(d, model="demo")  # demo is warm now
+        d.pause()
+        jobs = [d.submit(JobSpec(prompt="p", model=m, seed=1)) for m in ("demo2", "demo", "demo")]
+        events = d.subscribe()
+        d.resume()
+        for job in jobs:
+            await asyncio.wait_for(d.wait(job.id), TIMEOUT)
+        started = [e.job for e in events.drain() if e.type == "started"]
+    # demo2 is passed over once for the warm demo, then its look-ahead allowance is spent
+    assert started == [jobs[1].id, jobs[0].id, jobs[2].id]
+
+
+async def test_pause_move_resume(dispatcher):
+    dispatcher.pause()
+    jobs = [dispatcher.submit(JobSpec(prompt=f"p{i}", seed=i)) for i in range(3)]
+    await asyncio.sleep(0.5)
+    assert all(j.status == "queued" for j in jobs)
+    dispatcher.move(jobs[2].id, 0)
+    assert [j.id for j in dispatcher.queue] == [jobs[2].id, jobs[0].id, jobs[1].id]
+    dispatcher.cancel(jobs[0].id)
+    events = dispatcher.subscribe()
+    dispatcher.resume()
+    await asyncio.wait_for(dispatcher.wait(jobs[1].id), TIMEOUT)
+    started = [e.job for e in events.drain() if e.type == "started"]
+    assert started == [jobs[2].id, jobs[1].id]
+    assert jobs[0].status == CANCELLED and not jobs[0].images
+
+
+async def test_memory_budget_evicts_the_least_recently_used_idle_worker(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path, memory_budget_gb=0.15) as d:
+        events = d.subscribe()
+        await render(d, model="demo")
+        first = d.workers["demo"]
+        await render(d, model="demo2")
+        assert first.state == EXITED and set(d.workers) == {"demo2"}
+        evicted = [e for e in events.drain() if e.type == "worker_evicted"]
+        assert evicted[0].data["model"] == "demo" and evicted[0].data["reason"] == "memory budget"
+
+
+async def test_idle_worker_is_stopped_after_its_timeout(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path, idle_timeout_s=0.3, telemetry_interval_s=0.1) as d:
+        events = d.subscribe()
+        await render(d)
+        await until(events, lambda e: e.type == "worker_exited")
+        assert d.workers == {}
+        assert (await render(d)).status == DONE, "a new worker is started on demand"
+
+
+async def test_telemetry_without_a_gpu_says_so_and_reports_workers(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path, telemetry_interval_s=0.1) as d:
+        events = d.subscribe()
+        await render(d)
+        sample = (await until(events, lambda e: e.type == "telemetry" and e.data["workers"]
+                                        and e.data["workers"][0]["state"] == "idle"))[-1].data
+    assert sample["gpus"] is None and sample["gpu_problem"]
+    assert sample["ram_total"] > 0 and 0 <= sample["cpu_percent"] <= 100 * os.cpu_count()
+    worker = sample["workers"][0]
+    assert worker["model"] == "demo" and worker["rss"] > 50e6 and worker["state"] == "idle"
+
+
+async def test_a_model_that_fails_to_load_fails_its_job_and_the_queue_goes_on(registry, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "unet").mkdir(parents=True)
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": '
+                                             '["diffusers", "UNet2DConditionModel"]}')
+    registry.models["broken"] = registry.models["demo2"].__class__(name="broken", source=str(broken))
+    async with Dispatcher(registry, tmp_path) as d:
+        bad = d.submit(JobSpec(prompt="x", model="broken"))
+        good = d.submit(JobSpec(prompt="x"))
+        await asyncio.wait_for(d.wait(good.id), TIMEOUT)
+    assert bad.status == FAILED and bad.error_kind == "load"
+    assert "could not load model 'broken'" in bad.error
+    assert good.status == DONE
