@@ -311,6 +311,7 @@ class Dispatcher:
         if job is None or job.status != RUNNING:
             return
         if kind == "image":
+            message["timings"]["total_s"] = round(time.monotonic() - job.submitted_at, 4)
             job.images.append(message)
         elif kind == "done":
             job.timings.update(message["timings"])

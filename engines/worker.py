@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preview-interval", type=float, default=0.25, help="seconds between previews")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    diffusers.utils.logging.disable_progress_bar()  # keeps the stderr tail readable
     wire = Wire(claim_stdout())
     spec = ModelSpec.from_dict(json.loads(args.model))
     wire.send("hello", pid=os.getpid(), model=spec.name, environment=describe())

@@ -356,3 +356,10 @@ def test_get_unknown_model_lists_known_ones(tmp_path):
     for name in ("demo", "sd15", "flux"):
         assert name in message
     assert str(path) in message
+
+
+def test_the_shipped_example_registry_parses_with_real_entries():
+    models = parse_models_file(Path(__file__).resolve().parent.parent / "models.example.yaml")
+    assert {"sd-turbo", "sdxl", "sd35-medium", "sd35-large", "flux-schnell"} <= set(models)
+    assert models["flux-schnell"].source == "black-forest-labs/FLUX.1-schnell"
+    assert models["sd-turbo"].defaults == {"steps": 1, "guidance": 0.0, "width": 512, "height": 512}

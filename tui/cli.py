@@ -32,11 +32,14 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdeck", description="A terminal workbench for local diffusion models.")
     parser.add_argument("--version", action="version", version=f"diffdeck {__version__}")
-    parser.add_argument("--models", metavar="FILE", help="models.yaml to use (default: $DIFFDECK_MODELS, "
-                        "./models.yaml, then the user config dir)")
+    models_help = "models.yaml to use (default: $DIFFDECK_MODELS, ./models.yaml, then the user config dir)"
+    parser.add_argument("--models", metavar="FILE", help=models_help)
+    # --models is also taken after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models", metavar="FILE", default=argparse.SUPPRESS, help=models_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    render = commands.add_parser("render", help="render images headless, through the workers")
+    render = commands.add_parser("render", parents=[common], help="render images headless, through the workers")
     render.add_argument("prompt")
     render.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
     render.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
@@ -52,17 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--json", action="store_true", help="print one JSON object per image")
     render.set_defaults(run=cmd_render)
 
-    models = commands.add_parser("models", help="list the model registry")
+    models = commands.add_parser("models", parents=[common], help="list the model registry")
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=cmd_models)
 
-    doctor = commands.add_parser("doctor", help="report versions, GPUs, NVML and terminal image support")
+    doctor = commands.add_parser("doctor", parents=[common], help="report versions, GPUs, NVML and terminal image support")
     doctor.set_defaults(run=cmd_doctor)
 
-    bench = commands.add_parser("bench", help="per-image overhead of diffdeck over a bare diffusers loop")
+    bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=20, help="images per round (default: 20)")
-    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds of each (default: 3)")
+    bench.add_argument("--rounds", type=int, default=5, help="alternating rounds of each (default: 5)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
@@ -130,7 +133,8 @@ def _print_image(data: dict[str, Any], job, as_json: bool) -> None:
         return
     record = {
         "path": data["path"], "seed": data["seed"], "model": job.spec.model, "job": job.id,
-        "image": data["image"], "timings": {**job.timings, **data["timings"]},
+        "image": data["image"],
+        "timings": {"queue_wait_s": job.timings["queue_wait_s"], "load_s": job.timings["load_s"], **data["timings"]},
         "peak_memory": data["peak_memory"],
     }
     print(json.dumps(record), flush=True)

@@ -1,0 +1,136 @@
+"""`diffdeck` as a user runs it: a real process, real workers, real files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from engines.metadata import read_record
+
+
+def diffdeck(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True,
+                          env={**os.environ, **(env or {})}, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def text(out: bytes) -> str:
+    return out.decode(errors="replace")
+
+
+def test_render_prints_one_path_per_image(tmp_path):
+    result = diffdeck("render", "a red circle", "--count", "2", "--seed", "5", "--session", "s", cwd=tmp_path)
+    assert result.returncode == 0, text(result.stderr)
+    paths = text(result.stdout).split()
+    assert [Path(p).name for p in paths] == ["job-0001-00-5.png", "job-0001-01-6.png"]
+    assert all((tmp_path / "s" / "images" / Path(p).name).is_file() for p in paths)
+    assert read_record(tmp_path / paths[1])["seed"] == 6
+
+
+def test_render_json_and_default_session_folder(tmp_path):
+    result = diffdeck("render", "a blue square", "--json", "--steps", "4", "--size", "64x128", cwd=tmp_path)
+    assert result.returncode == 0, text(result.stderr)
+    (line,) = text(result.stdout).splitlines()
+    image = json.loads(line)
+    assert image["model"] == "demo" and isinstance(image["seed"], int) and image["peak_memory"] > 0
+    assert set(image["timings"]) == {"queue_wait_s", "load_s", "denoise_s", "decode_s", "save_s", "total_s"}
+    path = Path(image["path"])
+    assert path.parent.parent.parent == Path("sessions") and (tmp_path / path).is_file()
+    assert Image.open(tmp_path / path).size == (64, 128)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "nope"], "unknown model 'nope' in models.yaml; known models: demo, gone, pickled"),
+    (["--size", "65x64"], "width: 65 is not a multiple of 8; try 64 or 72"),
+    (["--steps", "0"], "steps: must be a whole number from 1 to 1000, got 0"),
+    (["--scheduler", "flow_euler"], "'flow_euler' does not work with SD 1.x/2.x models"),
+    (["--models", "missing.yaml"], "models file missing.yaml does not exist"),
+    (["--model", "gone"], "model folder"),
+    (["--model", "pickled"], "pickle weights, which can run arbitrary code"),
+])
+def test_bad_input_is_one_clear_line_and_nothing_is_lost(tmp_path, args, message):
+    (tmp_path / "pickled" / "unet").mkdir(parents=True)
+    (tmp_path / "pickled" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (tmp_path / "pickled" / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04")
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(
+        {"models": {"gone": {"source": "./gone"}, "pickled": {"source": "./pickled"}}}))
+    earlier = tmp_path / "s" / "images" / "earlier.png"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an image rendered earlier")
+    models = [] if "--models" in args else ["--models", "models.yaml"]
+    result = diffdeck(*models, "render", "a red circle", *args, "--session", "s", cwd=tmp_path)
+    stderr = text(result.stderr)
+    assert result.returncode == 2
+    assert stderr.startswith("diffdeck: error: ") and message in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert [p.name for p in (tmp_path / "s" / "images").iterdir()] == ["earlier.png"]
+
+
+def test_malformed_models_yaml_names_the_line(tmp_path):
+    (tmp_path / "models.yaml").write_text("models:\n  sd:\n    source: [unclosed\n")
+    result = diffdeck("render", "x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "models.yaml line" in text(result.stderr) and "not valid YAML" in text(result.stderr)
+
+
+def test_a_prompt_in_the_wrong_encoding_is_named(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tui", "render", b"caf\xe9 au lait"], cwd=tmp_path,
+                            capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert result.returncode == 2
+    assert "prompt: is not valid UTF-8: an undecodable byte at character 3" in text(result.stderr)
+
+
+def test_a_model_that_cannot_load_fails_the_render_with_exit_1(tmp_path):
+    (tmp_path / "broken" / "unet").mkdir(parents=True)
+    (tmp_path / "broken" / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}')
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"broken": {"source": "./broken"}}}))
+    result = diffdeck("render", "x", "--model", "broken", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "could not load model 'broken'" in text(result.stderr) and "Traceback" not in text(result.stderr)
+
+
+def test_ctrl_c_cancels_the_running_job(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tui", "render", "slow", "--steps", "1000", "--size", "256x256"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("sessions/*")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker made the session folder: it is rendering
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text(err)
+    assert "job-0001 cancelled" in text(err) and out == b""
+
+
+def test_models_lists_the_registry(tmp_path):
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(
+        {"models": {"sd-turbo": {"source": "stabilityai/sd-turbo", "roles": ["preview"]}}}))
+    result = diffdeck("models", "--json", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["demo"]["offline"] is True and rows["demo"]["family"] == "sd"
+    assert rows["sd-turbo"]["offline"] is False and "not downloaded" in rows["sd-turbo"]["problem"]
+    table = text(diffdeck("models", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")}).stdout)
+    assert "demo" in table and "stabilityai/sd-turbo" in table
+
+
+def test_doctor_reports_the_machine(tmp_path):
+    result = diffdeck("doctor", cwd=tmp_path)
+    out = text(result.stdout)
+    assert result.returncode == 0
+    assert "torch 2." in out and "diffusers" in out
+    assert "CUDA: not available" in out and "NVML:" in out and "terminal:" in out
+
+
+def test_bench_prints_the_side_by_side_figures(tmp_path):
+    result = diffdeck("bench", "-n", "2", "--rounds", "1", cwd=tmp_path)
+    out = text(result.stdout)
+    assert result.returncode == 0, text(result.stderr)
+    assert "round 1: bare" in out and "overhead" in out and "UI-side import" in out
