@@ -35,16 +35,18 @@ async def _bench(registry: Registry, model: str, n: int, rounds: int, workdir: P
     files = registry.files(model)
     if not files.available:
         raise RegistryError(files.problem or f"model {model!r} is not downloaded")
-    defaults = registry.defaults(model)
+    defaults = registry.defaults(model, files.family)
     spec = {"prompt": PROMPT, **{k: defaults[k] for k in ("steps", "guidance", "width", "height")}}
     bare = subprocess.Popen(
         [sys.executable, "-m", "engines.bench_bare", "--folder", str(files.folder), "--spec", json.dumps(spec),
          "--out", str(workdir / "bare")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     results = []
     try:
+        # One side warms up at a time: two torch processes loading at once on few cores thrash.
+        if bare.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bare diffusers loop did not start; see its output above")
         async with Dispatcher(registry, workdir / "diffdeck") as dispatcher:
             await _diffdeck_round(dispatcher, model, spec, 1)  # warm the worker
-            assert bare.stdout.readline().strip() == "ready"
             for _ in range(rounds):
                 bare.stdin.write(f"{n}\n")
                 bare.stdin.flush()

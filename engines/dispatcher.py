@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ import psutil
 from .registry import Registry, RegistryError
 from .spec import SEED_RANGE, JobSpec
 from .telemetry import Telemetry, WorkerView
-from .workers import BUSY, EXITED, IDLE, WorkerError, WorkerProcess, describe_exit
+from .workers import IDLE, WorkerError, WorkerProcess, describe_exit
+
+log = logging.getLogger("diffdeck.dispatcher")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, HELD = "queued", "running", "done", "failed", "cancelled", "held"
 FINISHED = (DONE, FAILED, CANCELLED, HELD)
@@ -130,7 +133,14 @@ class Dispatcher:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._schedule()), asyncio.create_task(self._watch())]
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Cancel what is queued or running (a running job stops within a step), then stop
+        every worker."""
+        self.paused = True
+        self.cancel_all()
+        running = [j.finished.wait() for j in self.jobs.values() if j.status == RUNNING]
+        if running:
+            await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=grace_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -149,12 +159,9 @@ class Dispatcher:
             raise RegistryError(files.problem)
         seeds = spec.seeds or _seeds(spec.seed, spec.count)
         job = Job(f"job-{next(self._ids):04d}",
-                  spec.resolved(self.registry.defaults(spec.model), files.family, seeds))
+                  spec.resolved(self.registry.defaults(spec.model, files.family), files.family, seeds))
         self.jobs[job.id] = job
-        self.queue.append(job)
-        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1)
-        self._wakeup.set()
-        return job
+        return self._enqueue(job)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job, or stop a running one within one denoising step."""
@@ -165,9 +172,11 @@ class Dispatcher:
         elif job.status == RUNNING:
             worker = self.workers.get(job.spec.model)
             if worker is not None and worker.job_id == job.id:
-                worker.send("cancel", id=job.id)  # the worker answers `cancelled`
+                worker.cancel(job.id)  # the worker answers `cancelled` within one step
             else:  # still waiting for its model to load
                 self._finish(job, CANCELLED)
+                if worker is not None and not any(j.spec.model == worker.model for j in self.queue):
+                    asyncio.create_task(self._retire(worker, "cancelled while loading"))
         else:
             return False
         return True
@@ -207,6 +216,9 @@ class Dispatcher:
         job.status, job.images, job.timings, job.error, job.error_kind = QUEUED, [], {}, None, None
         job.submitted_at, job.started_at, job.passed_over = time.monotonic(), None, 0
         job.finished = asyncio.Event()
+        return self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> Job:
         self.queue.append(job)
         self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1)
         self._wakeup.set()
@@ -242,18 +254,23 @@ class Dispatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._run(job)
+            self.queue.remove(job)
+            job.status, job.started_at = RUNNING, time.monotonic()
+            try:
+                await self._run(job)
+            except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue
+                log.exception("%s failed in the dispatcher", job.id)
+                if job.status == RUNNING:
+                    self._fail(job, f"{type(e).__name__}: {e}", "error")
 
     async def _run(self, job: Job) -> None:
-        self.queue.remove(job)
-        job.status, job.started_at = RUNNING, time.monotonic()
         worker = self.workers.get(job.spec.model)
         load_s = 0.0
         if worker is None:
             worker = await self._spawn(job.spec.model)
             self._emit("loading", job, model=job.spec.model, pid=worker.pid)
             try:
-                await worker.ready
+                await worker.wait_ready()
             except WorkerError as e:
                 if job.status == RUNNING:
                     self._fail(job, str(e), "load")
@@ -262,39 +279,47 @@ class Dispatcher:
         if job.status != RUNNING:  # cancelled while its model loaded
             return
         job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": round(load_s, 4)}
-        worker.state, worker.job_id = BUSY, job.id
+        try:
+            worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir))
+        except WorkerError as e:  # it died, or is being retired, between its load and now
+            self._fail(job, str(e), "crash")
+            return
         self._emit("started", job, model=job.spec.model, pid=worker.pid, **job.timings)
-        worker.send("job", id=job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir))
         await job.finished.wait()
-        if worker.state == BUSY:
-            worker.state, worker.job_id, worker.last_used = IDLE, None, time.monotonic()
+        worker.release()
 
     async def _spawn(self, model: str) -> WorkerProcess:
         spec = self.registry.get(model)
         need = self.registry.memory_gb(model)
         idle = sorted((w for w in self.workers.values() if w.state == IDLE), key=lambda w: w.last_used)
         while idle and sum(w.memory_gb for w in self.workers.values()) + need > self.memory_budget_gb:
-            victim = idle.pop(0)
-            self._emit("worker_evicted", None, model=victim.model, pid=victim.pid, reason="memory budget",
-                       budget_gb=self.memory_budget_gb, needed_gb=need)
-            await victim.stop()
+            await self._retire(idle.pop(0), "memory budget", budget_gb=self.memory_budget_gb, needed_gb=need)
         worker = WorkerProcess(spec, need, self._on_worker_message, self._on_worker_exit,
                                self.preview_interval_s)
-        self.workers[model] = worker
         await worker.start()
+        self.workers[model] = worker
         self._emit("worker_spawned", None, model=model, pid=worker.pid)
         return worker
+
+    async def _retire(self, worker: WorkerProcess, reason: str, **data: Any) -> None:
+        """Take a worker out of service and stop it; its memory is free when this returns."""
+        if self.workers.get(worker.model) is worker:
+            del self.workers[worker.model]
+        self._emit("worker_evicted", None, model=worker.model, pid=worker.pid, reason=reason, **data)
+        await worker.stop()
 
     async def _watch(self) -> None:
         """Telemetry at about 1 Hz, and idle workers stopped after their timeout."""
         while True:
             views = [WorkerView(w.pid, w.model, w.state) for w in self.workers.values() if w.pid]
-            self._emit("telemetry", None, **self.telemetry.sample(views))
+            try:
+                self._emit("telemetry", None, **self.telemetry.sample(views))
+            except Exception:  # noqa: BLE001 - a sensor failing must not stop idle eviction
+                log.exception("telemetry sample failed")
             now = time.monotonic()
             for worker in list(self.workers.values()):
                 if worker.state == IDLE and now - worker.last_used > self.idle_timeout_s:
-                    self._emit("worker_evicted", None, model=worker.model, pid=worker.pid, reason="idle timeout")
-                    await worker.stop()
+                    await self._retire(worker, "idle timeout")
             await asyncio.sleep(self.telemetry_interval_s)
 
     # worker events
@@ -302,7 +327,7 @@ class Dispatcher:
     def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         kind = message.pop("type")
         if kind == "ready":
-            self._emit("worker_ready", None, model=worker.model, pid=worker.pid,
+            self._emit("worker_ready", None, model=worker.model, pid=worker.pid, environment=worker.environment,
                        **{k: message[k] for k in ("load_s", "family", "device", "dtype", "memory")})
             return
         if kind in ("hello", "load_failed"):
@@ -323,6 +348,8 @@ class Dispatcher:
             self._finish(job, CANCELLED, step=message["step"])
             return
         elif kind == "failed":
+            if message["kind"] == "fatal" and self.workers.get(worker.model) is worker:
+                del self.workers[worker.model]  # it exits by itself; the next job gets a new one
             self._fail(job, message["error"], message["kind"])
             return
         self._emit(kind, job, **message)
@@ -333,6 +360,9 @@ class Dispatcher:
         self._emit("worker_exited", None, model=worker.model, pid=worker.pid, returncode=worker.returncode)
         job = self.jobs.get(worker.job_id) if worker.job_id else None
         if job is not None and job.status == RUNNING:
+            if worker.stop_requested:  # we stopped it: the job did not crash anything
+                self._fail(job, f"the worker for {worker.model!r} was stopped during {job.id}", "stopped")
+                return
             job.worker_crashes += 1
             message = (f"the worker for {worker.model!r} {describe_exit(worker.returncode)} during "
                        f"{job.id}; last log lines:\n{worker.stderr_text()}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import diffusers
@@ -45,6 +44,10 @@ def pick_dtype(spec: ModelSpec, family: str, device: str) -> torch.dtype:
     return GPU_DTYPES[family] if device == "cuda" else torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass
 class StepInfo:
     image: int
@@ -61,18 +64,14 @@ class Model:
         self.family = files.family
         self.device = pick_device(spec)
         self.dtype = pick_dtype(spec, files.family, self.device)
-        self.source = str(files.folder) if files.folder else spec.source
+        self.folder = files.folder
         self.pipe = self._load()
         self.pipeline_class = type(self.pipe).__name__
         self._default_scheduler = self.pipe.scheduler
 
     def _load(self):
         pipe = diffusers.DiffusionPipeline.from_pretrained(
-            self.source,
-            revision=None if Path(self.source).is_dir() else self.spec.revision,
-            dtype=self.dtype,
-            use_safetensors=not self.spec.allow_pickle,
-        )
+            self.folder, dtype=self.dtype, use_safetensors=not self.spec.allow_pickle)
         pipe.set_progress_bar_config(disable=True)
         if self.device == "cuda" and self.spec.offload == "model":
             pipe.enable_model_cpu_offload()
@@ -81,6 +80,10 @@ class Model:
         else:
             pipe.to(self.device)
         return pipe
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
 
     def use_scheduler(self, name: str) -> None:
         if name == "default":
@@ -132,7 +135,7 @@ class Model:
         try:
             image = self.pipe(**self._call_args(spec, seed), callback_on_step_end=callback,
                               callback_on_step_end_tensor_inputs=["latents"]).images[0]
-        except Cancelled:
+        except BaseException:  # cancelled, or failed: offload hooks must not stay attached
             self.pipe.maybe_free_model_hooks()
             raise
         end = time.perf_counter()

@@ -6,7 +6,7 @@ Dispatcher -> worker:
   shutdown  {}
 
 Worker -> Dispatcher:
-  hello     {pid, model, device, dtype, versions}      as soon as the process starts
+  hello     {pid, model, device, dtype, environment}  as soon as the process starts
   ready     {load_s, family, pipeline_class, scheduler, memory}   the model is loaded
   load_failed {error}                                  the model could not be loaded; exits
   step      {id, image, count, step, total, elapsed_s, it_s}
@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PROTOCOL_VERSION = 1
 PREVIEW_MAX_BYTES = 16 * 1024
 
 

@@ -79,11 +79,9 @@ class Registry:
     def files(self, name: str) -> ModelFiles:
         return locate(self.get(name))
 
-    def defaults(self, name: str) -> dict[str, Any]:
-        """The job defaults for a model: its family's, overridden by its own entry."""
-        spec = self.get(name)
-        family = self.files(name).family
-        return {**FAMILY_DEFAULTS.get(family or "sd", {}), **spec.defaults}
+    def defaults(self, name: str, family: str | None) -> dict[str, Any]:
+        """The job defaults for a model of `family`: the family's, overridden by its own entry."""
+        return {**FAMILY_DEFAULTS.get(family or "sd", {}), **self.get(name).defaults}
 
     def memory_gb(self, name: str) -> float:
         spec = self.get(name)
@@ -213,6 +211,11 @@ def hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
     commit = ref_file.read_text().strip() if ref_file.is_file() else ref
     snapshot = repo / "snapshots" / commit
     return snapshot if (snapshot / "model_index.json").is_file() else None
+
+
+def snapshot_commit(folder: Path) -> str | None:
+    """The hub commit a cached snapshot folder holds (its name), None for other folders."""
+    return folder.name if folder.parent.name == "snapshots" else None
 
 
 def locate(spec: ModelSpec) -> ModelFiles:

@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3/3.5", "flux": "Flux.1"}
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -37,7 +36,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, _EPS_FAMILIES),
     "dpmpp_sde": ("DPMSolverSinglestepScheduler", {}, _EPS_FAMILIES),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}, _FLOW_FAMILIES),
-    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}, _FLOW_FAMILIES),
+    "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}, ("sd3",)),  # Flux passes sigmas it cannot take
 }
 DEFAULT_SCHEDULER = "default"  # keep the scheduler the model ships with
 

@@ -33,7 +33,6 @@ from transformers import (
     T5TokenizerFast,
 )
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
 _TEXT_DIM = 32
 _VOCAB_SIZE = 1000
 

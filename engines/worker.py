@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -31,10 +32,10 @@ import torch
 from . import __version__
 from .environment import describe
 from .metadata import png_info
-from .pipelines import Cancelled, Model
+from .pipelines import Cancelled, Model, dtype_name, pick_device, pick_dtype
 from .previews import encode_preview
-from .protocol import decode, encode
-from .registry import RegistryError, inspect_folder, locate
+from .protocol import ProtocolError, decode, encode
+from .registry import ModelFiles, RegistryError, inspect_folder, locate, snapshot_commit
 from .spec import JobSpec, ModelSpec
 
 log = logging.getLogger("diffdeck.worker")
@@ -58,31 +59,50 @@ def claim_stdout() -> BinaryIO:
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return os.fdopen(protocol_fd, "wb", buffering=0)
+    return os.fdopen(protocol_fd, "wb")  # buffered: a flush writes whole lines, even if interrupted
 
 
 class Commands:
-    """Reads the Dispatcher's commands; jobs queue up, cancels are noted at once."""
+    """Reads the Dispatcher's commands; jobs queue up, cancels are noted at once.
+
+    A cancel counts only for a job that has arrived and not yet ended, so a late one
+    (the job finished as it was sent) cannot cancel a retry of the same job."""
 
     def __init__(self, stream: BinaryIO):
         self.jobs: queue.Queue[dict | None] = queue.Queue()
         self.cancelled: set[str] = set()
+        self._open: set[str] = set()
+        self._lock = threading.Lock()
         threading.Thread(target=self._read, args=(stream,), daemon=True, name="commands").start()
 
+    def ended(self, job_id: str) -> None:
+        with self._lock:
+            self._open.discard(job_id)
+            self.cancelled.discard(job_id)
+
     def _read(self, stream: BinaryIO) -> None:
-        for line in stream:
-            message = decode(line)
-            if message["type"] == "job":
-                self.jobs.put(message)
-            elif message["type"] == "cancel":
-                self.cancelled.add(message["id"])
-            elif message["type"] == "shutdown":
-                break
-        self.jobs.put(None)  # shutdown, or the Dispatcher is gone
+        try:
+            for line in stream:
+                try:
+                    message = decode(line)
+                except ProtocolError as e:
+                    log.error("ignored: %s", e)
+                    continue
+                if message["type"] == "job":
+                    with self._lock:
+                        self._open.add(message["id"])
+                    self.jobs.put(message)
+                elif message["type"] == "cancel":
+                    with self._lock:
+                        if message["id"] in self._open:
+                            self.cancelled.add(message["id"])
+                elif message["type"] == "shutdown":
+                    break
+        finally:
+            self.jobs.put(None)  # shutdown, or the Dispatcher is gone
 
 
-def load_model(spec: ModelSpec) -> Model:
-    files = locate(spec)
+def load_model(spec: ModelSpec, files: ModelFiles) -> Model:
     if files.problem:
         raise RegistryError(files.problem)
     if files.folder is None:  # a hub model not downloaded yet: fetch it, safetensors only
@@ -137,7 +157,7 @@ class Worker:
             traceback.print_exc()
             failure = ("fatal" if is_fatal_cuda_error(e) else "error", f"{type(e).__name__}: {e}")
         finally:
-            self.commands.cancelled.discard(job_id)
+            self.commands.ended(job_id)
         # Recover outside the except block, so the traceback no longer pins tensors.
         gc.collect()
         if torch.cuda.is_available():
@@ -189,8 +209,9 @@ class Worker:
             "rng": "cpu",
             "spec": spec.to_dict(),
             "model": {
-                "name": m.spec.name, "source": m.spec.source, "revision": m.spec.revision,
-                "family": m.family, "pipeline_class": m.pipeline_class, "dtype": str(m.dtype).removeprefix("torch."),
+                "name": m.spec.name, "source": m.spec.source,
+                "revision": snapshot_commit(m.folder) or m.spec.revision,
+                "family": m.family, "pipeline_class": m.pipeline_class, "dtype": m.dtype_name,
                 "device": m.device, "offload": m.spec.offload, "scheduler": m.scheduler_record(),
             },
             "diffdeck": __version__,
@@ -214,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preview-interval", type=float, default=0.25, help="seconds between previews")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client cancels; Ctrl-C is not for us
     diffusers.utils.logging.disable_progress_bar()  # keeps the stderr tail readable
     wire = Wire(claim_stdout())
     spec = ModelSpec.from_dict(json.loads(args.model))
-    wire.send("hello", pid=os.getpid(), model=spec.name, environment=describe())
+    files = locate(spec)
+    device = pick_device(spec)
+    dtype = dtype_name(pick_dtype(spec, files.family, device)) if files.family else None
+    wire.send("hello", pid=os.getpid(), model=spec.name, device=device, dtype=dtype, environment=describe())
     commands = Commands(sys.stdin.buffer)
     started = time.perf_counter()
     try:
-        model = load_model(spec)
+        model = load_model(spec, files)
     except Exception as e:  # noqa: BLE001 - reported to the Dispatcher, which tells the user
         traceback.print_exc()
         wire.send("load_failed", error=f"could not load model {spec.name!r}: {type(e).__name__}: {e}")
@@ -229,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     wire.send(
         "ready", load_s=round(time.perf_counter() - started, 3), family=model.family,
         pipeline_class=model.pipeline_class, device=model.device,
-        dtype=str(model.dtype).removeprefix("torch."), scheduler=model.scheduler_record(),
+        dtype=model.dtype_name, scheduler=model.scheduler_record(),
         memory={"rss": psutil.Process().memory_info().rss,
                 "gpu": torch.cuda.memory_allocated() if model.device == "cuda" else None},
     )

@@ -98,13 +98,15 @@ def test_a_model_that_cannot_load_fails_the_render_with_exit_1(tmp_path):
 
 
 def test_ctrl_c_cancels_the_running_job(tmp_path):
+    """The terminal sends SIGINT to the whole foreground process group, as here."""
     proc = subprocess.Popen([sys.executable, "-m", "tui", "render", "slow", "--steps", "1000", "--size", "256x256"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("sessions/*")) and time.monotonic() < deadline:
         time.sleep(0.2)  # the worker made the session folder: it is rendering
     time.sleep(1)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, text(err)
     assert "job-0001 cancelled" in text(err) and out == b""

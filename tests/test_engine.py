@@ -230,3 +230,27 @@ async def test_a_model_that_fails_to_load_fails_its_job_and_the_queue_goes_on(re
     assert bad.status == FAILED and bad.error_kind == "load"
     assert "could not load model 'broken'" in bad.error
     assert good.status == DONE
+
+
+async def test_cancel_during_the_model_load_stops_that_worker(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path) as d:
+        events = d.subscribe()
+        job = d.submit(JobSpec(prompt="never", model="demo2"))
+        await until(events, lambda e: e.type == "loading")
+        assert d.cancel(job.id) and job.status == CANCELLED
+        evicted = await until(events, lambda e: e.type == "worker_evicted")
+        assert evicted[-1].data["reason"] == "cancelled while loading"
+        assert (await render(d)).status == DONE
+        assert set(d.workers) == {"demo"}
+
+
+async def test_close_while_a_job_runs_cancels_it_without_blaming_it(registry, tmp_path):
+    d = Dispatcher(registry, tmp_path)
+    d.start()
+    events = d.subscribe()
+    job = d.submit(JobSpec(prompt="slow", seed=1, steps=1000, width=256, height=256))
+    await until(events, lambda e: e.type == "step")
+    worker = d.workers["demo"]
+    await asyncio.wait_for(d.close(), 30)
+    assert job.status == CANCELLED and job.worker_crashes == 0
+    assert worker.state == EXITED and worker.returncode == 0

@@ -167,7 +167,7 @@ class TestParsing:
     def test_model_defaults_override_family_defaults(self, tmp_path):
         folder = fake_pipeline(tmp_path / "sdxl", "StableDiffusionXLPipeline")
         reg = registry_for(tmp_path, folder, "    defaults: {steps: 12}\n")
-        assert reg.defaults("m") == {"steps": 12, "guidance": 6.0, "width": 1024, "height": 1024}
+        assert reg.defaults("m", reg.files("m").family) == {"steps": 12, "guidance": 6.0, "width": 1024, "height": 1024}
 
     @pytest.mark.parametrize(("defaults", "field"), [
         ("{steps: 0}", "steps"),

@@ -102,7 +102,7 @@ def test_eps_scheduler_on_flux_is_refused_by_resolved():
     assert err.field == "scheduler"
     assert "Flux" in err.message
     fits = [n.strip() for n in err.message.split("use one of:")[1].split(",")]
-    assert fits == ["default", "flow_euler", "flow_heun"]
+    assert fits == ["default", "flow_euler"], "Flux cannot take flow_heun: FluxPipeline passes sigmas it refuses"
 
 
 def test_flux_refuses_a_negative_prompt():

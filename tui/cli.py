@@ -18,15 +18,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engines import __version__
-from engines.dispatcher import CANCELLED, DONE, Dispatcher
+from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher
 from engines.registry import Registry, RegistryError, load_registry
 from engines.session import DEFAULT_ROOT, images_dir, new_session_dir
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from engines.telemetry import Telemetry
-
-
-class CliError(Exception):
-    """A problem worth one line to the user, and a non-zero exit status."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
-    except (CliError, SpecError, RegistryError) as e:
+    except (SpecError, RegistryError) as e:
         print(f"diffdeck: error: {e}", file=sys.stderr)
         return 2
 
@@ -112,9 +108,10 @@ async def _render(registry: Registry, spec: JobSpec, session: Path, as_json: boo
                     progress.show(event)
                 if event.type == "image":
                     _print_image(event.data, job, as_json)
-                if job.finished.is_set():
+                if event.job == job.id and event.type in FINISHED:
                     break
         finally:
+            events.close()
             loop.remove_signal_handler(signal.SIGINT)
             if progress:
                 progress.clear()
