@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator
 
 import psutil
 
+from .protocol import Intervals
 from .registry import Registry, RegistryError
 from .spec import SEED_RANGE, JobSpec
 from .telemetry import Telemetry, WorkerView
@@ -100,7 +101,7 @@ class Dispatcher:
         memory_budget_gb: float | None = None,
         idle_timeout_s: float = 600.0,
         lookahead: int = 4,
-        preview_interval_s: float = 0.25,
+        intervals: Intervals = Intervals(),
         telemetry_interval_s: float = 1.0,
         telemetry: Telemetry | None = None,
     ):
@@ -108,7 +109,7 @@ class Dispatcher:
         self.images_dir = Path(images_dir)
         self.idle_timeout_s = idle_timeout_s
         self.lookahead = lookahead
-        self.preview_interval_s = preview_interval_s
+        self.intervals = intervals
         self.telemetry_interval_s = telemetry_interval_s
         self.telemetry = telemetry or Telemetry()
         self.memory_budget_gb = memory_budget_gb or _default_budget_gb(self.telemetry)
@@ -295,7 +296,7 @@ class Dispatcher:
         while idle and sum(w.memory_gb for w in self.workers.values()) + need > self.memory_budget_gb:
             await self._retire(idle.pop(0), "memory budget", budget_gb=self.memory_budget_gb, needed_gb=need)
         worker = WorkerProcess(spec, need, self._on_worker_message, self._on_worker_exit,
-                               self.preview_interval_s)
+                               self.intervals)
         await worker.start()
         self.workers[model] = worker
         self._emit("worker_spawned", None, model=model, pid=worker.pid)

@@ -22,9 +22,22 @@ Paths, never pixels, except the small throttled previews.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 PREVIEW_MAX_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How often a worker reports on a running job, in seconds. A client redraws a few
+    times a second; more messages only take CPU from the render."""
+
+    progress_s: float = 0.1  # step messages; the last step of each image is always sent
+    preview_s: float = 0.25
+
+    def to_args(self) -> list[str]:
+        return ["--progress-interval", str(self.progress_s), "--preview-interval", str(self.preview_s)]
 
 
 class ProtocolError(ValueError):

@@ -34,7 +34,7 @@ from .environment import describe
 from .metadata import png_info
 from .pipelines import Cancelled, Model, dtype_name, pick_device, pick_dtype
 from .previews import encode_preview
-from .protocol import ProtocolError, decode, encode
+from .protocol import Intervals, ProtocolError, decode, encode
 from .registry import ModelFiles, RegistryError, inspect_folder, locate, snapshot_commit
 from .spec import JobSpec, ModelSpec
 
@@ -131,11 +131,11 @@ def is_fatal_cuda_error(error: BaseException) -> bool:
 
 
 class Worker:
-    def __init__(self, model: Model, wire: Wire, commands: Commands, preview_interval_s: float):
+    def __init__(self, model: Model, wire: Wire, commands: Commands, intervals: Intervals):
         self.model = model
         self.wire = wire
         self.commands = commands
-        self.preview_interval_s = preview_interval_s
+        self.intervals = intervals
 
     def serve(self) -> int:
         while (message := self.commands.jobs.get()) is not None:
@@ -172,7 +172,13 @@ class Worker:
         totals = {"denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
         peak = 0
 
+        last_sent = [0.0]
+
         def on_step(info):
+            now = time.monotonic()
+            if now - last_sent[0] < self.intervals.progress_s and info.step < info.total:
+                return
+            last_sent[0] = now
             self.wire.send("step", id=job_id, image=info.image, count=spec.count, step=info.step,
                            total=info.total, elapsed_s=round(info.elapsed_s, 4),
                            it_s=round(info.step / info.elapsed_s, 3) if info.elapsed_s else None)
@@ -186,7 +192,7 @@ class Worker:
             if job_id in self.commands.cancelled:
                 raise Cancelled(0)
             image, timings, image_peak = model.render(
-                spec, index, on_step, on_preview, self.preview_interval_s,
+                spec, index, on_step, on_preview, self.intervals.preview_s,
                 lambda: job_id in self.commands.cancelled)
             started = time.perf_counter()
             path = out_dir / f"{job_id}-{index:02d}-{seed}.png"
@@ -232,7 +238,11 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engines.worker")
     parser.add_argument("--model", required=True, help="the ModelSpec as JSON")
-    parser.add_argument("--preview-interval", type=float, default=0.25, help="seconds between previews")
+    defaults = Intervals()
+    parser.add_argument("--progress-interval", type=float, default=defaults.progress_s,
+                        help="seconds between step messages")
+    parser.add_argument("--preview-interval", type=float, default=defaults.preview_s,
+                        help="seconds between previews")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client cancels; Ctrl-C is not for us
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         memory={"rss": psutil.Process().memory_info().rss,
                 "gpu": torch.cuda.memory_allocated() if model.device == "cuda" else None},
     )
-    return Worker(model, wire, commands, args.preview_interval).serve()
+    return Worker(model, wire, commands, Intervals(args.progress_interval, args.preview_interval)).serve()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from .protocol import ProtocolError, decode, encode
+from .protocol import Intervals, ProtocolError, decode, encode
 from .spec import ModelSpec
 
 STARTING, LOADING, IDLE, BUSY, STOPPING, EXITED = "starting", "loading", "idle", "busy", "stopping", "exited"
@@ -35,7 +35,7 @@ class WorkerProcess:
         memory_gb: float,
         on_message: Callable[["WorkerProcess", dict[str, Any]], None],
         on_exit: Callable[["WorkerProcess"], None],
-        preview_interval_s: float = 0.25,
+        intervals: Intervals = Intervals(),
     ):
         self.spec = spec
         self.memory_gb = memory_gb  # the registry's estimate until the worker measures itself
@@ -48,7 +48,7 @@ class WorkerProcess:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._on_message = on_message
         self._on_exit = on_exit
-        self._preview_interval_s = preview_interval_s
+        self._intervals = intervals
         self._proc: asyncio.subprocess.Process | None = None
         self._load_error: str | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -69,7 +69,7 @@ class WorkerProcess:
         # job cleanly, instead of killing every worker with it.
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engines.worker", "--model", json.dumps(self.spec.to_dict()),
-            "--preview-interval", str(self._preview_interval_s),
+            *self._intervals.to_args(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, limit=_LINE_LIMIT, start_new_session=True,
         )

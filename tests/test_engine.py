@@ -12,16 +12,17 @@ from PIL import Image
 
 from engines.dispatcher import CANCELLED, DONE, FAILED, HELD, Dispatcher
 from engines.metadata import parse_parameters, read_record
-from engines.protocol import PREVIEW_MAX_BYTES
+from engines.protocol import PREVIEW_MAX_BYTES, Intervals
 from engines.spec import JobSpec
 from engines.workers import EXITED
 
 TIMEOUT = 120
+EVERY_STEP = Intervals(progress_s=0.0, preview_s=0.0)
 
 
 @pytest.fixture
 async def dispatcher(registry, tmp_path):
-    async with Dispatcher(registry, tmp_path / "images", preview_interval_s=0.0) as d:
+    async with Dispatcher(registry, tmp_path / "images", intervals=EVERY_STEP) as d:
         yield d
 
 
@@ -254,3 +255,11 @@ async def test_close_while_a_job_runs_cancels_it_without_blaming_it(registry, tm
     await asyncio.wait_for(d.close(), 30)
     assert job.status == CANCELLED and job.worker_crashes == 0
     assert worker.state == EXITED and worker.returncode == 0
+
+
+async def test_progress_is_throttled_but_every_image_reports_its_last_step(registry, tmp_path):
+    async with Dispatcher(registry, tmp_path, intervals=Intervals(progress_s=10.0, preview_s=10.0)) as d:
+        events = d.subscribe()
+        job = await render(d, count=2, steps=12)
+        steps = [(e.data["image"], e.data["step"]) for e in events.drain() if e.type == "step" and e.job == job.id]
+    assert steps == [(0, 1), (0, 12), (1, 12)]

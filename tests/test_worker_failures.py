@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from engines.protocol import Intervals
 from engines.spec import JobSpec
 from engines.worker import Commands, Wire, Worker
 
@@ -27,7 +28,7 @@ def serve(error, jobs=2):
     spec = JobSpec(prompt="p", seeds=(1,), seed=1, steps=2, width=64, height=64, guidance=1.0)
     lines = b"".join(json.dumps({"type": "job", "id": f"j{i}", "spec": spec.to_dict(), "out_dir": "/nonexistent"})
                      .encode() + b"\n" for i in range(jobs))
-    worker = Worker(GPUModel(error), Wire(out), Commands(io.BytesIO(lines)), 0.25)
+    worker = Worker(GPUModel(error), Wire(out), Commands(io.BytesIO(lines)), Intervals())
     status = worker.serve()
     return status, [json.loads(line) for line in out.getvalue().splitlines()]
 
