@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
     bench.add_argument("--model", default="demo")
-    bench.add_argument("-n", type=int, default=5, help="images per round (default: 5)")
-    bench.add_argument("--rounds", type=int, default=20, help="alternating rounds of each (default: 20)")
+    bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
+    bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
