@@ -107,6 +107,8 @@ async def _render(registry: Registry, spec: JobSpec, session: Path, as_json: boo
                 if progress:
                     progress.show(event)
                 if event.type == "image":
+                    if progress:
+                        progress.clear()  # the path goes on a line of its own
                     _print_image(event.data, job, as_json)
                 if event.job == job.id and event.type in FINISHED:
                     break
