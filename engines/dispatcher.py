@@ -42,9 +42,6 @@ class Event:
     job: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "job": self.job, **self.data}
-
 
 @dataclass
 class Job:

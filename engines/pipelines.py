@@ -65,6 +65,7 @@ class Model:
         self.device = pick_device(spec)
         self.dtype = pick_dtype(spec, files.family, self.device)
         self.folder = files.folder
+        self._process = psutil.Process()
         self.pipe = self._load()
         self.pipeline_class = type(self.pipe).__name__
         self._default_scheduler = self.pipe.scheduler
@@ -102,7 +103,7 @@ class Model:
         spec: JobSpec,
         index: int,
         on_step: Callable[[StepInfo], None],
-        on_preview: Callable[[int, int, np.ndarray], None] | None,
+        on_preview: Callable[[int, int, np.ndarray], None],
         preview_interval_s: float,
         cancelled: Callable[[], bool],
     ):
@@ -120,14 +121,14 @@ class Model:
             if step + 1 == total and self.device == "cuda":
                 torch.cuda.synchronize()
             state["denoised_at"] = time.perf_counter()
-            state["peak_rss"] = max(state["peak_rss"], psutil.Process().memory_info().rss)
+            state["peak_rss"] = max(state["peak_rss"], self._process.memory_info().rss)
             on_step(StepInfo(index, step + 1, total, now - start))
-            if on_preview and now - state["last_preview"] >= preview_interval_s and state["prev"] is not None:
+            if now - state["last_preview"] >= preview_interval_s and state["prev"] is not None:
                 state["last_preview"] = now
                 x0 = _denoised_estimate(pipe.scheduler, state["prev"], latents)
                 on_preview(index, step + 1, latents_to_rgb(self._unpack(x0, spec)[0].float().cpu().numpy(),
                                                             self.family))
-            state["prev"] = latents.detach().clone() if on_preview else None
+            state["prev"] = latents.detach().clone()
             return kwargs
 
         if self.device == "cuda":
@@ -140,7 +141,7 @@ class Model:
             raise
         end = time.perf_counter()
         peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else max(
-            state["peak_rss"], psutil.Process().memory_info().rss)
+            state["peak_rss"], self._process.memory_info().rss)
         timings = {"denoise_s": state["denoised_at"] - start, "decode_s": end - state["denoised_at"]}
         return image, timings, peak
 

@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(spec, files)
     except Exception as e:  # noqa: BLE001 - reported to the Dispatcher, which tells the user
         traceback.print_exc()
-        wire.send("load_failed", error=f"could not load model {spec.name!r}: {type(e).__name__}: {e}")
+        reason = out_of_memory_message(e) if isinstance(e, torch.cuda.OutOfMemoryError) else f"{type(e).__name__}: {e}"
+        wire.send("load_failed", error=f"could not load model {spec.name!r}: {reason}")
         return 2
     wire.send(
         "ready", load_s=round(time.perf_counter() - started, 3), family=model.family,
