@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,4 +136,7 @@ def test_bench_prints_the_side_by_side_figures(tmp_path):
     result = diffdeck("bench", "-n", "2", "--rounds", "1", cwd=tmp_path)
     out = text(result.stdout)
     assert result.returncode == 0, text(result.stderr)
-    assert "round 1: bare" in out and "overhead" in out and "UI-side import" in out
+    assert re.search(r"round 1: bare [\d.]+ s/image   diffdeck [\d.]+ s/image", out), out
+    assert re.search(r"median of paired ratios [+-][\d.]+ %", out), out
+    assert re.search(r"outside the worker's render and save .*: [\d.]+ ms/image", out), out
+    assert re.search(r"UI-side import of engines \+ tui.cli: \d+ ms", out), out
