@@ -101,6 +101,7 @@ class Dispatcher:
         intervals: Intervals = Intervals(),
         telemetry_interval_s: float = 1.0,
         telemetry: Telemetry | None = None,
+        first_job_number: int = 1,
     ):
         self.registry = registry
         self.images_dir = Path(images_dir)
@@ -114,7 +115,7 @@ class Dispatcher:
         self.queue: list[Job] = []
         self.workers: dict[str, WorkerProcess] = {}
         self.paused = False
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_job_number)
         self._subscribers: list[EventStream] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []

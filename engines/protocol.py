@@ -11,7 +11,7 @@ Worker -> Dispatcher:
   load_failed {error}                                  the model could not be loaded; exits
   step      {id, image, count, step, total, elapsed_s, it_s}
   preview   {id, image, step, mime, data (base64, <= 16 KB)}
-  image     {id, image, seed, path, timings, peak_memory}
+  image     {id, image, seed, path, pixel_sha256, timings, peak_memory}
   done      {id, timings, peak_memory}
   cancelled {id, step}
   failed    {id, error, kind: "error" | "oom" | "fatal"}   "fatal": the worker exits next

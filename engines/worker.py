@@ -30,6 +30,7 @@ import psutil
 import torch
 
 from . import __version__
+from .compare import pixel_sha256
 from .environment import describe
 from .metadata import png_info
 from .pipelines import Cancelled, Model, dtype_name, pick_device, pick_dtype
@@ -196,12 +197,13 @@ class Worker:
                 lambda: job_id in self.commands.cancelled)
             started = time.perf_counter()
             path = out_dir / f"{job_id}-{index:02d}-{seed}.png"
-            save_png(image, self._record(job_id, spec, index), path)
+            pixels = pixel_sha256(image)
+            save_png(image, {**self._record(job_id, spec, index), "pixel_sha256": pixels}, path)
             timings["save_s"] = time.perf_counter() - started
             for key, value in timings.items():
                 totals[key] += value
             peak = max(peak, image_peak)
-            self.wire.send("image", id=job_id, image=index, seed=seed, path=str(path),
+            self.wire.send("image", id=job_id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
                            timings=_rounded(timings), peak_memory=image_peak)
         self.wire.send("done", id=job_id, timings=_rounded(totals), peak_memory=peak)
 

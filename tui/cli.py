@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from engines import __version__
 from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher
 from engines.registry import Registry, RegistryError, load_registry
-from engines.session import DEFAULT_ROOT, images_dir, new_session_dir
+from engines.session import DEFAULT_ROOT, Session, SessionError, new_session_dir
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from engines.telemetry import Telemetry
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
-    except (SpecError, RegistryError) as e:
+    except (SpecError, RegistryError, SessionError) as e:
         print(f"diffdeck: error: {e}", file=sys.stderr)
         return 2
 
@@ -89,13 +89,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         steps=args.steps, guidance=args.guidance, width=width, height=height,
         scheduler=args.scheduler, count=args.count,
     )
-    session = args.session or new_session_dir()
-    return asyncio.run(_render(registry, spec, session, args.json))
+    session = Session.open(args.session or new_session_dir())
+    try:
+        return asyncio.run(_render(registry, spec, session, args.json))
+    finally:
+        if session.jobs:  # bad input leaves no session folder behind
+            session.compact()
 
 
-async def _render(registry: Registry, spec: JobSpec, session: Path, as_json: bool) -> int:
+async def _render(registry: Registry, spec: JobSpec, session: Session, as_json: bool) -> int:
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
-    async with Dispatcher(registry, images_dir(session)) as dispatcher:
+    async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number()) as dispatcher:
         events = dispatcher.subscribe()
         job = dispatcher.submit(spec)  # raises on bad input, before anything runs
         loop = asyncio.get_running_loop()
@@ -104,6 +108,7 @@ async def _render(registry: Registry, spec: JobSpec, session: Path, as_json: boo
             async for event in events:
                 if event.job not in (job.id, None):
                     continue
+                session.record_event(event)
                 if progress:
                     progress.show(event)
                 if event.type == "image":

@@ -1,0 +1,24 @@
+"""Comparing images: an identity for pixel data that ignores how the file was encoded.
+
+UI side: PIL only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image
+
+
+def pixel_sha256(image: Image.Image) -> str:
+    """SHA-256 of the decoded pixels, with their mode and size: PNG metadata or
+    compression settings do not change it; one changed pixel does."""
+    digest = hashlib.sha256(f"{image.mode} {image.width}x{image.height}\n".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def file_pixel_sha256(path: str | Path) -> str:
+    with Image.open(path) as image:
+        return pixel_sha256(image)
