@@ -1,4 +1,5 @@
-"""Comparing images: an identity for pixel data that ignores how the file was encoded.
+"""Comparing images: a pixel identity that ignores how the file was encoded, PSNR, and a
+perceptual hash, for replay checks.
 
 UI side: PIL only.
 """
@@ -6,9 +7,11 @@ UI side: PIL only.
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 
 def pixel_sha256(image: Image.Image) -> str:
@@ -22,3 +25,42 @@ def pixel_sha256(image: Image.Image) -> str:
 def file_pixel_sha256(path: str | Path) -> str:
     with Image.open(path) as image:
         return pixel_sha256(image)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # identical | near-identical | different | missing (no recorded image)
+    psnr_db: float | None = None  # None: identical pixels
+    phash_distance: int = 0
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB of two same-sized RGB images (inf when identical)."""
+    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    mse = sum(ImageStat.Stat(diff).sum2) / (3 * a.width * a.height)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def dhash(image: Image.Image, side: int = 8) -> int:
+    """A difference hash: one bit per neighbouring pair of a side x side grey thumbnail."""
+    grey = image.convert("L").resize((side + 1, side), Image.Resampling.LANCZOS)
+    pixels = grey.tobytes()
+    bits = 0
+    for row in range(side):
+        for col in range(side):
+            left, right = pixels[row * (side + 1) + col], pixels[row * (side + 1) + col + 1]
+            bits = bits << 1 | (left > right)
+    return bits
+
+
+def compare(recorded: str | Path, new: str | Path, min_psnr_db: float, max_phash_distance: int) -> Verdict:
+    """Identical pixels, or near-identical within both tolerances, or different."""
+    with Image.open(recorded) as a, Image.open(new) as b:
+        if pixel_sha256(a) == pixel_sha256(b):
+            return Verdict("identical")
+        if a.size != b.size:
+            return Verdict("different", 0.0, 64)
+        db = psnr(a, b)
+        distance = bin(dhash(a) ^ dhash(b)).count("1")
+    near = db >= min_psnr_db and distance <= max_phash_distance
+    return Verdict("near-identical" if near else "different", round(db, 2), distance)

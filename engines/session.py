@@ -47,6 +47,26 @@ def images_dir(session: Path) -> Path:
     return session / "images"
 
 
+def is_session(folder: Path) -> bool:
+    return (folder / RECORD).is_file() or (folder / JOURNAL).is_file()
+
+
+def summarize(folder: Path) -> dict[str, Any]:
+    """One line's worth about a session folder, for `diffdeck sessions`."""
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    row: dict[str, Any] = {"path": str(folder), "size": size}
+    try:
+        session = Session.open(folder)
+        jobs = session.jobs.values()
+        return {**row, "created": session.record.get("created"), "jobs": len(jobs),
+                "images": sum(len(job["images"]) for job in jobs),
+                "models": sorted({str(job["spec"]["model"]) for job in jobs})}
+    except SessionError as e:
+        return {**row, "problem": str(e)}
+    except (KeyError, TypeError, AttributeError) as e:
+        return {**row, "problem": f"its record is incomplete ({type(e).__name__}: {e})"}
+
+
 class Session:
     def __init__(self, folder: Path, record: dict[str, Any]):
         self.folder = Path(folder)

@@ -19,8 +19,11 @@ from typing import Any, TextIO
 
 from engines import __version__
 from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher
+from engines.probe import probe_environment
 from engines.registry import Registry, RegistryError, load_registry
-from engines.session import DEFAULT_ROOT, Session, SessionError, new_session_dir
+from engines.replay import ImageResult, describe_differences, replay, replay_folder, result_dict, select_jobs
+from engines.session import (DEFAULT_ROOT, JOURNAL, RECORD, Session, SessionError, is_session, new_session_dir,
+                             summarize)
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from engines.telemetry import Telemetry
 
@@ -50,6 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
     render.add_argument("--json", action="store_true", help="print one JSON object per image")
     render.set_defaults(run=cmd_render)
+
+    replay = commands.add_parser("replay", parents=[common], help="render a session's jobs again, and check them")
+    replay.add_argument("session", type=Path, help="a session folder")
+    replay.add_argument("--check", action="store_true", help="compare every image with the recorded one")
+    replay.add_argument("--jobs", metavar="IDS", help="job ids separated by commas (default: all finished jobs)")
+    replay.add_argument("--min-psnr", type=float, default=40.0, metavar="DB",
+                        help="near-identical needs at least this PSNR (default: 40)")
+    replay.add_argument("--max-phash", type=int, default=2, metavar="BITS",
+                        help="near-identical allows at most this perceptual-hash distance (default: 2)")
+    replay.add_argument("--json", action="store_true", help="one JSON object per image, then a summary")
+    replay.set_defaults(run=cmd_replay)
+
+    sessions = commands.add_parser("sessions", help="list the sessions under a folder")
+    sessions.add_argument("root", type=Path, nargs="?", default=DEFAULT_ROOT,
+                          help=f"where to look (default: ./{DEFAULT_ROOT})")
+    sessions.add_argument("--json", action="store_true")
+    sessions.set_defaults(run=cmd_sessions)
 
     models = commands.add_parser("models", parents=[common], help="list the model registry")
     models.add_argument("--json", action="store_true")
@@ -168,6 +188,75 @@ class Progress:
         self.stream.flush()
 
 
+# replay
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    if not (args.session / RECORD).is_file() and not (args.session / JOURNAL).is_file():
+        raise SessionError(f"{args.session} is not a session folder (no {RECORD} or {JOURNAL})")
+    session = Session.open(args.session)
+    job_ids = select_jobs(session, args.jobs)
+    models = sorted({session.jobs[j]["spec"]["model"] for j in job_ids})
+    for name in models:
+        registry.get(name)
+    differences = describe_differences(session, models)
+    say = (lambda text: None) if args.json else print
+    say("environment: " + ("as recorded" if not differences else "differs from the record:"))
+    for line in differences:
+        say(f"  {line}")
+    target = Session.open(replay_folder(args.session))
+
+    def report(result: ImageResult) -> None:
+        if args.json:
+            print(json.dumps(result_dict(result)), flush=True)
+            return
+        verdict = result.verdict
+        detail = "" if verdict is None or verdict.psnr_db is None else (
+            f" (PSNR {verdict.psnr_db} dB, perceptual-hash distance {verdict.phash_distance})")
+        outcome = verdict.kind if verdict else ("rendered" if result.replayed else "not rendered")
+        print(f"{result.job} image {result.image} seed {result.seed}: {outcome}{detail}", flush=True)
+
+    try:
+        results = asyncio.run(replay(registry, session, job_ids, target, args.check, args.min_psnr,
+                                     args.max_phash, report))
+    finally:
+        target.compact()
+    counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind)
+              for kind in ("identical", "near-identical", "different", "missing")}
+    not_rendered = sum(1 for r in results if r.replayed is None)
+    summary = {"images": len(results), **counts, "not_rendered": not_rendered, "replay": str(target.folder),
+               "environment_differences": differences}
+    if args.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        print(f"{len(results)} images replayed into {target.folder}"
+              + (": " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) if args.check else "")
+              + (f"; {not_rendered} not rendered" if not_rendered else ""))
+    ok = not_rendered == 0 and (not args.check or counts["different"] + counts["missing"] == 0)
+    return 0 if ok else 1
+
+
+# sessions
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    if not args.root.is_dir():
+        raise SessionError(f"{args.root} is not a folder")
+    candidates = [args.root, *args.root.glob("*"), *args.root.glob("*/*")]  # sessions/examples/x too
+    rows = [summarize(folder) for folder in sorted(candidates) if folder.is_dir() and is_session(folder)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if "problem" in row:
+            print(f"{row['path']}  unreadable: {row['problem']}")
+        else:
+            print(f"{row['path']}  {row['created']}  {row['jobs']} jobs  {row['images']} images  "
+                  f"{row['size'] / 1e6:.1f} MB  {', '.join(row['models'])}")
+    if not rows:
+        print(f"no sessions under {args.root}")
+    return 0
+
+
 # models
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -201,12 +290,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"diffdeck {__version__}  python {sys.version.split()[0]}  ({sys.executable})")
-    try:
-        probe = subprocess.run([sys.executable, "-m", "engines.environment"], capture_output=True,
-                               text=True, timeout=120, stdin=subprocess.DEVNULL)
-        env = json.loads(probe.stdout) if probe.returncode == 0 else None
-    except (subprocess.TimeoutExpired, ValueError):
-        env = None
+    env = probe_environment()
     if env is None:
         print("engine: could not start python -m engines.environment; is torch installed? (pip install -e .)")
     else:

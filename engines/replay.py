@@ -1,0 +1,109 @@
+"""Replay a session: say what differs from the recorded environment, render the recorded jobs
+again with their recorded seeds into `replay-<n>/` inside the session, and with `check`
+compare every image with the one on record. UI side: a client of the Dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .compare import Verdict, compare
+from .dispatcher import Dispatcher
+from .probe import environment_differences, probe_environment
+from .registry import Registry
+from .session import Session, SessionError
+from .spec import JobSpec
+
+
+@dataclass
+class ImageResult:
+    job: str
+    image: int
+    seed: int
+    recorded: str
+    replayed: str | None
+    verdict: Verdict | None  # None: not checked, or not rendered
+
+
+def replay_folder(session: Path) -> Path:
+    n = 1
+    while (session / f"replay-{n}").exists():
+        n += 1
+    return session / f"replay-{n}"
+
+
+def select_jobs(session: Session, selector: str | None) -> list[str]:
+    """'all' (default), or job ids separated by commas."""
+    done = [job_id for job_id, job in session.jobs.items() if job["status"] == "done"]
+    if not selector or selector == "all":
+        return done
+    wanted = [s.strip() for s in selector.split(",") if s.strip()]
+    unknown = [w for w in wanted if w not in done]
+    if unknown:
+        raise SessionError(f"no finished job {unknown[0]!r} in {session.folder}; finished: {', '.join(done) or 'none'}")
+    return wanted
+
+
+def describe_differences(session: Session, models: list[str]) -> list[str]:
+    """What differs between the environment each model was rendered in and this one."""
+    current = probe_environment()
+    if current is None:
+        return ["this machine's environment could not be read (is torch installed?)"]
+    lines = []
+    for model in models:
+        recorded = (session.record["models"].get(model) or {}).get("environment")
+        if recorded is None:
+            lines.append(f"{model}: no environment on record")
+            continue
+        lines += [f"{model}: {d}" for d in environment_differences(recorded, current)]
+    return lines
+
+
+async def replay(registry: Registry, session: Session, job_ids: list[str], target: Session,
+                 check: bool, min_psnr_db: float, max_phash_distance: int,
+                 on_result: Callable[[ImageResult], None]) -> list[ImageResult]:
+    results = []
+    async with Dispatcher(registry, target.images_dir, first_job_number=target.next_job_number()) as dispatcher:
+        events = dispatcher.subscribe()
+        recorder = asyncio.create_task(_record(events, target))
+        try:
+            for job_id in job_ids:
+                recorded = session.jobs[job_id]
+                job = dispatcher.submit(JobSpec.from_dict(recorded["spec"]))
+                await dispatcher.wait(job.id)
+                new = {image["image"]: image for image in job.images}
+                for image in sorted(recorded["images"], key=lambda i: i["image"]):
+                    result = _result(session, job_id, image, new.get(image["image"]), check,
+                                     min_psnr_db, max_phash_distance)
+                    results.append(result)
+                    on_result(result)
+        finally:
+            recorder.cancel()
+            for event in events.drain():
+                target.record_event(event)
+    return results
+
+
+def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[str, Any] | None, check: bool,
+            min_psnr_db: float, max_phash_distance: int) -> ImageResult:
+    recorded_path = session.folder / recorded["path"]
+    result = ImageResult(job_id, recorded["image"], recorded["seed"], str(recorded_path),
+                         new["path"] if new else None, None)
+    if check and new is not None:
+        result.verdict = (compare(recorded_path, new["path"], min_psnr_db, max_phash_distance)
+                          if recorded_path.is_file() else Verdict("missing"))
+    return result
+
+
+async def _record(events, target: Session) -> None:
+    async for event in events:
+        target.record_event(event)
+
+
+def result_dict(result: ImageResult) -> dict[str, Any]:
+    data = asdict(result)
+    data["verdict"] = asdict(result.verdict) if result.verdict else None
+    return data

@@ -1,0 +1,83 @@
+"""`diffdeck replay`: the same jobs, the same seeds, the same pixels, or a precise account."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engines.compare import compare, dhash, psnr
+from engines.session import Session
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "examples" / "demo-red-circle"
+
+
+def diffdeck(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_psnr_and_perceptual_hash(tmp_path):
+    base = Image.linear_gradient("L").rotate(90).convert("RGB").resize((64, 64))  # dark to light, left to right
+    nudged = base.point(lambda v: min(255, v + 1))
+    flipped = base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert psnr(base, base) == float("inf")
+    assert 47 < psnr(base, nudged) < 49  # every value off by one: MSE 1 -> 48.1 dB
+    assert bin(dhash(base) ^ dhash(nudged)).count("1") == 0
+    assert bin(dhash(base) ^ dhash(flipped)).count("1") > 20
+    for name, image in (("base", base), ("nudged", nudged), ("flipped", flipped)):
+        image.save(tmp_path / f"{name}.png")
+    assert compare(tmp_path / "base.png", tmp_path / "base.png", 40, 2).kind == "identical"
+    assert compare(tmp_path / "base.png", tmp_path / "nudged.png", 40, 2).kind == "near-identical"
+    assert compare(tmp_path / "base.png", tmp_path / "flipped.png", 40, 2).kind == "different"
+
+
+def test_the_committed_example_replays_with_identical_pixels(tmp_path):
+    copy = tmp_path / "example"
+    shutil.copytree(EXAMPLE, copy)
+    result = diffdeck("replay", str(copy), "--check", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    *images, summary = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [i["verdict"]["kind"] for i in images] == ["identical", "identical"]
+    assert summary["summary"]["identical"] == 2 and summary["summary"]["replay"].endswith("replay-1")
+    replayed = Session.open(copy / "replay-1")
+    assert [j["status"] for j in replayed.jobs.values()] == ["done"]
+    assert sorted(p.name for p in (copy / "images").iterdir()) == sorted(
+        Path(i["path"]).name for i in Session.open(copy).jobs["job-0001"]["images"]), "originals untouched"
+
+
+def test_a_tampered_image_is_reported_different_and_fails_the_check(tmp_path):
+    copy = tmp_path / "example"
+    shutil.copytree(EXAMPLE, copy)
+    target = copy / Session.open(copy).jobs["job-0001"]["images"][1]["path"]
+    image = Image.open(target).convert("RGB")
+    image.paste((255, 0, 0), (0, 0, 32, 64))
+    image.save(target)
+    result = diffdeck("replay", str(copy), "--check", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "image 0 seed 1: identical" in lines[1] and "image 1 seed 2: different (PSNR" in lines[2]
+    assert "1 identical, 1 different" in lines[-1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nowhere"], "nowhere is not a session folder"),
+    (["example", "--jobs", "job-0042"], "no finished job 'job-0042'"),
+])
+def test_bad_replay_input_is_one_line(tmp_path, args, message):
+    shutil.copytree(EXAMPLE, tmp_path / "example")
+    result = diffdeck("replay", *args, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sessions_lists_what_is_under_a_folder(tmp_path):
+    shutil.copytree(EXAMPLE, tmp_path / "examples" / "demo")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "session.yaml").write_text("format: 7\njobs: {}\n")
+    rows = {Path(r["path"]).name: r for r in json.loads(diffdeck("sessions", str(tmp_path), "--json",
+                                                                 cwd=tmp_path).stdout)}
+    assert rows["demo"]["jobs"] == 1 and rows["demo"]["images"] == 2 and rows["demo"]["models"] == ["demo"]
+    assert "session format 7" in rows["broken"]["problem"]
