@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator
 
 import psutil
 
+from .identity import model_identity
 from .protocol import Intervals
 from .registry import Registry, RegistryError
 from .spec import SEED_RANGE, JobSpec
@@ -268,12 +269,17 @@ class Dispatcher:
         if worker is None:
             worker = await self._spawn(job.spec.model)
             self._emit("loading", job, model=job.spec.model, pid=worker.pid)
+            identity = self._identify(job.spec.model)  # hashes weights while the worker loads
             try:
                 await worker.wait_ready()
             except WorkerError as e:
                 if job.status == RUNNING:
                     self._fail(job, str(e), "load")
                 return
+            identity = identity or self._identify(job.spec.model)  # a hub model it just downloaded
+            self._emit("worker_ready", None, model=worker.model, pid=worker.pid, environment=worker.environment,
+                       identity=await identity if identity else None,
+                       **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "memory")})
             load_s = time.monotonic() - job.started_at
         if job.status != RUNNING:  # cancelled while its model loaded
             return
@@ -300,6 +306,12 @@ class Dispatcher:
         self._emit("worker_spawned", None, model=model, pid=worker.pid)
         return worker
 
+    def _identify(self, model: str) -> asyncio.Future | None:
+        """The model's identity (engines.identity), worked out in a thread; None while its
+        files are not on this machine yet."""
+        folder = self.registry.files(model).folder
+        return None if folder is None else asyncio.ensure_future(asyncio.to_thread(_identity_or_none, folder))
+
     async def _retire(self, worker: WorkerProcess, reason: str, **data: Any) -> None:
         """Take a worker out of service and stop it; its memory is free when this returns."""
         if self.workers.get(worker.model) is worker:
@@ -325,12 +337,8 @@ class Dispatcher:
 
     def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         kind = message.pop("type")
-        if kind == "ready":
-            self._emit("worker_ready", None, model=worker.model, pid=worker.pid, environment=worker.environment,
-                       **{k: message[k] for k in ("load_s", "family", "device", "dtype", "memory")})
-            return
-        if kind in ("hello", "load_failed"):
-            return
+        if kind in ("hello", "ready", "load_failed"):
+            return  # the worker keeps these; _run reports the load
         job = self.jobs.get(message.pop("id", None))
         if job is None or job.status != RUNNING:
             return
@@ -391,6 +399,14 @@ class Dispatcher:
             return self.jobs[job_id]
         except KeyError:
             raise ValueError(f"no job {job_id!r}") from None
+
+
+def _identity_or_none(folder: Path) -> dict[str, Any] | None:
+    try:
+        return model_identity(folder)
+    except (OSError, ValueError) as e:
+        log.warning("could not identify the model in %s: %s", folder, e)
+        return None
 
 
 def _seeds(first: int | None, count: int) -> tuple[int, ...]:

@@ -18,19 +18,3 @@ def probe_environment(timeout_s: float = 120) -> dict[str, Any] | None:
     except (subprocess.TimeoutExpired, ValueError):
         return None
 
-
-def environment_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'what: recorded -> now' for every leaf that differs, in a stable order."""
-    flat_then, flat_now = _flatten(recorded), _flatten(current)
-    return [f"{key}: {flat_then.get(key)!r} -> {flat_now.get(key)!r}"
-            for key in sorted(set(flat_then) | set(flat_now)) if flat_then.get(key) != flat_now.get(key)]
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

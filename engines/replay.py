@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from .compare import Verdict, compare
 from .dispatcher import Dispatcher
-from .probe import environment_differences, probe_environment
+from .identity import model_identity
+from .probe import probe_environment
 from .registry import Registry
 from .session import Session, SessionError
 from .spec import JobSpec
@@ -47,19 +48,29 @@ def select_jobs(session: Session, selector: str | None) -> list[str]:
     return wanted
 
 
-def describe_differences(session: Session, models: list[str]) -> list[str]:
-    """What differs between the environment each model was rendered in and this one."""
-    current = probe_environment()
-    if current is None:
+def describe_differences(session: Session, registry: Registry, models: list[str]) -> list[str]:
+    """What differs, for each model, between what it was rendered with and what is here now:
+    the environment (Python, libraries, CUDA, GPUs) and the model itself (revision, weight
+    hashes, pipeline class, scheduler config)."""
+    environment = probe_environment()
+    if environment is None:
         return ["this machine's environment could not be read (is torch installed?)"]
     lines = []
     for model in models:
-        recorded = (session.record["models"].get(model) or {}).get("environment")
-        if recorded is None:
-            lines.append(f"{model}: no environment on record")
-            continue
-        lines += [f"{model}: {d}" for d in environment_differences(recorded, current)]
+        record = session.record["models"].get(model) or {}
+        folder = registry.files(model).folder
+        now = {"environment": environment, "model": model_identity(folder) if folder else None}
+        then = {"environment": record.get("environment"), "model": record.get("identity")}
+        lines += [f"{model}: {d}" for d in differences(then, now)]
     return lines
+
+
+def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """'where: recorded -> now' for every leaf that differs, in a stable order."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [line for key in sorted(set(recorded) | set(current), key=str)
+                for line in differences(recorded.get(key), current.get(key), f"{prefix}{key}.")]
+    return [] if recorded == current else [f"{prefix.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
 async def replay(registry: Registry, session: Session, job_ids: list[str], target: Session,

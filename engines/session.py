@@ -125,7 +125,7 @@ class Session:
         kind, job_id = event["type"], event.get("job")
         if kind == "worker_ready":
             self.record["models"][event["model"]] = {k: event.get(k) for k in (
-                "family", "device", "dtype", "environment")}
+                "family", "device", "dtype", "identity", "environment")}
             return
         if kind == "queued":
             self.jobs.setdefault(job_id, {"spec": event["spec"], "status": "queued", "images": []})

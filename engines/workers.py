@@ -41,7 +41,8 @@ class WorkerProcess:
         self.memory_gb = memory_gb  # the registry's estimate until the worker measures itself
         self.state = STARTING
         self.job_id: str | None = None
-        self.environment: dict[str, Any] = {}
+        self.environment: dict[str, Any] = {}  # from `hello`
+        self.loaded: dict[str, Any] = {}  # from `ready`: load time, family, device, dtype, memory
         self.last_used = time.monotonic()
         self.returncode: int | None = None
         self.stop_requested = False
@@ -158,7 +159,7 @@ class WorkerProcess:
             self.state = LOADING
             self.environment = message["environment"]
         elif kind == "ready":
-            self.state, self.last_used = IDLE, time.monotonic()
+            self.state, self.last_used, self.loaded = IDLE, time.monotonic(), message
             if message["memory"].get("gpu"):
                 self.memory_gb = max(self.memory_gb, message["memory"]["gpu"] / 1e9)
             if not self.ready.done():

@@ -1,3 +1,4 @@
+import os
 import shutil
 from pathlib import Path
 
@@ -32,3 +33,9 @@ def registry(tmp_path, tiny_models):
         models[f"tiny-{family}"] = {"source": str(folder), "memory_gb": 0.1,
                                      "defaults": {"steps": 4, "width": 64, "height": 64}}
     return load_registry(write_models(tmp_path, models))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """Weight hashes are cached under XDG_CACHE_HOME; tests (and their subprocesses) use their own."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))

@@ -81,3 +81,25 @@ def test_sessions_lists_what_is_under_a_folder(tmp_path):
                                                                  cwd=tmp_path).stdout)}
     assert rows["demo"]["jobs"] == 1 and rows["demo"]["images"] == 2 and rows["demo"]["models"] == ["demo"]
     assert "session format 7" in rows["broken"]["problem"]
+
+
+def test_a_changed_scheduler_config_or_weight_file_is_named_before_rendering(tmp_path):
+    from engines.registry import DEMO, DEMO_FOLDER
+
+    shutil.copytree(DEMO_FOLDER, tmp_path / "mine")
+    (tmp_path / "models.yaml").write_text(json.dumps({"models": {"mine": {"source": "./mine",
+                                                                        "defaults": DEMO.defaults}}}))
+    assert diffdeck("render", "x", "--model", "mine", "--seed", "5", "--session", "s", cwd=tmp_path).returncode == 0
+    config_file = tmp_path / "mine" / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "beta_end": 0.02}))
+    weights = tmp_path / "mine" / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same bytes, new mtime: the cache must not be fooled
+    result = diffdeck("replay", "s", "--check", cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "environment: differs from the record:"
+    assert "  mine: model.scheduler.beta_end: 0.012 -> 0.02" in lines
+    assert not any("weights" in line for line in lines), "identical weights are not reported"
+    first_image_line = next(i for i, line in enumerate(lines) if line.startswith("job-0001"))
+    assert lines.index("  mine: model.scheduler.beta_end: 0.012 -> 0.02") < first_image_line
+    assert result.returncode == 1 and "different" in lines[first_image_line]

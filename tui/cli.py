@@ -199,7 +199,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     models = sorted({session.jobs[j]["spec"]["model"] for j in job_ids})
     for name in models:
         registry.get(name)
-    differences = describe_differences(session, models)
+    differences = describe_differences(session, registry, models)
     say = (lambda text: None) if args.json else print
     say("environment: " + ("as recorded" if not differences else "differs from the record:"))
     for line in differences:
