@@ -16,10 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from . import __version__
+from .spec import JobSpec
 
 PARAMETERS_KEY = "parameters"
 RECORD_KEY = "diffdeck"
@@ -81,10 +82,33 @@ def png_info(record: dict[str, Any]) -> PngInfo:
     return info
 
 
+class MetadataError(ValueError):
+    """An image without a readable diffdeck record."""
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
     """The diffdeck record stored in a PNG written by diffdeck."""
-    with Image.open(path) as image:
-        return json.loads(image.text[RECORD_KEY])
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(RECORD_KEY)
+    except (OSError, UnidentifiedImageError) as e:
+        raise MetadataError(f"{path} is not a readable image ({e})") from None
+    if text is None:
+        raise MetadataError(f"{path} has no diffdeck record; was it made by diffdeck?")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise MetadataError(f"{path}: its diffdeck record is not valid JSON") from None
+
+
+def image_job(path: str | Path) -> JobSpec:
+    """The job that renders this one image again, alone: its spec with its own seed."""
+    record = read_record(path)
+    try:
+        seed = record["seed"]
+        return JobSpec.from_dict({**record["spec"], "count": 1, "seed": seed, "seeds": [seed]})
+    except (KeyError, TypeError) as e:
+        raise MetadataError(f"{path}: its diffdeck record is incomplete ({e})") from None
 
 
 _FIELD = re.compile(r'\s*(\w[\w \-/]*): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from engines.compare import file_pixel_sha256
 from engines.metadata import read_record
 
 
@@ -140,3 +141,29 @@ def test_bench_prints_the_side_by_side_figures(tmp_path):
     assert re.search(r"median of paired ratios [+-][\d.]+ %", out), out
     assert re.search(r"outside the worker's render and save .*: [\d.]+ ms/image", out), out
     assert re.search(r"UI-side import of engines \+ tui.cli: \d+ ms", out), out
+
+
+def test_render_from_an_image_renders_that_image_again(tmp_path):
+    first = diffdeck("render", "a red circle", "--count", "3", "--seed", "40", "--steps", "6", "--session", "a",
+                     cwd=tmp_path)
+    third = text(first.stdout).split()[2]
+    again = diffdeck("render", "--from", third, "--session", "b", cwd=tmp_path)
+    assert again.returncode == 0, text(again.stderr)
+    (path,) = text(again.stdout).split()
+    assert read_record(tmp_path / path)["seed"] == 42 and read_record(tmp_path / path)["spec"]["steps"] == 6
+    assert file_pixel_sha256(tmp_path / path) == file_pixel_sha256(tmp_path / third)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.write_bytes(b"not an image"), "is not a readable image"),
+    (lambda p: Image.new("RGB", (8, 8)).save(p), "has no diffdeck record"),
+])
+def test_render_from_a_foreign_file_is_one_clear_line(tmp_path, make, message):
+    make(tmp_path / "x.png")
+    result = diffdeck("render", "--from", "x.png", cwd=tmp_path)
+    assert result.returncode == 2 and message in text(result.stderr) and "Traceback" not in text(result.stderr)
+
+
+def test_render_needs_a_prompt_or_an_image(tmp_path):
+    result = diffdeck("render", cwd=tmp_path)
+    assert result.returncode == 2 and "prompt: is missing" in text(result.stderr)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from engines import __version__
 from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher
+from engines.metadata import MetadataError, image_job
 from engines.probe import probe_environment
 from engines.registry import Registry, RegistryError, load_registry
 from engines.replay import ImageResult, describe_differences, replay, replay_folder, result_dict, select_jobs
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     render = commands.add_parser("render", parents=[common], help="render images headless, through the workers")
-    render.add_argument("prompt")
+    render.add_argument("prompt", nargs="?")
+    render.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
+                        help="render a diffdeck image again from its own record (its spec and seed)")
     render.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
     render.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     render.add_argument("--seed", type=int, help="first seed; image i uses seed+i (default: random, recorded)")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
-    except (SpecError, RegistryError, SessionError) as e:
+    except (SpecError, RegistryError, SessionError, MetadataError) as e:
         print(f"diffdeck: error: {e}", file=sys.stderr)
         return 2
 
@@ -103,12 +106,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    width, height = parse_size(args.size) if args.size else (None, None)
-    spec = JobSpec(
-        prompt=args.prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
-        steps=args.steps, guidance=args.guidance, width=width, height=height,
-        scheduler=args.scheduler, count=args.count,
-    )
+    if args.from_image:
+        if args.prompt is not None:
+            raise SpecError("prompt", "give a prompt or --from IMAGE.png, not both")
+        spec = image_job(args.from_image)
+    elif args.prompt is None:
+        raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\", or --from IMAGE.png")
+    else:
+        width, height = parse_size(args.size) if args.size else (None, None)
+        spec = JobSpec(
+            prompt=args.prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
+            steps=args.steps, guidance=args.guidance, width=width, height=height,
+            scheduler=args.scheduler, count=args.count,
+        )
     session = Session.open(args.session or new_session_dir())
     try:
         return asyncio.run(_render(registry, spec, session, args.json))
