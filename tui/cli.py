@@ -230,7 +230,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         results = asyncio.run(replay(registry, session, job_ids, target, args.check, args.min_psnr,
                                      args.max_phash, report))
     finally:
-        target.compact()
+        if target.jobs:
+            target.compact()
     counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind)
               for kind in ("identical", "near-identical", "different", "missing")}
     not_rendered = sum(1 for r in results if r.replayed is None)
