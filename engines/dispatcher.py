@@ -153,15 +153,32 @@ class Dispatcher:
 
     def submit(self, spec: JobSpec) -> Job:
         """Validate, resolve seeds and defaults, and queue. Raises SpecError or RegistryError."""
+        job = Job(f"job-{next(self._ids):04d}", self._resolve(spec))
+        self.jobs[job.id] = job
+        return self._enqueue(job)
+
+    def restore(self, job_id: str, spec: dict[str, Any], images: list[dict[str, Any]] = (),
+                worker_crashes: int = 0) -> Job:
+        """Queue again a job from a reopened session, under its own id and with its seeds.
+        Images it already made are kept and not rendered again; a job that stopped its worker
+        twice is held instead. Raises SpecError or RegistryError."""
+        if job_id in self.jobs:
+            raise ValueError(f"{job_id} is already in this queue")
+        job = Job(job_id, self._resolve(JobSpec.from_dict(spec)), images=list(images), worker_crashes=worker_crashes)
+        self.jobs[job.id] = job
+        if worker_crashes >= CRASHES_BEFORE_HOLD:
+            self._fail(job, f"{job_id} stopped its worker {worker_crashes} times (a crash, or diffdeck "
+                            "stopping mid-run); held: retry it with force to run it again", "crash")
+            return job
+        return self._enqueue(job)
+
+    def _resolve(self, spec: JobSpec) -> JobSpec:
         spec.validate()
         files = self.registry.files(spec.model)
         if files.problem:
             raise RegistryError(files.problem)
         seeds = spec.seeds or _seeds(spec.seed, spec.count)
-        job = Job(f"job-{next(self._ids):04d}",
-                  spec.resolved(self.registry.defaults(spec.model, files.family), files.family, seeds))
-        self.jobs[job.id] = job
-        return self._enqueue(job)
+        return spec.resolved(self.registry.defaults(spec.model, files.family), files.family, seeds)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job, or stop a running one within one denoising step."""
@@ -279,13 +296,14 @@ class Dispatcher:
             identity = identity or self._identify(job.spec.model)  # a hub model it just downloaded
             self._emit("worker_ready", None, model=worker.model, pid=worker.pid, environment=worker.environment,
                        identity=await identity if identity else None,
-                       **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "memory")})
+                       **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "settings", "memory")})
             load_s = time.monotonic() - job.started_at
         if job.status != RUNNING:  # cancelled while its model loaded
             return
         job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": round(load_s, 4)}
         try:
-            worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir))
+            worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir),
+                          skip=[image["image"] for image in job.images])
         except WorkerError as e:  # it died, or is being retired, between its load and now
             self._fail(job, str(e), "crash")
             return

@@ -94,6 +94,19 @@ class Model:
         cls = getattr(diffusers, class_name)
         self.pipe.scheduler = cls.from_config(self._default_scheduler.config, **overrides)
 
+    def settings(self) -> dict[str, Any]:
+        """What besides weights and scheduler decides the pixels: offload, attention, determinism."""
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        processors = getattr(denoiser, "attn_processors", {})
+        return {
+            "offload": self.spec.offload if self.device == "cuda" else "none",
+            "attention": sorted({type(p).__name__ for p in processors.values()}),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
+
     def scheduler_record(self) -> dict[str, Any]:
         s = self.pipe.scheduler
         return {"class": type(s).__name__, "config": _json_config(s)}

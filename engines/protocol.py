@@ -1,13 +1,14 @@
 """The wire between the Dispatcher and a worker: one JSON object per line.
 
 Dispatcher -> worker:
-  job       {id, spec (resolved JobSpec dict), out_dir}
+  job       {id, spec (resolved JobSpec dict), out_dir, skip (image indices already made)}
   cancel    {id}
   shutdown  {}
+  (end of input: the Dispatcher is gone; the worker cancels its job and exits)
 
 Worker -> Dispatcher:
   hello     {pid, model, device, dtype, environment}  as soon as the process starts
-  ready     {load_s, family, pipeline_class, scheduler, memory}   the model is loaded
+  ready     {load_s, family, pipeline_class, scheduler, settings, memory}   the model is loaded
   load_failed {error}                                  the model could not be loaded; exits
   step      {id, image, count, step, total, elapsed_s, it_s}
   preview   {id, image, step, mime, data (base64, <= 16 KB)}

@@ -100,7 +100,7 @@ async def replay(registry: Registry, session: Session, job_ids: list[str], targe
 
 def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[str, Any] | None, check: bool,
             min_psnr_db: float, max_phash_distance: int) -> ImageResult:
-    recorded_path = session.folder / recorded["path"]
+    recorded_path = session.resolve(recorded["path"])
     result = ImageResult(job_id, recorded["image"], recorded["seed"], str(recorded_path),
                          new["path"] if new else None, None)
     if check and new is not None:

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -26,6 +26,7 @@ DEFAULT_ROOT = Path("sessions")
 RECORD = "session.yaml"
 JOURNAL = "journal.jsonl"
 # Dispatcher events that change the record; progress, previews and telemetry do not.
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "held")
 RECORDED_EVENTS = ("queued", "started", "image", "done", "failed", "cancelled", "held", "worker_ready")
 
 
@@ -86,16 +87,19 @@ class Session:
         return max(numbers, default=0) + 1
 
     @classmethod
-    def open(cls, folder: Path) -> "Session":
-        """Open a session folder, creating it if it does not exist."""
+    def open(cls, folder: Path, create: bool = True) -> "Session":
+        """Open a session folder; one that does not exist is created, or with `create=False` refused."""
         folder = Path(folder)
         record_file, journal_file = folder / RECORD, folder / JOURNAL
+        if not create and not is_session(folder):
+            raise SessionError(f"{folder} is not a session folder (no {RECORD} or {JOURNAL})")
         if record_file.exists():
             record = _read_record(record_file)
         else:
             record = {"format": FORMAT, "name": folder.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "models": {}, "jobs": {}}
         session = cls(folder, record)
+        session._check(record_file)
         if journal_file.exists():
             for number, event in _read_journal(journal_file):
                 try:
@@ -103,7 +107,33 @@ class Session:
                 except (KeyError, TypeError, AttributeError) as e:
                     raise SessionError(f"{journal_file} line {number}: {event['type']} event is incomplete "
                                        f"({type(e).__name__}: {e})") from None
+        if journal_file.exists():
+            session._check(journal_file)
         return session
+
+    def _check(self, where: Path) -> None:
+        """Refuse a record that is not shaped as diffdeck writes it, naming the first fault and
+        the file it came from. An image path must stay inside the folder (relative, never ..)."""
+        for job_id, job in self.jobs.items():
+            if not isinstance(job_id, str):
+                raise SessionError(f"{where}: the job key {job_id!r} is not a job id such as job-0001")
+            if not isinstance(job, dict) or job.get("status") not in STATUSES:
+                raise SessionError(f"{where}: job {job_id!r} has no valid status ({', '.join(STATUSES)})")
+            spec = job.get("spec")
+            if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or not isinstance(spec.get("prompt"), str):
+                raise SessionError(f"{where}: job {job_id!r} has no spec with a model and a prompt")
+            crashes = job.get("worker_crashes", 0)
+            if not isinstance(crashes, int) or isinstance(crashes, bool) or crashes < 0:
+                raise SessionError(f"{where}: job {job_id!r} has worker_crashes {crashes!r}; a count was expected")
+            if not isinstance(job.get("images"), list):
+                raise SessionError(f"{where}: job {job_id!r} has no list of images")
+            for image in job["images"]:
+                if not isinstance(image, dict) or not all(isinstance(image.get(k), int) for k in ("image", "seed")):
+                    raise SessionError(f"{where}: job {job_id!r} has an image without its index and seed")
+                path = image.get("path")
+                if not isinstance(path, str) or os.path.isabs(path) or os.path.normpath(path).startswith(".."):
+                    raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the path {path!r}, "
+                                       "which leaves the session folder; refusing to use it")
 
     def record_event(self, event) -> None:
         """Append a Dispatcher event if it changes the record."""
@@ -125,7 +155,7 @@ class Session:
         kind, job_id = event["type"], event.get("job")
         if kind == "worker_ready":
             self.record["models"][event["model"]] = {k: event.get(k) for k in (
-                "family", "device", "dtype", "identity", "environment")}
+                "family", "device", "dtype", "settings", "identity", "environment")}
             return
         if kind == "queued":
             self.jobs.setdefault(job_id, {"spec": event["spec"], "status": "queued", "images": []})
@@ -143,13 +173,32 @@ class Session:
             job.update(status="done", timings=event["timings"], peak_memory=event["peak_memory"])
         else:  # failed, cancelled, held
             job.update(status=kind, error=event.get("error"))
+            if "worker_crashes" in event:
+                job["worker_crashes"] = event["worker_crashes"]
+
+    def unfinished(self) -> list[tuple[str, dict[str, Any]]]:
+        """The jobs a reopened session queues again: those queued, and those running when
+        diffdeck stopped, in the order they were queued. Each keeps only the images still on disk.
+        A run cut short counts as a crash of its worker: a job that keeps taking diffdeck down
+        (the host's OOM killer, say) is held after two, not retried forever."""
+        pending = []
+        for job_id, job in self.jobs.items():
+            if job["status"] in ("queued", "running"):
+                images = [i for i in job["images"] if self.resolve(i["path"]).is_file()]
+                crashes = job.get("worker_crashes", 0) + (job["status"] == "running")
+                pending.append((job_id, {**job, "images": images, "worker_crashes": crashes}))
+        return pending
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the record, made absolute. Paths were checked to stay inside on open."""
+        return self.folder / relative
 
     def compact(self) -> None:
         """Fold the journal into session.yaml (written atomically), then empty the journal."""
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = self.folder / (RECORD + ".part")
         with open(partial, "w", encoding="utf-8") as f:
-            yaml.safe_dump(self.record, f, sort_keys=False, allow_unicode=True, width=100)
+            _dump_record(self.record, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, self.folder / RECORD)
@@ -164,9 +213,20 @@ class Session:
             self._journal = None
 
 
+def _dump_record(record: dict[str, Any], out: TextIO) -> None:
+    """Block YAML for the header; then one line per job, a JSON flow mapping (JSON is YAML too),
+    so any YAML tool reads the file and diffdeck reads 10,000 jobs in a fraction of a second."""
+    header = {k: v for k, v in record.items() if k != "jobs"}
+    yaml.dump(header, out, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    out.write("jobs:\n" if record["jobs"] else "jobs: {}\n")
+    for job_id, job in record["jobs"].items():
+        out.write(f"  {json.dumps(job_id)}: {json.dumps(job, separators=(', ', ': '))}\n")
+
+
 def _read_record(path: Path) -> dict[str, Any]:
     try:
-        record = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        record = _load_as_written(text) or yaml.load(text, Loader=_Loader)
     except UnicodeDecodeError as e:
         raise SessionError(f"{path} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
@@ -180,6 +240,30 @@ def _read_record(path: Path) -> dict[str, Any]:
                            f"this diffdeck reads format {FORMAT}")
     record.setdefault("models", {})
     return record
+
+
+def _load_as_written(text: str) -> dict[str, Any] | None:
+    """The fast path for a record as `_dump_record` writes it: the header as YAML, each job line
+    as JSON. None for anything else (edited by hand, say): the caller parses it all as YAML."""
+    header, marker, jobs = text.partition("\njobs:\n")
+    if not marker:
+        return None
+    record = yaml.load(header, Loader=_Loader)
+    if not isinstance(record, dict) or "jobs" in record:
+        return None
+    record["jobs"] = {}
+    for line in jobs.rstrip("\n").split("\n"):  # ASCII only (JSON escapes the rest): no other line breaks
+        try:
+            key, value = line.split(": ", 1) if line.startswith('  "') else (None, None)
+            job_id, job = json.loads(key), json.loads(value)
+        except (ValueError, TypeError):
+            return None
+        record["jobs"][job_id] = job
+    return record
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _read_journal(path: Path) -> list[tuple[int, dict[str, Any]]]:

@@ -99,6 +99,9 @@ class Commands:
                             self.cancelled.add(message["id"])
                 elif message["type"] == "shutdown":
                     break
+            else:  # the Dispatcher is gone (killed): stop the job within a step, render no more
+                with self._lock:
+                    self.cancelled |= self._open
         finally:
             self.jobs.put(None)  # shutdown, or the Dispatcher is gone
 
@@ -147,7 +150,8 @@ class Worker:
     def run(self, message: dict[str, Any]) -> str:
         job_id = message["id"]
         try:
-            self._render_job(job_id, JobSpec.from_dict(message["spec"]), Path(message["out_dir"]))
+            self._render_job(job_id, JobSpec.from_dict(message["spec"]), Path(message["out_dir"]),
+                             set(message.get("skip", ())))
             return "done"
         except Cancelled as c:
             self.wire.send("cancelled", id=job_id, step=c.step)
@@ -166,7 +170,7 @@ class Worker:
         self.wire.send("failed", id=job_id, kind=failure[0], error=failure[1])
         return failure[0]
 
-    def _render_job(self, job_id: str, spec: JobSpec, out_dir: Path) -> None:
+    def _render_job(self, job_id: str, spec: JobSpec, out_dir: Path, skip: set[int]) -> None:
         model = self.model
         model.use_scheduler(spec.scheduler)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +194,8 @@ class Worker:
                            data=base64.b64encode(data).decode())
 
         for index, seed in enumerate(spec.seeds):
+            if index in skip:
+                continue
             if job_id in self.commands.cancelled:
                 raise Cancelled(0)
             image, timings, image_peak = model.render(
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     wire.send(
         "ready", load_s=round(time.perf_counter() - started, 3), family=model.family,
         pipeline_class=model.pipeline_class, device=model.device,
-        dtype=model.dtype_name, scheduler=model.scheduler_record(),
+        dtype=model.dtype_name, scheduler=model.scheduler_record(), settings=model.settings(),
         memory={"rss": psutil.Process().memory_info().rss,
                 "gpu": torch.cuda.memory_allocated() if model.device == "cuda" else None},
     )

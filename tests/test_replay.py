@@ -58,9 +58,18 @@ def test_a_tampered_image_is_reported_different_and_fails_the_check(tmp_path):
     image.save(target)
     result = diffdeck("replay", str(copy), "--check", cwd=tmp_path)
     assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    assert "image 0 seed 1: identical" in lines[1] and "image 1 seed 2: different (PSNR" in lines[2]
-    assert "1 identical, 1 different" in lines[-1]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("job-0001")]
+    assert "image 0 seed 1: identical" in lines[0] and "image 1 seed 2: different (PSNR" in lines[1]
+    assert "1 identical, 1 different" in result.stdout.splitlines()[-1]
+
+
+def test_a_missing_image_is_reported_missing_and_fails_the_check(tmp_path):
+    copy = tmp_path / "example"
+    shutil.copytree(EXAMPLE, copy)
+    (copy / Session.open(copy).jobs["job-0001"]["images"][0]["path"]).unlink()
+    result = diffdeck("replay", str(copy), "--check", cwd=tmp_path)
+    assert result.returncode == 1 and "image 0 seed 1: missing" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

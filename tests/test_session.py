@@ -17,7 +17,7 @@ from engines.session import JOURNAL, RECORD, Session, SessionError
 def events(folder):
     image = folder / "images" / "job-0001-00-7.png"
     return [
-        {"type": "queued", "job": "job-0001", "spec": {"prompt": "a red circle", "seeds": [7]}, "position": 0},
+        {"type": "queued", "job": "job-0001", "spec": {"prompt": "a red circle", "model": "demo", "seeds": [7]}, "position": 0},
         {"type": "worker_ready", "job": None, "model": "demo", "family": "sd", "device": "cpu",
          "dtype": "float32", "environment": {"python": "3.11"}},
         {"type": "started", "job": "job-0001", "queue_wait_s": 0.1, "load_s": 2.0},
@@ -52,6 +52,19 @@ def test_compact_folds_the_journal_into_readable_yaml(tmp_path):
     assert Session.open(tmp_path / "s").record == session.record
 
 
+def test_the_snapshot_reads_the_same_in_any_yaml_tool_and_when_edited_by_hand(tmp_path):
+    from engines.bench_session import make_session
+
+    make_session(tmp_path / "s", 50)
+    text = (tmp_path / "s" / RECORD).read_text()
+    assert text.count("\n  \"job-") == 50, "one line per job"
+    session = Session.open(tmp_path / "s")
+    assert yaml.safe_load(text) == session.record
+    assert len(session.jobs) == 50 and all(len(job["images"]) == 2 for job in session.jobs.values())
+    (tmp_path / "s" / RECORD).write_text(yaml.safe_dump(session.record))  # block style, as a person might
+    assert Session.open(tmp_path / "s").record == session.record
+
+
 def test_replaying_events_the_snapshot_already_holds_changes_nothing(tmp_path):
     """As after a crash between writing the snapshot and emptying the journal."""
     session = Session.open(tmp_path / "s")
@@ -64,7 +77,7 @@ def test_replaying_events_the_snapshot_already_holds_changes_nothing(tmp_path):
 
 
 def test_a_last_line_cut_short_by_a_kill_is_ignored(tmp_path):
-    lines = [json.dumps(e) for e in events(tmp_path / "s")]
+    lines = [json.dumps({**e, "path": "images/a.png"} if "path" in e else e) for e in events(tmp_path / "s")]
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / JOURNAL).write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
     job = Session.open(tmp_path / "s").jobs["job-0001"]
@@ -80,6 +93,9 @@ def test_a_last_line_cut_short_by_a_kill_is_ignored(tmp_path):
     (RECORD, b"format: 1\njobs: [unclosed\n", "line \\d: not valid YAML"),
     (RECORD, b"- a list\n", "not a diffdeck session record"),
     (RECORD, b"format: 1\nname: caf\xe9\njobs: {}\n", "is not UTF-8 text"),
+    (RECORD, b"format: 1\njobs:\n  job-0001:\n    status: done\n    spec: {prompt: p, model: demo}\n"
+             b"    images: [{image: 0, seed: 1, path: ../../home/me/.ssh/id_rsa}]\n",
+     "job 'job-0001' image 0 has the path '../../home/me/.ssh/id_rsa', which leaves the session folder"),
 ])
 def test_a_mangled_file_is_named_and_left_alone(tmp_path, name, content, message):
     (tmp_path / "s").mkdir()
@@ -111,17 +127,51 @@ def test_bad_input_leaves_no_session_behind(tmp_path):
     assert not (tmp_path / "sessions").exists()
 
 
-def test_kill_9_mid_job_loses_no_completed_image(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "tui", "render", "p", "--count", "40", "--steps", "10",
-                             "--session", "s"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
-    written = [proc.stdout.readline() for _ in range(3)]
+def test_kill_9_mid_queue_loses_nothing_and_resume_finishes_the_queue(tmp_path):
+    prompts = ["a red circle", "a blue square", "a green star"]
+    render = [sys.executable, "-m", "tui", "render", *prompts, "--count", "3", "--seed", "5"]
+    proc = subprocess.Popen([*render, "--session", "s"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    written = [proc.stdout.readline().decode().strip() for _ in range(2)]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(0.5)
-    job = Session.open(tmp_path / "s").jobs["job-0001"]
-    assert job["status"] == "running"
-    recorded = {image["path"] for image in job["images"]}
-    assert {os.path.relpath(line.decode().strip(), "s") for line in written} <= recorded
-    for path in recorded:
-        assert (tmp_path / "s" / path).is_file()
+    time.sleep(0.5)  # its worker sees the pipe close and stops within a step
+
+    session = Session.open(tmp_path / "s")
+    first = session.jobs["job-0001"]
+    assert first["status"] == "running"
+    kept = {image["path"]: file_pixel_sha256(tmp_path / "s" / image["path"]) for image in first["images"]}
+    assert {os.path.relpath(path, "s") for path in written} <= set(kept)
+    assert [job_id for job_id, _ in session.unfinished()] == ["job-0001", "job-0002", "job-0003"]
+
+    resumed = diffdeck("resume", "s", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert f"job-0001: queued, keeping {len(kept)} image(s) already made" in resumed.stderr.decode()
+    done = Session.open(tmp_path / "s")
+    assert [job["status"] for job in done.jobs.values()] == ["done"] * 3
+    for path, pixels in kept.items():  # made before the kill, not rendered again
+        assert path.encode() not in resumed.stdout and file_pixel_sha256(tmp_path / "s" / path) == pixels
+
+    # the same queue, never interrupted, makes the same pixels
+    assert subprocess.run([*render, "--session", "straight"], cwd=tmp_path, capture_output=True).returncode == 0
+    straight = Session.open(tmp_path / "straight")
+    assert ([[i["pixel_sha256"] for i in sorted(job["images"], key=lambda i: i["image"])] for job in done.jobs.values()]
+            == [[i["pixel_sha256"] for i in job["images"]] for job in straight.jobs.values()])
+
+
+def test_a_job_running_at_its_second_stop_is_held_on_resume(tmp_path):
+    """It crashed its worker once, was retried, and was running when diffdeck was killed."""
+    session = Session.open(tmp_path / "s")
+    spec = {"prompt": "p", "model": "demo", "seeds": [1]}
+    session.append({"type": "queued", "job": "job-0001", "spec": spec})
+    session.append({"type": "started", "job": "job-0001", "queue_wait_s": 0, "load_s": 0})
+    session.append({"type": "failed", "job": "job-0001", "error": "worker killed", "worker_crashes": 1})
+    session.append({"type": "queued", "job": "job-0001", "spec": spec})
+    session.append({"type": "started", "job": "job-0001", "queue_wait_s": 0, "load_s": 0})
+    session.append({"type": "queued", "job": "job-0002", "spec": spec})
+    session.close()
+    result = diffdeck("resume", "s", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "job-0001 stopped its worker 2 times" in result.stderr.decode()
+    jobs = Session.open(tmp_path / "s").jobs
+    assert jobs["job-0001"]["status"] == "held" and jobs["job-0002"]["status"] == "done"

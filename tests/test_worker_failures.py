@@ -3,6 +3,7 @@ raises the very exceptions torch raises on one; everything around it is the real
 
 import io
 import json
+import time
 
 import pytest
 import torch
@@ -23,13 +24,17 @@ class GPUModel:
         raise self.error
 
 
-def serve(error, jobs=2):
+def serve(error, jobs=2, dispatcher_stays=True):
     out = io.BytesIO()
     spec = JobSpec(prompt="p", seeds=(1,), seed=1, steps=2, width=64, height=64, guidance=1.0)
     lines = b"".join(json.dumps({"type": "job", "id": f"j{i}", "spec": spec.to_dict(), "out_dir": "/nonexistent"})
                      .encode() + b"\n" for i in range(jobs))
-    worker = Worker(GPUModel(error), Wire(out), Commands(io.BytesIO(lines)), Intervals())
-    status = worker.serve()
+    if dispatcher_stays:  # it ends its workers with a shutdown; without one the input just ends
+        lines += b'{"type": "shutdown"}\n'
+    commands = Commands(io.BytesIO(lines))
+    while commands.jobs.qsize() < jobs + 1:  # every command read, and the end of input seen
+        time.sleep(0.001)
+    status = Worker(GPUModel(error), Wire(out), commands, Intervals()).serve()
     return status, [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -53,3 +58,9 @@ def test_an_ordinary_error_fails_the_job_only(error):
     status, messages = serve(error)
     assert status == 0 and [m["kind"] for m in messages] == ["error", "error"]
     assert type(error).__name__ in messages[0]["error"]
+
+
+def test_a_worker_whose_dispatcher_is_gone_renders_nothing_more():
+    """Its input ends (diffdeck was killed): the jobs it was given are cancelled, not rendered."""
+    status, messages = serve(AssertionError("render must not be called"), dispatcher_stays=False)
+    assert status == 0 and [(m["type"], m["id"]) for m in messages] == [("cancelled", "j0"), ("cancelled", "j1")]

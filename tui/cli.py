@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engines import __version__
-from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher
+from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher, Job
 from engines.metadata import MetadataError, image_job
 from engines.probe import probe_environment
 from engines.registry import Registry, RegistryError, load_registry
 from engines.replay import ImageResult, describe_differences, replay, replay_folder, result_dict, select_jobs
-from engines.session import (DEFAULT_ROOT, JOURNAL, RECORD, Session, SessionError, is_session, new_session_dir,
+from engines.session import (DEFAULT_ROOT, Session, SessionError, is_session, new_session_dir,
                              summarize)
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from engines.telemetry import Telemetry
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     render = commands.add_parser("render", parents=[common], help="render images headless, through the workers")
-    render.add_argument("prompt", nargs="?")
+    render.add_argument("prompts", nargs="*", metavar="PROMPT", help="one job per prompt, queued in order")
     render.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
                         help="render a diffdeck image again from its own record (its spec and seed)")
     render.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
     render.add_argument("--json", action="store_true", help="print one JSON object per image")
     render.set_defaults(run=cmd_render)
+
+    resume = commands.add_parser("resume", parents=[common],
+                                 help="render what a session had queued or running when diffdeck stopped")
+    resume.add_argument("session", type=Path, help="a session folder")
+    resume.add_argument("--json", action="store_true", help="print one JSON object per image")
+    resume.set_defaults(run=cmd_resume)
 
     replay = commands.add_parser("replay", parents=[common], help="render a session's jobs again, and check them")
     replay.add_argument("session", type=Path, help="a session folder")
@@ -82,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(run=cmd_doctor)
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
+    bench.add_argument("what", nargs="?", choices=("render", "sessions"), default="render",
+                       help="render: per-image overhead (default); sessions: autosave, open and replay costs")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
     bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
@@ -107,36 +115,70 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
     if args.from_image:
-        if args.prompt is not None:
+        if args.prompts:
             raise SpecError("prompt", "give a prompt or --from IMAGE.png, not both")
-        spec = image_job(args.from_image)
-    elif args.prompt is None:
-        raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\", or --from IMAGE.png")
+        specs = [image_job(args.from_image)]
+    elif not args.prompts:
+        raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
     else:
         width, height = parse_size(args.size) if args.size else (None, None)
-        spec = JobSpec(
-            prompt=args.prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
-            steps=args.steps, guidance=args.guidance, width=width, height=height,
-            scheduler=args.scheduler, count=args.count,
-        )
+        specs = [JobSpec(prompt=prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
+                         steps=args.steps, guidance=args.guidance, width=width, height=height,
+                         scheduler=args.scheduler, count=args.count) for prompt in args.prompts]
     session = Session.open(args.session or new_session_dir())
+    return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    session = Session.open(args.session, create=False)
+    pending = session.unfinished()
+    if not pending:
+        print(f"{args.session}: nothing was queued or running; nothing to resume", file=sys.stderr)
+        return 0
+
+    refused = []
+
+    def restore(dispatcher: Dispatcher) -> list[Job]:
+        jobs = []
+        for job_id, job in pending:
+            try:
+                jobs.append(dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"]))
+            except (SpecError, RegistryError) as e:  # left queued in the session, for another day
+                refused.append(job_id)
+                print(f"{job_id}: not resumed: {e}", file=sys.stderr)
+                continue
+            kept = len(job["images"])
+            print(f"{job_id}: {jobs[-1].status}" + (f", keeping {kept} image(s) already made" if kept else ""),
+                  file=sys.stderr)
+        return jobs
+
+    status = _run_session(registry, session, restore, args.json)
+    return status or (1 if refused else 0)
+
+
+def _run_session(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
     try:
-        return asyncio.run(_render(registry, spec, session, args.json))
+        return asyncio.run(_render(registry, session, queue_jobs, as_json))
     finally:
         if session.jobs:  # bad input leaves no session folder behind
             session.compact()
 
 
-async def _render(registry: Registry, spec: JobSpec, session: Session, as_json: bool) -> int:
+async def _render(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
+    """Queue jobs with `queue_jobs(dispatcher)`, record every event in the session, print each
+    image as it is saved. Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
     async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number()) as dispatcher:
         events = dispatcher.subscribe()
-        job = dispatcher.submit(spec)  # raises on bad input, before anything runs
+        jobs = {job.id: job for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
+        unfinished = set(jobs)
         try:
-            async for event in events:
-                if event.job not in (job.id, None):
+            while unfinished:
+                event = await anext(events)
+                if event.job not in jobs and event.job is not None:
                     continue
                 session.record_event(event)
                 if progress:
@@ -144,21 +186,23 @@ async def _render(registry: Registry, spec: JobSpec, session: Session, as_json: 
                 if event.type == "image":
                     if progress:
                         progress.clear()  # the path goes on a line of its own
-                    _print_image(event.data, job, as_json)
-                if event.job == job.id and event.type in FINISHED:
-                    break
+                    _print_image(event.data, jobs[event.job], as_json)
+                if event.type in FINISHED:
+                    unfinished.discard(event.job)
         finally:
             events.close()
             loop.remove_signal_handler(signal.SIGINT)
             if progress:
                 progress.clear()
-    if job.status == DONE:
-        return 0
-    if job.status == CANCELLED:
-        print(f"diffdeck: {job.id} cancelled", file=sys.stderr)
-        return 130
-    print(f"diffdeck: error: {job.id} {job.status}: {job.error}", file=sys.stderr)
-    return 1
+    status = 0
+    for job in jobs.values():
+        if job.status == CANCELLED:
+            print(f"diffdeck: {job.id} cancelled", file=sys.stderr)
+            status = status or 130
+        elif job.status != DONE:
+            print(f"diffdeck: error: {job.id} {job.status}: {job.error}", file=sys.stderr)
+            status = 1
+    return status
 
 
 def _print_image(data: dict[str, Any], job, as_json: bool) -> None:
@@ -202,9 +246,7 @@ class Progress:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    if not (args.session / RECORD).is_file() and not (args.session / JOURNAL).is_file():
-        raise SessionError(f"{args.session} is not a session folder (no {RECORD} or {JOURNAL})")
-    session = Session.open(args.session)
+    session = Session.open(args.session, create=False)
     job_ids = select_jobs(session, args.jobs)
     models = sorted({session.jobs[j]["spec"]["model"] for j in job_ids})
     for name in models:
@@ -345,6 +387,10 @@ def terminal_report() -> list[str]:
 # bench
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "sessions":
+        from engines.bench_session import run_session_bench
+
+        return run_session_bench(load_registry(args.models))
     from engines.bench import run_bench
 
     return run_bench(load_registry(args.models), args.model, args.n, args.rounds)
