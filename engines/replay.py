@@ -79,7 +79,7 @@ async def replay(registry: Registry, session: Session, job_ids: list[str], targe
     results = []
     async with Dispatcher(registry, target.images_dir, first_job_number=target.next_job_number()) as dispatcher:
         events = dispatcher.subscribe()
-        recorder = asyncio.create_task(_record(events, target))
+        recorder = asyncio.create_task(target.record_events(events))
         try:
             for job_id in job_ids:
                 recorded = session.jobs[job_id]
@@ -107,11 +107,6 @@ def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[s
         result.verdict = (compare(recorded_path, new["path"], min_psnr_db, max_phash_distance)
                           if recorded_path.is_file() else Verdict("missing"))
     return result
-
-
-async def _record(events, target: Session) -> None:
-    async for event in events:
-        target.record_event(event)
 
 
 def result_dict(result: ImageResult) -> dict[str, Any]:

@@ -37,5 +37,7 @@ def registry(tmp_path, tiny_models):
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache_dir(tmp_path_factory):
-    """Weight hashes are cached under XDG_CACHE_HOME; tests (and their subprocesses) use their own."""
+    """Weight hashes are cached under XDG_CACHE_HOME, settings read from XDG_CONFIG_HOME: tests
+    (and their subprocesses) use their own."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))

@@ -34,10 +34,19 @@ def imports_of(path: Path) -> set[str]:
     return names
 
 
-def test_ui_side_imports_leave_torch_diffusers_transformers_unloaded():
+TUI = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "tui").rglob("*.py")
+             if p.stem != "__main__")
+
+
+def test_the_commands_leave_torch_diffusers_transformers_and_numpy_unloaded():
     loaded = imported_in_fresh_python(["tui", "tui.cli"] + [f"engines.{m}" for m in UI_SIDE])
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
-    assert "numpy" not in loaded, "numpy is for the worker; the UI side stays light"
+    assert "numpy" not in loaded, "numpy is for the worker; the commands stay light"
+
+
+def test_the_workbench_leaves_torch_diffusers_transformers_unloaded():
+    loaded = imported_in_fresh_python([*TUI, "textual_image.widget"])
+    assert "tui.widgets.gallery" in loaded and not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
 def test_engines_never_import_the_ui():

@@ -27,10 +27,13 @@ from engines.session import (DEFAULT_ROOT, Session, SessionError, is_session, ne
                              summarize)
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from engines.telemetry import Telemetry
+from tui.config import IMAGE_MODES, ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffdeck", description="A terminal workbench for local diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="diffdeck", description="A terminal workbench for local diffusion models. "
+        "`diffdeck [SESSION] [--images MODE]` opens the workbench; the commands below run headless.")
     parser.add_argument("--version", action="version", version=f"diffdeck {__version__}")
     models_help = "models.yaml to use (default: $DIFFDECK_MODELS, ./models.yaml, then the user config dir)"
     parser.add_argument("--models", metavar="FILE", help=models_help)
@@ -88,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(run=cmd_doctor)
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
-    bench.add_argument("what", nargs="?", choices=("render", "sessions"), default="render",
-                       help="render: per-image overhead (default); sessions: autosave, open and replay costs")
+    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys"), default="render",
+                       help="render: per-image overhead (default); sessions: autosave, open and replay costs; "
+                            "keys: keystroke latency in the workbench, idle and while rendering")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
     bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
@@ -97,17 +101,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_workbench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffdeck", description="Open the workbench (the terminal UI).",
+                                     epilog="Commands: diffdeck COMMAND --help; see `diffdeck --help`.")
+    parser.add_argument("session", type=Path, nargs="?",
+                        help=f"a session folder to open or resume (default: a new one under ./{DEFAULT_ROOT}/)")
+    parser.add_argument("--models", metavar="FILE", help="models.yaml to use")
+    parser.add_argument("--images", choices=IMAGE_MODES,
+                        help="how to draw images: auto (ask the terminal), kitty, sixel, halfcell, off")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
-        return args.run(args)
-    except (SpecError, RegistryError, SessionError, MetadataError) as e:
+        if _names_a_command(argv, parser):
+            args = parser.parse_args(argv)
+            return args.run(args)
+        return run_workbench(build_workbench_parser().parse_args(argv))
+    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError) as e:
         print(f"diffdeck: error: {e}", file=sys.stderr)
         return 2
+
+
+def _names_a_command(argv: list[str], parser: argparse.ArgumentParser) -> bool:
+    """Whether argv is for a command (or for help): else it opens the workbench."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    words = iter(argv)
+    for word in words:
+        if word in ("-h", "--help", "--version"):
+            return True
+        if word in ("--models", "--images"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word in commands
+    return False
+
+
+def run_workbench(args: argparse.Namespace) -> int:
+    from textual.theme import BUILTIN_THEMES
+
+    from tui.app import Workbench  # Textual loads only for the workbench, not for the commands
+    from tui.images import effective_mode, image_widget, terminal_hint
+    from tui.themes import load_theme
+
+    registry = load_registry(args.models)
+    config = load_config()
+    themes = [load_theme(path) for path in config.theme_files]
+    if config.theme not in {t.name for t in themes} | set(BUILTIN_THEMES):
+        raise ConfigError(f"theme {config.theme!r} is not known; themes: {', '.join(t.name for t in themes)} "
+                          "and Textual's own")
+    if args.session is not None and args.session.is_dir() and any(args.session.iterdir()) \
+            and not is_session(args.session):
+        raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
+    session = Session.open(args.session or new_session_dir())
+    mode = effective_mode(args.images or config.images)
+    app = Workbench(registry, session, config, themes, image_class=image_widget(mode), hint=terminal_hint(mode))
+    app.run()
+    return app.return_code or 0
 
 
 # render
@@ -387,6 +439,10 @@ def terminal_report() -> list[str]:
 # bench
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "keys":
+        from tui.bench_keys import run_keys_bench
+
+        return run_keys_bench(load_registry(args.models))
     if args.what == "sessions":
         from engines.bench_session import run_session_bench
 

@@ -1,0 +1,295 @@
+"""The workbench: a client of the Dispatcher. Widgets post messages; the handlers here own the
+state (the session, the Board, the Dispatcher) and hand the widgets what to draw.
+
+Two subscribers read the Dispatcher's events: the session records each one as it comes (a
+kill loses nothing), and the Board folds them in batches, redrawn a few times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import Footer, Static
+
+from engines.dispatcher import Dispatcher
+from engines.registry import Registry, RegistryError
+from engines.session import Session
+from engines.spec import JobSpec, SpecError
+from engines.telemetry import Telemetry
+from themes import STYLESHEET
+
+from .board import Board
+from .config import Config
+from .images import thumbnail
+from .screens.help import HelpScreen
+from .screens.image_view import ImageScreen
+from .widgets.gallery import Gallery, Thumb
+from .widgets.gpu_panel import PRESSURE_COLOURS, GpuPanel
+from .widgets.prompt_editor import PromptEditor
+from .widgets.queue_view import QueueView
+
+REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
+LARGE_PX = 512
+
+
+class Workbench(App):
+    CSS_PATH = STYLESHEET
+    TITLE = "diffdeck"
+    AUTO_FOCUS = "#prompt"
+    BINDINGS = [
+        Binding("f1", "help", "Keys", id="help"),
+        Binding("f2", "focus('prompt')", "Prompt", id="focus_prompt"),
+        Binding("f3", "focus('queue')", "Queue", id="focus_queue"),
+        Binding("f4", "focus_gallery", "Gallery", id="focus_gallery"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(self, registry: Registry, session: Session, config: Config, themes: list[Theme], *,
+                 image_class: Any = None, hint: str | None = None, telemetry: Telemetry | None = None,
+                 telemetry_interval_s: float = 1.0):
+        super().__init__()
+        self.registry, self.session, self.config, self.themes = registry, session, config, themes
+        self.image_class, self.hint = image_class, hint
+        self.board = Board()
+        self.pinned: list[tuple[str, int]] = []
+        self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
+                                     telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        return dict(PRESSURE_COLOURS)
+
+    def compose(self) -> ComposeResult:
+        models = list(self.registry.models)
+        yield Static(self._title_text(), id="title")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield PromptEditor(models, "demo" if "demo" in models else models[0], id="editor")
+                yield QueueView(id="queue")
+            with Vertical(id="right"):
+                yield GpuPanel(id="gpu")
+                yield Gallery(self.image_class, id="gallery")
+        if self.hint:
+            yield Static(self.hint, id="hint")
+        yield Footer()
+
+    def _title_text(self) -> str:
+        return f"diffdeck · session {self.session.folder.name}"
+
+    async def on_mount(self) -> None:
+        for theme in self.themes:
+            self.register_theme(theme)
+        self.theme = self.config.theme
+        self.set_keymap(self.config.keys)
+        self.board.load(self.session.jobs, self.session.folder)
+        recorder, view = self.dispatcher.subscribe(), self.dispatcher.subscribe()
+        self.dispatcher.start()
+        self._tasks = [asyncio.create_task(self.session.record_events(recorder)),
+                       asyncio.create_task(self._follow(view))]
+        self._restore_queue()
+        self._show_model_defaults("demo" if "demo" in list(self.registry.models) else list(self.registry.models)[0])
+        self._redraw()
+
+    async def action_quit(self) -> None:
+        await self._shut_down()
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        await self._shut_down()  # however the app ends, the workers do not outlive it
+
+    async def _shut_down(self) -> None:
+        """Leave queued and running jobs queued in the session: reopening it resumes them. So the
+        recording stops before the Dispatcher cancels what it has."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dispatcher.close()
+        if self.session.jobs:
+            await asyncio.to_thread(self.session.compact)
+
+    def _restore_queue(self) -> None:
+        for job_id, job in self.session.unfinished():
+            try:
+                self.dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"])
+            except (SpecError, RegistryError) as e:
+                self.notify(f"{job_id} not resumed: {e}", severity="error", timeout=10)
+
+    async def _follow(self, events) -> None:
+        while True:
+            batch = [await anext(events), *events.drain()]
+            for event in batch:
+                self.board.apply(event)
+            if any(e.type in ("worker_ready", "worker_exited", "worker_evicted", "loading") for e in batch):
+                self._show_warm_models()
+            self._redraw()
+            await asyncio.sleep(REDRAW_S)
+
+    def _redraw(self) -> None:
+        self.query_one(QueueView).show(self.board.rows())
+        self.query_one(GpuPanel).show(self.board)
+        self.query_one(Gallery).show(self.board)
+        paused = " · queue paused (p in the queue resumes)" if self.board.paused else ""
+        self.query_one("#title", Static).update(self._title_text() + paused)
+
+    def _show_warm_models(self) -> None:
+        labels = {name: f"{name} · {state}" for name, state in self.board.warm.items()}
+        self.query_one(PromptEditor).show_models(labels)
+
+    def _show_model_defaults(self, model: str) -> None:
+        try:
+            files = self.registry.files(model)
+            self.query_one(PromptEditor).show_defaults(self.registry.defaults(model, files.family))
+        except RegistryError as e:
+            self.notify(str(e), severity="error")
+
+    # the prompt editor
+
+    @on(PromptEditor.Submitted)
+    def _submit(self, event: PromptEditor.Submitted) -> None:
+        editor = self.query_one(PromptEditor)
+        try:
+            job = self.dispatcher.submit(event.spec)
+        except SpecError as e:
+            editor.mark_invalid(e)
+            return
+        except RegistryError as e:
+            editor.mark_invalid(SpecError("model", str(e)))
+            return
+        editor.accepted(job.spec)
+
+    @on(PromptEditor.ModelChanged)
+    def _model_changed(self, event: PromptEditor.ModelChanged) -> None:
+        self._show_model_defaults(event.model)
+
+    @on(PromptEditor.OpenInEditor)
+    def _open_in_editor(self, event: PromptEditor.OpenInEditor) -> None:
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.NamedTemporaryFile("w+", suffix=".txt", encoding="utf-8", delete=False) as f:
+            f.write(event.text)
+        try:
+            with self.suspend():
+                code = subprocess.call([*shlex.split(editor), f.name])
+            if code == 0:
+                text = Path(f.name).read_text(encoding="utf-8", errors="replace").rstrip("\n")
+                self.query_one(PromptEditor).set_text(event.area_id, text)
+            else:
+                self.notify(f"{editor} exited with status {code}; the prompt is unchanged", severity="warning")
+        finally:
+            os.unlink(f.name)
+
+    # the queue
+
+    @on(QueueView.Command)
+    def _queue_command(self, event: QueueView.Command) -> None:
+        d, job_id = self.dispatcher, event.job_id
+        try:
+            if event.action == "pause":
+                d.resume() if d.paused else d.pause()
+            elif event.action == "cancel_all":
+                self.notify(f"cancelled {d.cancel_all()} job(s)")
+            elif job_id is None:
+                return
+            elif event.action == "cancel":
+                if not d.cancel(job_id):
+                    self.notify(f"{job_id} is {d.jobs[job_id].status}; nothing to cancel", severity="warning")
+            elif event.action in ("move_up", "move_down", "to_front"):
+                self._move(job_id, event.action)
+            elif event.action in ("retry", "force_retry"):
+                d.retry(job_id, force=event.action == "force_retry")
+            elif event.action == "edit":
+                self._edit(job_id)
+        except (KeyError, ValueError, SpecError, RegistryError) as e:
+            self.notify(str(e).strip("'\""), severity="warning")
+
+    def _move(self, job_id: str, action: str) -> None:
+        queue = self.board.queue
+        if job_id not in queue:
+            raise ValueError(f"{job_id} is {self.board.jobs[job_id].status}; only queued jobs move")
+        here = queue.index(job_id)
+        self.dispatcher.move(job_id, {"move_up": here - 1, "move_down": here + 1, "to_front": 0}[action])
+
+    def _edit(self, job_id: str) -> None:
+        """Load the job into the editor; a queued one leaves the queue until it is submitted again."""
+        row = self.board.jobs[job_id]
+        if row.status == "queued":
+            self.dispatcher.cancel(job_id)
+        self.query_one(PromptEditor).load(row.spec)
+
+    # the gallery
+
+    @on(Thumb.Opened)
+    def _open_image(self, event: Thumb.Opened) -> None:
+        self._open_large(event.job_id, event.image)
+
+    @work(thread=True, exclusive=True, group="open-image")
+    def _open_large(self, job_id: str, index: int) -> None:
+        row = self.board.jobs[job_id]
+        image = next(i for i in row.images if i["image"] == index)
+        try:
+            picture = thumbnail(image["path"], LARGE_PX) if self.image_class else None
+        except OSError as e:
+            self.call_from_thread(self.notify, f"cannot open {image['path']}: {e}", severity="error")
+            return
+        screen = ImageScreen(job_id, row.spec, image, picture, self.image_class)
+        self.call_from_thread(self.push_screen, screen, lambda choice: self._image_choice(job_id, image, choice))
+
+    def _image_choice(self, job_id: str, image: dict[str, Any], choice: str | None) -> None:
+        spec = self.board.jobs[job_id].spec
+        if choice == "requeue":  # this one image again, with its own seed
+            fields = {k: v for k, v in spec.items() if k not in ("seeds", "seed", "count")}
+            self.post_message(PromptEditor.Submitted(JobSpec(**fields, seed=image["seed"], count=1)))
+        elif choice == "copy_prompt":
+            self.copy_to_clipboard(spec["prompt"])
+            self.notify("prompt copied (OSC 52: the terminal must allow clipboard access)")
+        elif choice == "pin":
+            self.pinned = [*self.pinned[-1:], (job_id, image["image"])]
+            self.notify(f"pinned {job_id} image {image['image']} for A/B ({len(self.pinned)}/2)")
+
+    # keys, help, palette
+
+    def action_focus(self, widget_id: str) -> None:
+        self.query_one(f"#{widget_id}").focus()
+
+    def action_focus_gallery(self) -> None:
+        thumbs = self.query(Thumb)
+        if thumbs:
+            thumbs.last().focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(list(self.key_rows())))
+
+    def key_rows(self) -> Iterable[tuple[str, str, str, str]]:
+        keymap = self.config.keys
+        for where, owner in (("everywhere", Workbench), ("prompt", PromptEditor), ("queue", QueueView),
+                             ("gallery", Thumb), ("image", ImageScreen)):
+            for binding in owner.BINDINGS:
+                yield where, keymap.get(binding.id, binding.key), binding.description or binding.action, binding.id
+        yield "everywhere", "ctrl+p", "Command palette", "command_palette"
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Keys", "Every key and its binding id (F1)", self.action_help)
+        yield SystemCommand("Render", "Queue the prompt in the editor", self.query_one(PromptEditor).action_submit)
+        yield SystemCommand("Pause or resume the queue", "After the running job",
+                            lambda: self.post_message(QueueView.Command("pause", None)))
+        yield SystemCommand("Cancel all", "Every queued and running job",
+                            lambda: self.post_message(QueueView.Command("cancel_all", None)))
+        for theme in self.themes:
+            yield SystemCommand(f"Theme: {theme.name}", "Switch the colour theme",
+                                lambda name=theme.name: setattr(self, "theme", name))

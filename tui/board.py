@@ -1,0 +1,184 @@
+"""What the workbench shows, folded from Dispatcher events. No widgets here: the app applies
+events to a Board and hands the widgets what they need to draw.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HISTORY = 60  # telemetry samples kept for the sparklines (about a minute)
+
+
+@dataclass
+class JobRow:
+    id: str
+    spec: dict[str, Any]
+    status: str = "queued"
+    image: int = 0  # the image being rendered
+    step: int = 0
+    total: int = 0
+    it_s: float | None = None
+    elapsed_s: float = 0.0  # rendering time of the finished images (queue wait never counts)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory: int | None = None
+    error: str | None = None
+    preview: bytes | None = None  # the running image's latest step preview (JPEG)
+
+    @property
+    def count(self) -> int:
+        return int(self.spec.get("count") or 1)
+
+    @property
+    def steps_done(self) -> int:
+        return (self.image * self.total if self.total else 0) + self.step
+
+    @property
+    def steps_total(self) -> int:
+        return self.count * (self.total or int(self.spec.get("steps") or 0))
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the measured step rate; None before a rate is known."""
+        if self.status != "running" or not self.it_s:
+            return None
+        return max(0, self.steps_total - self.steps_done) / self.it_s
+
+
+@dataclass
+class Board:
+    jobs: dict[str, JobRow] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)  # jobs that left the queue, in that order
+    queue: list[str] = field(default_factory=list)  # queued jobs, in the Dispatcher's order
+    telemetry: dict[str, Any] | None = None
+    memory_history: dict[int, deque] = field(default_factory=dict)  # GPU index -> used fractions
+    ram_history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    warm: dict[str, str] = field(default_factory=dict)  # model -> loading / ready
+    paused: bool = False
+    last_done: str | None = None
+
+    def load(self, jobs: dict[str, dict[str, Any]], folder: Path) -> None:
+        """The jobs of a reopened session, as recorded; image paths made absolute as events have them."""
+        for job_id, job in jobs.items():
+            images = [{**image, "path": str(folder / image["path"])} for image in job["images"]]
+            self.jobs[job_id] = JobRow(job_id, job["spec"], job["status"], images=images,
+                                       timings=job.get("timings") or {}, peak_memory=job.get("peak_memory"),
+                                       error=job.get("error"))
+            (self.queue if job["status"] in ("queued", "running") else self.history).append(job_id)
+            if job["status"] == "done":
+                self.last_done = job_id
+
+    def apply(self, event) -> None:
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is not None:
+            handler(event.job, event.data)
+
+    def images(self) -> list[tuple[JobRow, dict[str, Any]]]:
+        """Every finished image of the session, oldest first."""
+        return [(row, image) for row in self.rows() for image in sorted(row.images, key=lambda i: i["image"])]
+
+    def rows(self) -> list[JobRow]:
+        return [self.jobs[job_id] for job_id in self.history + self.queue]
+
+    def running(self) -> JobRow | None:
+        return next((row for row in self.jobs.values() if row.status == "running"), None)
+
+    # events
+
+    def _on_queued(self, job_id: str, data: dict[str, Any]) -> None:
+        row = self.jobs.get(job_id)
+        if row is None:
+            row = self.jobs[job_id] = JobRow(job_id, data["spec"])
+        else:  # a retry, or a restored job: keep what it already made
+            row.status, row.error, row.step, row.it_s, row.preview = "queued", None, 0, None, None
+        self._leave(job_id)
+        self.queue.insert(data.get("position", len(self.queue)), job_id)
+
+    def _on_moved(self, job_id: str, data: dict[str, Any]) -> None:
+        self._leave(job_id)
+        self.queue.insert(data["position"], job_id)
+
+    def _on_started(self, job_id: str, data: dict[str, Any]) -> None:
+        row = self.jobs[job_id]
+        row.status, row.image, row.step, row.total = "running", 0, 0, int(row.spec.get("steps") or 0)
+        row.elapsed_s = 0.0
+        row.timings = {k: data[k] for k in ("queue_wait_s", "load_s") if k in data}
+        self._leave(job_id)
+        self.history.append(job_id)
+
+    def _leave(self, job_id: str) -> None:
+        for ids in (self.queue, self.history):
+            if job_id in ids:
+                ids.remove(job_id)
+
+    def _on_step(self, job_id: str, data: dict[str, Any]) -> None:
+        row = self.jobs[job_id]
+        row.image, row.step, row.total, row.it_s = data["image"], data["step"], data["total"], data.get("it_s")
+
+    def _on_preview(self, job_id: str, data: dict[str, Any]) -> None:
+        self.jobs[job_id].preview = base64.b64decode(data["data"])
+
+    def _on_image(self, job_id: str, data: dict[str, Any]) -> None:
+        row = self.jobs[job_id]
+        row.images = [i for i in row.images if i["image"] != data["image"]] + [data]
+        row.elapsed_s += data["timings"].get("total_s", 0.0)
+        row.preview = None
+
+    def _on_done(self, job_id: str, data: dict[str, Any]) -> None:
+        row = self.jobs[job_id]
+        row.status, row.timings, row.peak_memory = "done", {**row.timings, **data["timings"]}, data["peak_memory"]
+        row.it_s, row.preview = None, None
+        self.last_done = job_id
+
+    def _finish(self, status: str, job_id: str, data: dict[str, Any]) -> None:
+        row = self.jobs[job_id]
+        row.status, row.error, row.it_s, row.preview = status, data.get("error"), None, None
+        if job_id in self.queue:  # cancelled or held before it ran
+            self._leave(job_id)
+            self.history.append(job_id)
+
+    def _on_failed(self, job_id, data):
+        self._finish("failed", job_id, data)
+
+    def _on_cancelled(self, job_id, data):
+        self._finish("cancelled", job_id, data)
+
+    def _on_held(self, job_id, data):
+        self._finish("held", job_id, data)
+
+    def _on_loading(self, job_id, data):
+        self.warm[data["model"]] = "loading"
+
+    def _on_worker_ready(self, job_id, data):
+        self.warm[data["model"]] = "warm"
+
+    def _on_worker_exited(self, job_id, data):
+        self.warm.pop(data["model"], None)
+
+    _on_worker_evicted = _on_worker_exited
+
+    def _on_paused(self, job_id, data):
+        self.paused = True
+
+    def _on_resumed(self, job_id, data):
+        self.paused = False
+
+    def _on_telemetry(self, job_id: str | None, data: dict[str, Any]) -> None:
+        self.telemetry = data
+        for gpu in data.get("gpus") or ():
+            history = self.memory_history.setdefault(gpu["index"], deque(maxlen=HISTORY))
+            history.append(gpu["memory_used"] / gpu["memory_total"] if gpu["memory_total"] else 0.0)
+        if data.get("ram_total"):
+            self.ram_history.append(data["ram_used"] / data["ram_total"])
+
+
+def pressure(fraction: float) -> str:
+    """Memory pressure in words, as well as the colour the widgets give it."""
+    if fraction >= 0.9:
+        return "critical"
+    if fraction >= 0.75:
+        return "high"
+    return "ok"

@@ -1,0 +1,67 @@
+"""Inline images: which textual-image widget draws them, and thumbnails made off the event loop.
+
+textual-image asks the terminal what it supports when it is imported, so `image_widget()` is
+called once before the app starts. Kitty graphics send the whole PNG at every redraw: the
+gallery shows thumbnails, never the full files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from PIL import Image as PILImage
+
+THUMB_PX = 128
+
+
+def effective_mode(mode: str) -> str:
+    """`auto` inside a tmux that does not pass graphics through draws half-blocks."""
+    if mode == "auto" and os.environ.get("TMUX") and not _tmux_passthrough():
+        return "halfcell"
+    return mode
+
+
+def image_widget(mode: str):
+    """The widget class for `--images MODE`; None for `off` (the gallery shows text instead)."""
+    if mode == "off":
+        return None
+    import textual_image.widget as widgets  # queries the terminal: before App.run()
+
+    return {"auto": widgets.Image, "kitty": widgets.TGPImage, "sixel": widgets.SixelImage,
+            "halfcell": widgets.HalfcellImage}[mode]
+
+
+def thumbnail(path: Path | str, size: int = THUMB_PX) -> PILImage.Image:
+    with PILImage.open(path) as image:
+        image.thumbnail((size, size))
+        return image.convert("RGB")
+
+
+def decode_preview(data: bytes) -> PILImage.Image:
+    with PILImage.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def terminal_hint(mode: str) -> str | None:
+    """One line on what the terminal lacks, or None when nothing is missing."""
+    hints = []
+    if os.environ.get("COLORTERM", "").lower() not in ("truecolor", "24bit"):
+        hints.append("no truecolour (COLORTERM unset; over SSH forward it, e.g. SendEnv COLORTERM)")
+    if mode in ("auto", "kitty", "sixel") and os.environ.get("TMUX") and not _tmux_passthrough():
+        hints.append("tmux without passthrough: images as half-blocks (set -g allow-passthrough on)")
+    return "; ".join(hints) or None
+
+
+def _tmux_passthrough() -> bool:
+    if shutil.which("tmux") is None:
+        return False
+    try:
+        result = subprocess.run(["tmux", "show", "-gv", "allow-passthrough"], capture_output=True, text=True,
+                                timeout=2, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.stdout.strip() in ("on", "all")

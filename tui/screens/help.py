@@ -1,0 +1,26 @@
+"""F1: every key, with the binding id to remap it by in config.yaml."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from engines.registry import user_config_dir
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", id="close_help")]
+
+    def __init__(self, rows: list[tuple[str, str, str, str]]):
+        """rows: (where, keys, what, binding id)."""
+        super().__init__()
+        self.rows = rows
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"Keys — remap any by its id under keys: in {user_config_dir() / 'config.yaml'}", id="help-title")
+        table = DataTable(cursor_type="row", id="help-keys")
+        table.add_columns("where", "keys", "what", "id")
+        table.add_rows(self.rows)
+        yield table

@@ -1,0 +1,97 @@
+"""Thumbnails of the session's images, newest last; the running job's latest step preview
+stands in for the image it is making. Enter on a thumbnail opens it larger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image as PILImage
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Label, Static
+
+from ..board import Board
+from ..images import decode_preview, thumbnail
+
+LIVE = -1  # the image index of the running job's live preview
+
+
+class Thumb(Vertical, can_focus=True):
+    BINDINGS = [Binding("enter", "open", "Open", id="open_image")]
+
+    class Opened(Message):
+        def __init__(self, job_id: str, image: int):
+            super().__init__()
+            self.job_id, self.image = job_id, image
+
+    def __init__(self, job_id: str, image: int, caption: str, image_class: Any):
+        super().__init__(classes="thumb")
+        self.job_id, self.image, self.caption, self.image_class = job_id, image, caption, image_class
+
+    def compose(self) -> ComposeResult:
+        yield self.image_class() if self.image_class else Static("▒" * 64, classes="no-image")
+        yield Label(self.caption)
+
+    def show(self, picture: PILImage.Image) -> None:
+        if self.image_class:
+            self.query_one(self.image_class).image = picture
+
+    def action_open(self) -> None:
+        if self.image != LIVE:
+            self.post_message(self.Opened(self.job_id, self.image))
+
+
+class Gallery(VerticalScroll):
+    class Decoded(Message):
+        def __init__(self, key: tuple[str, int], picture: PILImage.Image):
+            super().__init__()
+            self.key, self.picture = key, picture
+
+    def __init__(self, image_class: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.image_class = image_class
+        self._thumbs: dict[tuple[str, int], Thumb] = {}
+        self._preview_of: dict[str, bytes] = {}
+
+    def show(self, board: Board) -> None:
+        for row, image in board.images():
+            key = (row.id, image["image"])
+            if key not in self._thumbs:
+                self._add(key, f"{row.id.removeprefix('job-')}·{image['image']}")
+                if self.image_class:
+                    self._decode_file(key, image["path"])
+        running = board.running()
+        for key in [k for k in self._thumbs if k[1] == LIVE and (running is None or k[0] != running.id)]:
+            self._thumbs.pop(key).remove()
+        if running is not None:
+            key = (running.id, LIVE)
+            if key not in self._thumbs:
+                self._add(key, f"{running.id.removeprefix('job-')} …")
+            if running.preview and self.image_class and self._preview_of.get(running.id) is not running.preview:
+                self._preview_of[running.id] = running.preview
+                self._decode_preview(key, running.preview)
+
+    def _add(self, key: tuple[str, int], caption: str) -> None:
+        thumb = self._thumbs[key] = Thumb(key[0], key[1], caption, self.image_class)
+        live = next((t for k, t in self._thumbs.items() if k[1] == LIVE and k != key), None)
+        self.mount(thumb, before=live) if live else self.mount(thumb)
+
+    @work(thread=True, group="thumbnails")
+    def _decode_file(self, key: tuple[str, int], path: str) -> None:
+        try:
+            self.post_message(self.Decoded(key, thumbnail(path)))
+        except OSError:
+            pass  # the file went away; its thumbnail stays a placeholder
+
+    @work(thread=True, exclusive=True, group="preview")
+    def _decode_preview(self, key: tuple[str, int], data: bytes) -> None:
+        self.post_message(self.Decoded(key, decode_preview(data)))
+
+    @on(Decoded)
+    def _decoded(self, event: Decoded) -> None:
+        thumb = self._thumbs.get(event.key)
+        if thumb is not None and thumb.is_mounted:
+            thumb.show(event.picture)

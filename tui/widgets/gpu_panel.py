@@ -1,0 +1,119 @@
+"""GPU memory and timing: per GPU a memory bar with its recent history, utilisation,
+temperature and power; per worker its model, state and memory; the running job's step rate and
+the last job's breakdown. Without a GPU it says so and shows CPU and RAM."""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from ..board import Board, JobRow, pressure
+
+GIB = 2**30
+
+
+class GpuPanel(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static(id="devices")
+        yield Static(id="memory-history")
+        yield Static(id="workers")
+        yield Static(id="timing")
+
+    def show(self, board: Board) -> None:
+        sample = board.telemetry
+        if sample is None:
+            self.query_one("#devices", Static).update("waiting for the first sample…")
+            return
+        gpus = sample.get("gpus")
+        width = self.content_size.width or 40
+        self.query_one("#devices", Static).update(devices_text(sample, self.app.theme_variables, width))
+        history = board.memory_history.get(0) if gpus else board.ram_history
+        self.query_one("#memory-history", Static).update(sparkline(history or (), width))
+        self.query_one("#workers", Static).update(workers_text(sample, board))
+        self.query_one("#timing", Static).update(timing_text(board))
+
+
+SPARKS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(fractions, width: int = 40) -> Text:
+    """Memory use over the last samples, on a fixed 0-100 % scale (so a flat line means flat use)."""
+    recent = list(fractions)[-width:]
+    return Text("".join(SPARKS[min(8, math.ceil(f * 8))] for f in recent), style="dim")
+
+
+PRESSURE_COLOURS = {"pressure-ok": "green", "pressure-high": "yellow", "pressure-critical": "red"}
+
+
+def memory_bar(used: int, total: int, label: str, colours: dict[str, str], width: int) -> Text:
+    """A bar coloured by pressure, and the pressure in words when it is not ok; `width` columns
+    for the whole line."""
+    fraction = used / total if total else 0.0
+    level = pressure(fraction)
+    colour = colours.get(f"pressure-{level}", PRESSURE_COLOURS[f"pressure-{level}"])
+    figures = f" {used / GIB:.1f}/{total / GIB:.1f} GiB"
+    bar = max(4, min(30, width - len(label) - 1 - len(figures)))
+    filled = round(bar * fraction)
+    text = Text(f"{label} ")
+    text.append("█" * filled, style=colour)
+    text.append("░" * (bar - filled), style="dim")
+    text.append(figures)
+    if level != "ok":
+        text.append(f"  memory {level}", style=f"bold {colour}")
+    return text
+
+
+def devices_text(sample: dict, colours: dict[str, str], width: int) -> Text:
+    out = Text()
+    gpus = sample.get("gpus")
+    if not gpus:
+        out.append("no GPU — CPU", style="bold")
+        out.append(f"  CPU {sample.get('cpu_percent', 0):.0f} %\n")
+        out.append_text(memory_bar(sample.get("ram_used", 0), sample.get("ram_total", 0), "RAM", colours, width))
+        return out
+    for gpu in gpus:
+        out.append(f"GPU {gpu['index']} {gpu['name']}\n", style="bold")
+        out.append_text(memory_bar(gpu["memory_used"], gpu["memory_total"], "mem", colours, width))
+        facts = [f"util {gpu['utilization']} %" if gpu.get("utilization") is not None else None,
+                 f"{gpu['temperature']} °C" if gpu.get("temperature") is not None else None,
+                 f"{gpu['power_w']:.0f} W" if gpu.get("power_w") is not None else None]
+        out.append("\n" + "  ".join(f for f in facts if f) + "\n")
+    return out
+
+
+def workers_text(sample: dict, board: Board) -> Text:
+    out = Text()
+    workers = sample.get("workers") or []
+    if not workers:
+        return Text("no worker running; the first render starts one", style="dim")
+    for w in workers:
+        state = {"busy": "busy", "idle": "idle", "starting": "loading"}.get(w["state"], w["state"])
+        rss = f"RSS {w['rss'] / GIB:.2f} GiB" if w.get("rss") is not None else ""
+        gpu = f"  GPU {w['gpu_memory'] / GIB:.2f} GiB" if w.get("gpu_memory") is not None else ""
+        out.append(f"{w['model']:<12} {state:<8} {rss}{gpu}\n")
+    return out
+
+
+def timing_text(board: Board) -> Text:
+    out = Text()
+    running = board.running()
+    if running and running.it_s:
+        out.append(f"{running.id}: {running.it_s:.1f} it/s\n")
+    last = board.jobs.get(board.last_done) if board.last_done else None
+    if last:
+        out.append_text(breakdown(last))
+    return out
+
+
+def breakdown(row: JobRow) -> Text:
+    t = row.timings
+    parts = [f"{name} {t[key]:.2f}s" for name, key in (("load", "load_s"), ("denoise", "denoise_s"),
+                                                      ("decode", "decode_s"), ("save", "save_s")) if key in t]
+    text = Text(f"last {row.id}: " + "  ".join(parts))
+    if row.peak_memory:
+        text.append(f"\npeak {row.peak_memory / GIB:.2f} GiB")
+    return text

@@ -1,0 +1,218 @@
+"""The prompt editor: prompt, negative prompt and the job's settings. It reads what the user
+typed into a JobSpec and posts it; the app queues it, and tells the editor which field is wrong
+when a value cannot be used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, Label, Select, Static, TextArea
+
+from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+
+SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
+# JobSpec fields that have no widget of their own, and the widget that shows them
+FIELD_WIDGET = {"width": "size", "height": "size", "seeds": "seed"}
+
+
+class PromptArea(TextArea):
+    """A multi-line prompt whose up and down keys walk the history from its first and last line."""
+
+    class HistoryStep(Message):
+        def __init__(self, area: "PromptArea", step: int):
+            super().__init__()
+            self.area, self.step = area, step
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if self.cursor_location[0] == 0 and not select:
+            self.post_message(self.HistoryStep(self, -1))
+        else:
+            super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        if self.cursor_location[0] == self.document.line_count - 1 and not select:
+            self.post_message(self.HistoryStep(self, +1))
+        else:
+            super().action_cursor_down(select)
+
+
+class PromptEditor(Vertical):
+    BINDINGS = [
+        Binding("ctrl+j", "submit", "Render", id="submit", priority=True),
+        Binding("alt+enter", "submit", "Render", id="submit_alt", show=False, priority=True),
+        Binding("ctrl+o", "open_editor", "$EDITOR", id="open_editor"),
+    ]
+
+    class Submitted(Message):
+        def __init__(self, spec: JobSpec):
+            super().__init__()
+            self.spec = spec
+
+    class OpenInEditor(Message):
+        """Edit this text in $EDITOR (the app suspends itself for it)."""
+
+        def __init__(self, area_id: str, text: str):
+            super().__init__()
+            self.area_id, self.text = area_id, text
+
+    class ModelChanged(Message):
+        def __init__(self, model: str):
+            super().__init__()
+            self.model = model
+
+    def __init__(self, models: list[str], model: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.models, self.initial_model = models, model
+        self.history: list[str] = []
+        self._history_at = 0
+
+    def compose(self) -> ComposeResult:
+        yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, placeholder="prompt")
+        yield PromptArea(id="negative_prompt", soft_wrap=True, show_line_numbers=False,
+                         placeholder="negative prompt")
+        with Horizontal(classes="fields"):
+            yield Select([(m, m) for m in self.models], value=self.initial_model, allow_blank=False, id="model")
+            yield Select(SEED_MODES, value="random", allow_blank=False, id="seed_mode")
+            yield Input(placeholder="seed", id="seed", restrict=r"\d*")
+        with Horizontal(classes="fields"):
+            yield Label("steps")
+            yield Input(id="steps", restrict=r"\d*")
+            yield Label("cfg")
+            yield Input(id="guidance", restrict=r"[\d.]*")
+            yield Label("size")
+            yield Input(id="size", restrict=r"[\dxX]*")
+            yield Label("n")
+            yield Input(value="1", id="count", restrict=r"\d*")
+        with Horizontal(classes="fields"):
+            yield Label("scheduler")
+            yield Select([(s, s) for s in (DEFAULT_SCHEDULER, *SCHEDULERS)], value=DEFAULT_SCHEDULER,
+                         allow_blank=False, id="scheduler")
+        yield Static(id="problem")
+
+    # what the app calls
+
+    def show_models(self, labels: dict[str, str]) -> None:
+        """Relabel the model picker (name -> label, saying which are warm); keeps the choice."""
+        select = self.query_one("#model", Select)
+        value = select.value
+        select.set_options([(labels.get(m, m), m) for m in self.models])
+        select.value = value
+
+    def show_defaults(self, defaults: dict[str, Any]) -> None:
+        """The model's defaults, as placeholders: an empty field means 'the model's'."""
+        self.query_one("#steps", Input).placeholder = str(defaults.get("steps", ""))
+        self.query_one("#guidance", Input).placeholder = str(defaults.get("guidance", ""))
+        if defaults.get("width"):
+            self.query_one("#size", Input).placeholder = f"{defaults['width']}x{defaults['height']}"
+
+    def mark_invalid(self, error: SpecError) -> None:
+        widget_id = FIELD_WIDGET.get(error.field, error.field)
+        for widget in self.query(f"#{widget_id}"):
+            widget.add_class("-invalid")
+            widget.focus()
+        self.query_one("#problem", Static).update(str(error))
+        self.query_one("#problem").add_class("-shown")
+
+    def accepted(self, spec: JobSpec) -> None:
+        """The job was queued: remember the prompt, and step the seed if asked to."""
+        if not self.history or self.history[-1] != spec.prompt:
+            self.history.append(spec.prompt)
+        self._history_at = len(self.history)
+        if self.query_one("#seed_mode", Select).value == "increment":
+            self.query_one("#seed", Input).value = str(spec.seeds[-1] + 1)
+        self._clear_marks()
+
+    def load(self, spec: dict[str, Any]) -> None:
+        """Fill the editor from a job's spec, to edit it and queue it again."""
+        self.query_one("#prompt", TextArea).text = spec.get("prompt", "")
+        self.query_one("#negative_prompt", TextArea).text = spec.get("negative_prompt", "")
+        if spec.get("model") in self.models:
+            self.query_one("#model", Select).value = spec["model"]
+        self.query_one("#seed_mode", Select).value = "fixed"
+        for name in ("seed", "steps", "guidance", "count"):
+            value = spec.get(name)
+            self.query_one(f"#{name}", Input).value = "" if value is None else str(value)
+        if spec.get("width"):
+            self.query_one("#size", Input).value = f"{spec['width']}x{spec['height']}"
+        if spec.get("scheduler") in (DEFAULT_SCHEDULER, *SCHEDULERS):
+            self.query_one("#scheduler", Select).value = spec["scheduler"]
+        self.query_one("#prompt", TextArea).focus()
+
+    def set_text(self, area_id: str, text: str) -> None:
+        self.query_one(f"#{area_id}", TextArea).text = text
+
+    # reading the fields
+
+    def read_spec(self) -> JobSpec:
+        """The spec the fields describe, validated. Raises SpecError naming the field."""
+        value = {w.id: w.value.strip() for w in self.query(Input)}
+        width, height = parse_size(value["size"]) if value["size"] else (None, None)
+        seed = None if self.query_one("#seed_mode", Select).value == "random" else _number(int, "seed", value["seed"])
+        spec = JobSpec(
+            prompt=self.query_one("#prompt", TextArea).text.strip(),
+            negative_prompt=self.query_one("#negative_prompt", TextArea).text.strip(),
+            model=str(self.query_one("#model", Select).value),
+            seed=seed,
+            steps=_number(int, "steps", value["steps"]),
+            guidance=_number(float, "guidance", value["guidance"]),
+            width=width, height=height,
+            scheduler=str(self.query_one("#scheduler", Select).value),
+            count=_number(int, "count", value["count"]) or 1,
+        )
+        spec.validate()
+        return spec
+
+    # handlers
+
+    def action_submit(self) -> None:
+        self._clear_marks()
+        try:
+            spec = self.read_spec()
+        except SpecError as e:
+            self.mark_invalid(e)
+            return
+        self.post_message(self.Submitted(spec))
+
+    def action_open_editor(self) -> None:
+        area = self.focused_area()
+        self.post_message(self.OpenInEditor(area.id, area.text))
+
+    def focused_area(self) -> TextArea:
+        focused = self.screen.focused
+        return focused if isinstance(focused, PromptArea) else self.query_one("#prompt", TextArea)
+
+    @on(PromptArea.HistoryStep)
+    def _walk_history(self, event: PromptArea.HistoryStep) -> None:
+        if event.area.id != "prompt" or not self.history:
+            return
+        self._history_at = max(0, min(len(self.history), self._history_at + event.step))
+        event.area.text = self.history[self._history_at] if self._history_at < len(self.history) else ""
+
+    @on(Select.Changed, "#model")
+    def _model_changed(self, event: Select.Changed) -> None:
+        self.post_message(self.ModelChanged(str(event.value)))
+
+    @on(Input.Changed)
+    @on(TextArea.Changed)
+    def _edited(self, event: Message) -> None:
+        event.control.remove_class("-invalid")
+
+    def _clear_marks(self) -> None:
+        for widget in self.query(".-invalid"):
+            widget.remove_class("-invalid")
+        self.query_one("#problem", Static).update("")
+        self.query_one("#problem").remove_class("-shown")
+
+
+def _number(kind: type, name: str, text: str) -> Any:
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise SpecError(name, f"must be a number, got {text!r}") from None
