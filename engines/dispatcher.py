@@ -237,7 +237,8 @@ class Dispatcher:
 
     def _enqueue(self, job: Job) -> Job:
         self.queue.append(job)
-        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1)
+        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1,
+                   worker_crashes=job.worker_crashes)
         self._wakeup.set()
         return job
 
@@ -273,6 +274,7 @@ class Dispatcher:
                 continue
             self.queue.remove(job)
             job.status, job.started_at = RUNNING, time.monotonic()
+            self._emit("dequeued", job)  # its model may take a while to load before `started`
             try:
                 await self._run(job)
             except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue

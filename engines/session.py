@@ -165,6 +165,8 @@ class Session:
         if kind == "queued":
             self.jobs.setdefault(job_id, {"spec": event["spec"], "status": "queued", "images": []})
             self.jobs[job_id].update(status="queued", error=None)
+            if "worker_crashes" in event:
+                self.jobs[job_id]["worker_crashes"] = event["worker_crashes"]
             return
         job = self.jobs.get(job_id)
         if job is None:

@@ -156,6 +156,8 @@ class JobSpec:
         if "prompt" not in data:
             raise SpecError("prompt", "is missing")
         if data.get("seeds") is not None:
+            if not isinstance(data["seeds"], (list, tuple)):
+                raise SpecError("seeds", f"must be a list of seeds, got {data['seeds']!r}")
             data["seeds"] = tuple(data["seeds"])
         return cls(**data)
 

@@ -175,3 +175,14 @@ def test_a_job_running_at_its_second_stop_is_held_on_resume(tmp_path):
     assert "job-0001 stopped its worker 2 times" in result.stderr.decode()
     jobs = Session.open(tmp_path / "s").jobs
     assert jobs["job-0001"]["status"] == "held" and jobs["job-0002"]["status"] == "done"
+
+
+def test_the_crash_a_resume_counts_is_recorded(tmp_path):
+    """Else a job that takes diffdeck down at every resume would come back forever."""
+    session = Session.open(tmp_path / "s")
+    session.append({"type": "queued", "job": "job-0001", "spec": {"prompt": "p", "model": "demo", "seeds": [1]}})
+    session.append({"type": "started", "job": "job-0001", "queue_wait_s": 0, "load_s": 0})
+    session.close()
+    assert diffdeck("resume", "s", cwd=tmp_path).returncode == 0
+    job = Session.open(tmp_path / "s").jobs["job-0001"]
+    assert job["status"] == "done" and job["worker_crashes"] == 1

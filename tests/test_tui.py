@@ -67,7 +67,7 @@ async def test_a_prompt_goes_queued_running_done_and_its_thumbnail_appears(tmp_p
         def watch():
             shown.append(cell(app, "job-0001", "status"))
             live = [t for t in app.query(Thumb) if t.image == LIVE]
-            previews.extend(t.query_one(app.image_class).image for t in live)
+            previews.extend(image.image for t in live for image in t.query(app.image_class))  # once composed
             return shown[-1] == "done"
 
         await until(pilot, watch, what="job-0001 done")
@@ -83,7 +83,8 @@ async def test_a_prompt_goes_queued_running_done_and_its_thumbnail_appears(tmp_p
         await until(pilot, lambda: app.query(Thumb), what="a thumbnail")
         thumb = app.query(Thumb).first()
         assert (thumb.job_id, thumb.image) == ("job-0001", 0)
-        await until(pilot, lambda: thumb.query_one(app.image_class).image is not None, what="the thumbnail decoded")
+        await until(pilot, lambda: any(i.image is not None for i in thumb.query(app.image_class)),
+                    what="the thumbnail decoded")
         assert app.query_one("#prompt").text == "a red circle"
         await pilot.press("ctrl+q")
     job = Session.open(tmp_path / "s").jobs["job-0001"]
@@ -183,11 +184,16 @@ async def test_reopening_a_session_resumes_its_queue_and_shows_its_images(tmp_pa
 async def test_quitting_leaves_unfinished_jobs_queued_for_next_time(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:
+        await type_prompt(pilot, "still running", steps=1000, count=8)
+        await until(pilot, lambda: statuses(app).get("job-0001") == "running", what="job-0001 running")
         await pilot.press("f3", "p")
+        app.query_one("#prompt").text = ""
         await type_prompt(pilot, "tomorrow")
-        await until(pilot, lambda: app.board.queue == ["job-0001"], what="queued")
+        await until(pilot, lambda: app.board.queue == ["job-0002"], what="queued")
         await pilot.press("ctrl+q")
-    assert [job_id for job_id, _ in Session.open(tmp_path / "s").unfinished()] == ["job-0001"]
+    unfinished = dict(Session.open(tmp_path / "s").unfinished())
+    assert list(unfinished) == ["job-0001", "job-0002"]
+    assert unfinished["job-0001"]["worker_crashes"] == 0, "a quit is not a crash"
     lines = [json.loads(line) for line in (tmp_path / "s" / JOURNAL).read_text().splitlines()]
     assert not any(e["type"] == "cancelled" for e in lines)
 

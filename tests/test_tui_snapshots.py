@@ -34,8 +34,8 @@ async def settle(pilot):
     app = pilot.app
     for area in app.query("PromptArea"):
         area.cursor_blink = False
-    while app.board.telemetry is None or len(app.query(Thumb)) < 2 or any(
-            t.query_one(app.image_class).image is None for t in app.query(Thumb)):
+    while app.board.telemetry is None or len(app.query(Thumb)) < 2 or not all(
+            any(i.image is not None for i in t.query(app.image_class)) for t in app.query(Thumb)):
         await pilot.pause(0.05)
     await pilot.pause(0.3)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -60,9 +60,11 @@ class Workbench(App):
                  image_class: Any = None, hint: str | None = None, telemetry: Telemetry | None = None,
                  telemetry_interval_s: float = 1.0):
         super().__init__()
+        self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
         self.registry, self.session, self.config, self.themes = registry, session, config, themes
         self.image_class, self.hint = image_class, hint
         self.board = Board()
+        self.first_model = "demo" if "demo" in registry.models else next(iter(registry.models))
         self.pinned: list[tuple[str, int]] = []
         self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
                                      telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
@@ -73,11 +75,10 @@ class Workbench(App):
         return dict(PRESSURE_COLOURS)
 
     def compose(self) -> ComposeResult:
-        models = list(self.registry.models)
         yield Static(self._title_text(), id="title")
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield PromptEditor(models, "demo" if "demo" in models else models[0], id="editor")
+                yield PromptEditor(list(self.registry.models), self.first_model, id="editor")
                 yield QueueView(id="queue")
             with Vertical(id="right"):
                 yield GpuPanel(id="gpu")
@@ -97,10 +98,13 @@ class Workbench(App):
         self.board.load(self.session.jobs, self.session.folder)
         recorder, view = self.dispatcher.subscribe(), self.dispatcher.subscribe()
         self.dispatcher.start()
+        self._recorder = recorder
         self._tasks = [asyncio.create_task(self.session.record_events(recorder)),
                        asyncio.create_task(self._follow(view))]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         self._restore_queue()
-        self._show_model_defaults("demo" if "demo" in list(self.registry.models) else list(self.registry.models)[0])
+        self._show_model_defaults(self.first_model)
         self._redraw()
 
     async def action_quit(self) -> None:
@@ -119,15 +123,30 @@ class Workbench(App):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for event in self._recorder.drain():  # emitted, not yet written
+            self.session.record_event(event)
+        self._recorder.close()
+        for job in self.dispatcher.jobs.values():
+            if job.status == "running":  # stopped by the user, not crashed: queued, not counted
+                self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(), "position": 0,
+                                     "worker_crashes": job.worker_crashes})
         await self.dispatcher.close()
         if self.session.jobs:
             await asyncio.to_thread(self.session.compact)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            self.notify(f"{type(error).__name__}: {error}. The session is no longer being recorded or the "
+                        "screen updated; quit and reopen it", title="diffdeck stopped following the queue",
+                        severity="error", timeout=60)
 
     def _restore_queue(self) -> None:
         for job_id, job in self.session.unfinished():
             try:
                 self.dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"])
-            except (SpecError, RegistryError) as e:
+            except (SpecError, RegistryError) as e:  # left queued in the session, for another day
+                self.board.not_resumed(job_id, str(e))
                 self.notify(f"{job_id} not resumed: {e}", severity="error", timeout=10)
 
     async def _follow(self, events) -> None:
@@ -178,18 +197,20 @@ class Workbench(App):
         self._show_model_defaults(event.model)
 
     @on(PromptEditor.OpenInEditor)
-    def _open_in_editor(self, event: PromptEditor.OpenInEditor) -> None:
+    async def _open_in_editor(self, event: PromptEditor.OpenInEditor) -> None:
         editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
         with tempfile.NamedTemporaryFile("w+", suffix=".txt", encoding="utf-8", delete=False) as f:
             f.write(event.text)
         try:
-            with self.suspend():
-                code = subprocess.call([*shlex.split(editor), f.name])
+            with self.suspend():  # the editor runs in a thread: workers' messages are still read
+                code = await asyncio.to_thread(subprocess.call, [*shlex.split(editor), f.name])
             if code == 0:
                 text = Path(f.name).read_text(encoding="utf-8", errors="replace").rstrip("\n")
                 self.query_one(PromptEditor).set_text(event.area_id, text)
             else:
                 self.notify(f"{editor} exited with status {code}; the prompt is unchanged", severity="warning")
+        except (OSError, SuspendNotSupported) as e:
+            self.notify(f"cannot open {editor}: {e}", severity="error")
         finally:
             os.unlink(f.name)
 
@@ -218,7 +239,7 @@ class Workbench(App):
             self.notify(str(e).strip("'\""), severity="warning")
 
     def _move(self, job_id: str, action: str) -> None:
-        queue = self.board.queue
+        queue = [job.id for job in self.dispatcher.queue]  # the Board's may be a redraw behind
         if job_id not in queue:
             raise ValueError(f"{job_id} is {self.board.jobs[job_id].status}; only queued jobs move")
         here = queue.index(job_id)
@@ -226,10 +247,10 @@ class Workbench(App):
 
     def _edit(self, job_id: str) -> None:
         """Load the job into the editor; a queued one leaves the queue until it is submitted again."""
-        row = self.board.jobs[job_id]
-        if row.status == "queued":
+        job = self.dispatcher.jobs.get(job_id)
+        if job is not None and job.status == "queued":
             self.dispatcher.cancel(job_id)
-        self.query_one(PromptEditor).load(row.spec)
+        self.query_one(PromptEditor).load(self.board.jobs[job_id].spec)
 
     # the gallery
 
@@ -237,23 +258,32 @@ class Workbench(App):
     def _open_image(self, event: Thumb.Opened) -> None:
         self._open_large(event.job_id, event.image)
 
-    @work(thread=True, exclusive=True, group="open-image")
+    @work(thread=True, exclusive=True, group="open-image", exit_on_error=False)
     def _open_large(self, job_id: str, index: int) -> None:
         row = self.board.jobs[job_id]
-        image = next(i for i in row.images if i["image"] == index)
+        image = next((i for i in row.images if i["image"] == index), None)
+        if image is None:
+            return
         try:
             picture = thumbnail(image["path"], LARGE_PX) if self.image_class else None
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - a missing or broken file must not end the app
             self.call_from_thread(self.notify, f"cannot open {image['path']}: {e}", severity="error")
             return
-        screen = ImageScreen(job_id, row.spec, image, picture, self.image_class)
-        self.call_from_thread(self.push_screen, screen, lambda choice: self._image_choice(job_id, image, choice))
+        self.call_from_thread(self._show_large, job_id, image, picture)
+
+    def _show_large(self, job_id: str, image: dict[str, Any], picture: Any) -> None:
+        screen = ImageScreen(job_id, self.board.jobs[job_id].spec, image, picture, self.image_class)
+        self.push_screen(screen, lambda choice: self._image_choice(job_id, image, choice))
 
     def _image_choice(self, job_id: str, image: dict[str, Any], choice: str | None) -> None:
         spec = self.board.jobs[job_id].spec
         if choice == "requeue":  # this one image again, with its own seed
-            fields = {k: v for k, v in spec.items() if k not in ("seeds", "seed", "count")}
-            self.post_message(PromptEditor.Submitted(JobSpec(**fields, seed=image["seed"], count=1)))
+            try:
+                fields = {k: v for k, v in spec.items() if k not in ("seeds", "seed", "count")}
+                job = self.dispatcher.submit(JobSpec.from_dict({**fields, "seed": image["seed"], "count": 1}))
+                self.notify(f"{job.id}: {job_id} image {image['image']} again, seed {image['seed']}")
+            except (SpecError, RegistryError) as e:
+                self.notify(str(e), severity="error")
         elif choice == "copy_prompt":
             self.copy_to_clipboard(spec["prompt"])
             self.notify("prompt copied (OSC 52: the terminal must allow clipboard access)")

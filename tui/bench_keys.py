@@ -41,11 +41,15 @@ async def _bench(registry: Registry, keys: int, folder: Path) -> tuple[list[floa
         app.query_one("#steps").value, app.query_one("#count").value = "1000", "64"
         app.query_one("#prompt").text = "a long render to keep the worker busy"
         await pilot.press("ctrl+j")
+        deadline = time.monotonic() + 120
         while not any(row.status == "running" and row.step for row in app.board.rows()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the demo render did not start within two minutes")
             await pilot.pause(0.1)
         await pilot.click("#negative_prompt")
         busy = await _type(pilot, keys)
-        rate = app.board.running().it_s or 0.0
+        running = app.board.running()
+        rate = running.it_s if running and running.it_s else 0.0
         app.dispatcher.cancel_all()
         await pilot.press("ctrl+q")
     return idle, busy, rate

@@ -22,7 +22,6 @@ class JobRow:
     step: int = 0
     total: int = 0
     it_s: float | None = None
-    elapsed_s: float = 0.0  # rendering time of the finished images (queue wait never counts)
     images: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory: int | None = None
@@ -31,7 +30,13 @@ class JobRow:
 
     @property
     def count(self) -> int:
-        return int(self.spec.get("count") or 1)
+        count = self.spec.get("count")
+        return count if isinstance(count, int) and count > 0 else 1
+
+    def render_s(self) -> float | None:
+        """Time spent making its images (denoise, decode, save): no queue wait, no load."""
+        parts = [self.timings.get(k) for k in ("denoise_s", "decode_s", "save_s")]
+        return sum(parts) if all(isinstance(p, (int, float)) for p in parts) else None
 
     @property
     def steps_done(self) -> int:
@@ -56,7 +61,7 @@ class Board:
     telemetry: dict[str, Any] | None = None
     memory_history: dict[int, deque] = field(default_factory=dict)  # GPU index -> used fractions
     ram_history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
-    warm: dict[str, str] = field(default_factory=dict)  # model -> loading / ready
+    warm: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (loading / warm, worker pid)
     paused: bool = False
     last_done: str | None = None
 
@@ -64,7 +69,8 @@ class Board:
         """The jobs of a reopened session, as recorded; image paths made absolute as events have them."""
         for job_id, job in jobs.items():
             images = [{**image, "path": str(folder / image["path"])} for image in job["images"]]
-            self.jobs[job_id] = JobRow(job_id, job["spec"], job["status"], images=images,
+            status = "queued" if job["status"] == "running" else job["status"]  # it is queued again
+            self.jobs[job_id] = JobRow(job_id, job["spec"], status, images=images,
                                        timings=job.get("timings") or {}, peak_memory=job.get("peak_memory"),
                                        error=job.get("error"))
             (self.queue if job["status"] in ("queued", "running") else self.history).append(job_id)
@@ -104,10 +110,7 @@ class Board:
     def _on_started(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
         row.status, row.image, row.step, row.total = "running", 0, 0, int(row.spec.get("steps") or 0)
-        row.elapsed_s = 0.0
         row.timings = {k: data[k] for k in ("queue_wait_s", "load_s") if k in data}
-        self._leave(job_id)
-        self.history.append(job_id)
 
     def _leave(self, job_id: str) -> None:
         for ids in (self.queue, self.history):
@@ -124,7 +127,6 @@ class Board:
     def _on_image(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
         row.images = [i for i in row.images if i["image"] != data["image"]] + [data]
-        row.elapsed_s += data["timings"].get("total_s", 0.0)
         row.preview = None
 
     def _on_done(self, job_id: str, data: dict[str, Any]) -> None:
@@ -149,14 +151,24 @@ class Board:
     def _on_held(self, job_id, data):
         self._finish("held", job_id, data)
 
+    def not_resumed(self, job_id: str, error: str) -> None:
+        """A job of the reopened session that could not be queued again (its model is gone...)."""
+        self._finish("not resumed", job_id, {"error": error})
+
+    def _on_dequeued(self, job_id: str, data: dict[str, Any]) -> None:
+        self.jobs[job_id].status = "running"
+        self._leave(job_id)
+        self.history.append(job_id)
+
     def _on_loading(self, job_id, data):
-        self.warm[data["model"]] = "loading"
+        self.warm[data["model"]] = ("loading", data["pid"])
 
     def _on_worker_ready(self, job_id, data):
-        self.warm[data["model"]] = "warm"
+        self.warm[data["model"]] = ("warm", data["pid"])
 
     def _on_worker_exited(self, job_id, data):
-        self.warm.pop(data["model"], None)
+        if self.warm.get(data["model"], (None, None))[1] == data["pid"]:  # not its replacement
+            del self.warm[data["model"]]
 
     _on_worker_evicted = _on_worker_exited
 

@@ -1,7 +1,8 @@
-"""The `diffdeck` command line: render, models, doctor, bench.
+"""The `diffdeck` command line: the workbench (`diffdeck [SESSION]`), and the headless commands
+render, resume, replay, sessions, models, doctor, bench.
 
-Headless: a client of the Dispatcher like the TUI will be. Never imports torch;
-anything that needs it runs in a subprocess.
+The commands are clients of the Dispatcher, as the workbench is. Never imports torch; anything
+that needs it runs in a subprocess. Textual loads only when the workbench opens.
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ def run_workbench(args: argparse.Namespace) -> int:
             and not is_session(args.session):
         raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
     session = Session.open(args.session or new_session_dir())
-    mode = effective_mode(args.images or config.images)
-    app = Workbench(registry, session, config, themes, image_class=image_widget(mode), hint=terminal_hint(mode))
+    asked = args.images or config.images
+    app = Workbench(registry, session, config, themes, image_class=image_widget(effective_mode(asked)),
+                    hint=terminal_hint(asked))
     app.run()
     return app.return_code or 0
 

@@ -52,7 +52,8 @@ def terminal_hint(mode: str) -> str | None:
     if os.environ.get("COLORTERM", "").lower() not in ("truecolor", "24bit"):
         hints.append("no truecolour (COLORTERM unset; over SSH forward it, e.g. SendEnv COLORTERM)")
     if mode in ("auto", "kitty", "sixel") and os.environ.get("TMUX") and not _tmux_passthrough():
-        hints.append("tmux without passthrough: images as half-blocks (set -g allow-passthrough on)")
+        drawn = "images as half-blocks" if mode == "auto" else f"{mode} images may not show"
+        hints.append(f"tmux without passthrough: {drawn} (set -g allow-passthrough on)")
     return "; ".join(hints) or None
 
 

@@ -66,6 +66,7 @@ class Gallery(VerticalScroll):
         running = board.running()
         for key in [k for k in self._thumbs if k[1] == LIVE and (running is None or k[0] != running.id)]:
             self._thumbs.pop(key).remove()
+            self._preview_of.pop(key[0], None)
         if running is not None:
             key = (running.id, LIVE)
             if key not in self._thumbs:
@@ -79,16 +80,19 @@ class Gallery(VerticalScroll):
         live = next((t for k, t in self._thumbs.items() if k[1] == LIVE and k != key), None)
         self.mount(thumb, before=live) if live else self.mount(thumb)
 
-    @work(thread=True, group="thumbnails")
+    @work(thread=True, group="thumbnails", exit_on_error=False)
     def _decode_file(self, key: tuple[str, int], path: str) -> None:
         try:
             self.post_message(self.Decoded(key, thumbnail(path)))
-        except OSError:
-            pass  # the file went away; its thumbnail stays a placeholder
+        except Exception:  # noqa: BLE001 - gone or broken: its thumbnail stays a placeholder
+            pass
 
-    @work(thread=True, exclusive=True, group="preview")
+    @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
     def _decode_preview(self, key: tuple[str, int], data: bytes) -> None:
-        self.post_message(self.Decoded(key, decode_preview(data)))
+        try:
+            self.post_message(self.Decoded(key, decode_preview(data)))
+        except Exception:  # noqa: BLE001 - a bad preview is skipped; the next one comes soon
+            pass
 
     @on(Decoded)
     def _decoded(self, event: Decoded) -> None:

@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, TextArea
 
-from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
 
 SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
 # JobSpec fields that have no widget of their own, and the widget that shows them
@@ -70,6 +70,7 @@ class PromptEditor(Vertical):
         self.models, self.initial_model = models, model
         self.history: list[str] = []
         self._history_at = 0
+        self._draft = ""
 
     def compose(self) -> ComposeResult:
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, placeholder="prompt")
@@ -124,7 +125,7 @@ class PromptEditor(Vertical):
             self.history.append(spec.prompt)
         self._history_at = len(self.history)
         if self.query_one("#seed_mode", Select).value == "increment":
-            self.query_one("#seed", Input).value = str(spec.seeds[-1] + 1)
+            self.query_one("#seed", Input).value = str((spec.seeds[-1] + 1) % SEED_RANGE)
         self._clear_marks()
 
     def load(self, spec: dict[str, Any]) -> None:
@@ -153,6 +154,8 @@ class PromptEditor(Vertical):
         value = {w.id: w.value.strip() for w in self.query(Input)}
         width, height = parse_size(value["size"]) if value["size"] else (None, None)
         seed = None if self.query_one("#seed_mode", Select).value == "random" else _number(int, "seed", value["seed"])
+        if seed is None and self.query_one("#seed_mode", Select).value != "random":
+            raise SpecError("seed", "is empty; give a seed, or choose random seed")
         spec = JobSpec(
             prompt=self.query_one("#prompt", TextArea).text.strip(),
             negative_prompt=self.query_one("#negative_prompt", TextArea).text.strip(),
@@ -188,10 +191,14 @@ class PromptEditor(Vertical):
 
     @on(PromptArea.HistoryStep)
     def _walk_history(self, event: PromptArea.HistoryStep) -> None:
-        if event.area.id != "prompt" or not self.history:
+        """Up from the newest entry keeps what was being typed; down past it brings that back."""
+        at = max(0, min(len(self.history), self._history_at + event.step))
+        if event.area.id != "prompt" or at == self._history_at:
             return
-        self._history_at = max(0, min(len(self.history), self._history_at + event.step))
-        event.area.text = self.history[self._history_at] if self._history_at < len(self.history) else ""
+        if self._history_at == len(self.history):
+            self._draft = event.area.text
+        self._history_at = at
+        event.area.text = self.history[at] if at < len(self.history) else self._draft
 
     @on(Select.Changed, "#model")
     def _model_changed(self, event: Select.Changed) -> None:

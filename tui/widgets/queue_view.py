@@ -91,5 +91,5 @@ def time_text(row: JobRow) -> str:
     if row.status == "running":
         eta = row.eta_s()
         return f"ETA {eta:.0f}s" if eta is not None else "loading" if not row.step else ""
-    total = row.timings.get("total_s")
-    return f"{total:.1f}s" if row.status == "done" and total is not None else ""
+    render_s = row.render_s()
+    return f"{render_s:.1f}s" if row.status == "done" and render_s is not None else ""
