@@ -86,6 +86,9 @@ async def test_a_prompt_goes_queued_running_done_and_its_thumbnail_appears(tmp_p
         await until(pilot, lambda: any(i.image is not None for i in thumb.query(app.image_class)),
                     what="the thumbnail decoded")
         assert app.query_one("#prompt").text == "a red circle"
+        model = app.query_one("#model")
+        await until(pilot, lambda: str(model.query_one("SelectCurrent Static#label").render()) == "demo · warm",
+                    timeout=5, what=f"demo shown warm, not {model.query_one('SelectCurrent Static#label').render()}")
         await pilot.press("ctrl+q")
     job = Session.open(tmp_path / "s").jobs["job-0001"]
     assert job["status"] == "done" and job["spec"]["steps"] == 400 and (tmp_path / "s" / job["images"][0]["path"]).is_file()

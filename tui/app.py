@@ -69,6 +69,7 @@ class Workbench(App):
         self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
                                      telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
         self._tasks: list[asyncio.Task] = []
+        self._recorder = None
         self._closed = False
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -123,9 +124,10 @@ class Workbench(App):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for event in self._recorder.drain():  # emitted, not yet written
-            self.session.record_event(event)
-        self._recorder.close()
+        if self._recorder is not None:
+            for event in self._recorder.drain():  # emitted, not yet written
+                self.session.record_event(event)
+            self._recorder.close()
         for job in self.dispatcher.jobs.values():
             if job.status == "running":  # stopped by the user, not crashed: queued, not counted
                 self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(), "position": 0,
@@ -167,7 +169,7 @@ class Workbench(App):
         self.query_one("#title", Static).update(self._title_text() + paused)
 
     def _show_warm_models(self) -> None:
-        labels = {name: f"{name} · {state}" for name, state in self.board.warm.items()}
+        labels = {name: f"{name} · {state}" for name, (state, _pid) in self.board.warm.items()}
         self.query_one(PromptEditor).show_models(labels)
 
     def _show_model_defaults(self, model: str) -> None:

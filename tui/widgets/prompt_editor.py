@@ -103,6 +103,7 @@ class PromptEditor(Vertical):
         value = select.value
         select.set_options([(labels.get(m, m), m) for m in self.models])
         select.value = value
+        select.mutate_reactive(Select.value)  # relabel even when the value stays
 
     def show_defaults(self, defaults: dict[str, Any]) -> None:
         """The model's defaults, as placeholders: an empty field means 'the model's'."""
