@@ -80,7 +80,7 @@ def progress(row: JobRow) -> str:
         return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {row.step}/{row.total}{image}{rate}"
     if row.status == "done":
         return f"{len(row.images)} image{'s' * (len(row.images) != 1)}"
-    if row.status in ("failed", "held") and row.error:
+    if row.status in ("failed", "held", "not resumed") and row.error:
         return row.error.splitlines()[0][:60]
     if row.status == "queued" and row.images:
         return f"{len(row.images)}/{row.count} kept"
