@@ -13,9 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
+from .yamlfile import parse_yaml, read_utf8
 
 DEMO_FOLDER = Path(__file__).parent / "demo_model"
 DEMO = ModelSpec(
@@ -126,17 +125,7 @@ def load_registry(explicit: str | os.PathLike | None = None) -> Registry:
 
 
 def parse_models_file(path: Path) -> dict[str, ModelSpec]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise RegistryError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RegistryError(f"{path}{where}: not valid YAML ({problem})") from None
+    data = parse_yaml(read_utf8(path, RegistryError), path, RegistryError) or {}
     if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
         raise RegistryError(f"{path}: expected a mapping with a 'models:' section of named entries")
     models = {}

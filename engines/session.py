@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from .yamlfile import parse_yaml, read_utf8
+
 FORMAT = 1
 DEFAULT_ROOT = Path("sessions")
 RECORD = "session.yaml"
@@ -231,15 +233,8 @@ def _dump_record(record: dict[str, Any], out: TextIO) -> None:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-        record = _load_as_written(text) or yaml.load(text, Loader=_Loader)
-    except UnicodeDecodeError as e:
-        raise SessionError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SessionError(f"{path}{where}: not valid YAML") from None
+    text = read_utf8(path, SessionError)
+    record = _load_as_written(text) or parse_yaml(text, path, SessionError)
     if not isinstance(record, dict) or not isinstance(record.get("jobs"), dict):
         raise SessionError(f"{path} is not a diffdeck session record (no 'jobs:' mapping)")
     if record.get("format") != FORMAT:
@@ -255,7 +250,10 @@ def _load_as_written(text: str) -> dict[str, Any] | None:
     header, marker, jobs = text.partition("\njobs:\n")
     if not marker:
         return None
-    record = yaml.load(header, Loader=_Loader)
+    try:
+        record = yaml.safe_load(header)
+    except yaml.YAMLError:
+        return None  # parse_yaml names the line
     if not isinstance(record, dict) or "jobs" in record:
         return None
     record["jobs"] = {}
@@ -269,7 +267,6 @@ def _load_as_written(text: str) -> dict[str, Any] | None:
     return record
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 

@@ -144,7 +144,7 @@ def run_workbench(args: argparse.Namespace) -> int:
     from textual.theme import BUILTIN_THEMES
 
     from tui.app import Workbench  # Textual loads only for the workbench, not for the commands
-    from tui.images import effective_mode, image_widget, terminal_hint
+    from tui.images import effective_mode, image_widget, terminal_hint, tmux_blocks_graphics
     from tui.themes import load_theme
 
     registry = load_registry(args.models)
@@ -157,9 +157,9 @@ def run_workbench(args: argparse.Namespace) -> int:
             and not is_session(args.session):
         raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
     session = Session.open(args.session or new_session_dir())
-    asked = args.images or config.images
-    app = Workbench(registry, session, config, themes, image_class=image_widget(effective_mode(asked)),
-                    hint=terminal_hint(asked))
+    asked, tmux_blocks = args.images or config.images, tmux_blocks_graphics()
+    app = Workbench(registry, session, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
+                    hint=terminal_hint(asked, tmux_blocks))
     app.run()
     return app.return_code or 0
 

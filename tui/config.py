@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from engines.registry import user_config_dir
+from engines.yamlfile import parse_yaml, read_utf8
 from themes import FOLDER as BUILTIN_THEMES
 
 IMAGE_MODES = ("auto", "kitty", "sixel", "halfcell", "off")
@@ -51,10 +51,7 @@ def load_config(folder: Path | None = None) -> Config:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} cannot be read: {e}") from None
+    data = parse_yaml(read_utf8(path, ConfigError), path, ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

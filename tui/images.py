@@ -18,11 +18,14 @@ from PIL import Image as PILImage
 THUMB_PX = 128
 
 
-def effective_mode(mode: str) -> str:
+def tmux_blocks_graphics() -> bool:
+    """Inside a tmux that does not pass graphics through (asked once, at start-up)."""
+    return bool(os.environ.get("TMUX")) and not _tmux_passthrough()
+
+
+def effective_mode(mode: str, tmux_blocks: bool) -> str:
     """`auto` inside a tmux that does not pass graphics through draws half-blocks."""
-    if mode == "auto" and os.environ.get("TMUX") and not _tmux_passthrough():
-        return "halfcell"
-    return mode
+    return "halfcell" if mode == "auto" and tmux_blocks else mode
 
 
 def image_widget(mode: str):
@@ -46,12 +49,12 @@ def decode_preview(data: bytes) -> PILImage.Image:
         return image.convert("RGB")
 
 
-def terminal_hint(mode: str) -> str | None:
+def terminal_hint(mode: str, tmux_blocks: bool) -> str | None:
     """One line on what the terminal lacks, or None when nothing is missing."""
     hints = []
     if os.environ.get("COLORTERM", "").lower() not in ("truecolor", "24bit"):
         hints.append("no truecolour (COLORTERM unset; over SSH forward it, e.g. SendEnv COLORTERM)")
-    if mode in ("auto", "kitty", "sixel") and os.environ.get("TMUX") and not _tmux_passthrough():
+    if mode in ("auto", "kitty", "sixel") and tmux_blocks:
         drawn = "images as half-blocks" if mode == "auto" else f"{mode} images may not show"
         hints.append(f"tmux without passthrough: {drawn} (set -g allow-passthrough on)")
     return "; ".join(hints) or None
