@@ -1,5 +1,5 @@
 """Comparing images: a pixel identity that ignores how the file was encoded, PSNR, and a
-perceptual hash, for replay checks.
+perceptual hash, for replay checks and A/B pairs.
 
 UI side: PIL only.
 """
@@ -53,14 +53,19 @@ def dhash(image: Image.Image, side: int = 8) -> int:
     return bits
 
 
+def measure(a: Image.Image, b: Image.Image) -> tuple[float, int]:
+    """PSNR in dB (inf: identical) and perceptual-hash distance in bits of two images; images of
+    different sizes are as far apart as can be."""
+    if a.size != b.size:
+        return 0.0, 64
+    return psnr(a, b), bin(dhash(a) ^ dhash(b)).count("1")
+
+
 def compare(recorded: str | Path, new: str | Path, min_psnr_db: float, max_phash_distance: int) -> Verdict:
     """Identical pixels, or near-identical within both tolerances, or different."""
     with Image.open(recorded) as a, Image.open(new) as b:
         if pixel_sha256(a) == pixel_sha256(b):
             return Verdict("identical")
-        if a.size != b.size:
-            return Verdict("different", 0.0, 64)
-        db = psnr(a, b)
-        distance = bin(dhash(a) ^ dhash(b)).count("1")
+        db, distance = measure(a, b)
     near = db >= min_psnr_db and distance <= max_phash_distance
     return Verdict("near-identical" if near else "different", round(db, 2), distance)

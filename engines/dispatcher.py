@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +26,9 @@ import psutil
 from .identity import model_identity
 from .protocol import Intervals
 from .registry import Registry, RegistryError
-from .spec import SEED_RANGE, JobSpec
+from .spec import JobSpec, SpecError, draw_seeds
 from .telemetry import Telemetry, WorkerView
+from .variants import VariantSet
 from .workers import IDLE, WorkerError, WorkerProcess, describe_exit
 
 log = logging.getLogger("diffdeck.dispatcher")
@@ -103,6 +104,7 @@ class Dispatcher:
         telemetry_interval_s: float = 1.0,
         telemetry: Telemetry | None = None,
         first_job_number: int = 1,
+        first_set_number: int = 1,
     ):
         self.registry = registry
         self.images_dir = Path(images_dir)
@@ -117,6 +119,7 @@ class Dispatcher:
         self.workers: dict[str, WorkerProcess] = {}
         self.paused = False
         self._ids = itertools.count(first_job_number)
+        self._set_ids = itertools.count(first_set_number)
         self._subscribers: list[EventStream] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -157,6 +160,27 @@ class Dispatcher:
         self.jobs[job.id] = job
         return self._enqueue(job)
 
+    def submit_set(self, variants: VariantSet, set_id: str | None = None) -> tuple[str, list[Job]]:
+        """Queue an A/B set or a grid, one job per variant in the set's order, after an event
+        that records the set. Every variant is checked first: on bad input nothing is queued.
+        Raises SpecError or RegistryError naming the variant. `set_id`: a replay keeps its own."""
+        specs = []
+        for variant in variants.variants:
+            try:
+                specs.append(self._resolve(variant.spec))
+            except SpecError as e:
+                raise SpecError(e.field, f"variant {variant.label}: {e.message}") from None
+            except RegistryError as e:
+                raise RegistryError(f"variant {variant.label}: {e}") from None
+        set_id = set_id or f"set-{next(self._set_ids):04d}"
+        jobs = [Job(f"job-{next(self._ids):04d}", dataclasses.replace(spec, group=set_id)) for spec in specs]
+        self._emit("set", None, set=set_id, **variants.record(),
+                   variants=[{**v.to_dict(), "job": job.id} for v, job in zip(variants.variants, jobs)])
+        for job in jobs:
+            self.jobs[job.id] = job
+            self._enqueue(job)
+        return set_id, jobs
+
     def restore(self, job_id: str, spec: dict[str, Any], images: list[dict[str, Any]] = (),
                 worker_crashes: int = 0) -> Job:
         """Queue again a job from a reopened session, under its own id and with its seeds.
@@ -177,7 +201,7 @@ class Dispatcher:
         files = self.registry.files(spec.model)
         if files.problem:
             raise RegistryError(files.problem)
-        seeds = spec.seeds or _seeds(spec.seed, spec.count)
+        seeds = spec.seeds or draw_seeds(spec.seed, spec.count)
         return spec.resolved(self.registry.defaults(spec.model, files.family), files.family, seeds)
 
     def cancel(self, job_id: str) -> bool:
@@ -427,13 +451,6 @@ def _identity_or_none(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         log.warning("could not identify the model in %s: %s", folder, e)
         return None
-
-
-def _seeds(first: int | None, count: int) -> tuple[int, ...]:
-    """Image i uses first + i; a missing first seed is drawn now, so it is recorded."""
-    if first is None:
-        first = random.randrange(SEED_RANGE - count)
-    return tuple((first + i) % SEED_RANGE for i in range(count))
 
 
 def _default_budget_gb(telemetry: Telemetry) -> float:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .compare import Verdict, compare
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, Job
 from .identity import model_identity
 from .probe import probe_environment
 from .registry import Registry
 from .session import Session, SessionError
 from .spec import JobSpec
+from .variants import VariantSet
 
 
 @dataclass
@@ -81,10 +82,9 @@ async def replay(registry: Registry, session: Session, job_ids: list[str], targe
         events = dispatcher.subscribe()
         recorder = asyncio.create_task(target.record_events(events))
         try:
+            replayed = _queue(dispatcher, session, job_ids)
             for job_id in job_ids:
-                recorded = session.jobs[job_id]
-                job = dispatcher.submit(JobSpec.from_dict(recorded["spec"]))
-                await dispatcher.wait(job.id)
+                recorded, job = session.jobs[job_id], await dispatcher.wait(replayed[job_id].id)
                 new = {image["image"]: image for image in job.images}
                 for image in sorted(recorded["images"], key=lambda i: i["image"]):
                     result = _result(session, job_id, image, new.get(image["image"]), check,
@@ -96,6 +96,23 @@ async def replay(registry: Registry, session: Session, job_ids: list[str], targe
             for event in events.drain():
                 target.record_event(event)
     return results
+
+
+def _queue(dispatcher: Dispatcher, session: Session, job_ids: list[str]) -> dict[str, Job]:
+    """Queue the recorded jobs again: those of an A/B set or grid as that set (its id, labels
+    and cells kept), the others one by one. Recorded job id -> its replay."""
+    specs = {job_id: JobSpec.from_dict(session.jobs[job_id]["spec"]) for job_id in job_ids}
+    replayed: dict[str, Job] = {}
+    for set_id, entry in session.sets.items():
+        variants = VariantSet.from_record(entry, specs)
+        if variants.variants:
+            _, jobs = dispatcher.submit_set(variants, set_id=set_id)
+            replayed.update({v["job"]: job for v, job in zip(
+                [v for v in entry["variants"] if v["job"] in specs], jobs)})
+    for job_id in job_ids:
+        if job_id not in replayed:
+            replayed[job_id] = dispatcher.submit(specs[job_id])
+    return replayed
 
 
 def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[str, Any] | None, check: bool,

@@ -29,7 +29,10 @@ RECORD = "session.yaml"
 JOURNAL = "journal.jsonl"
 # Dispatcher events that change the record; progress, previews and telemetry do not.
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "held")
-RECORDED_EVENTS = ("queued", "started", "image", "done", "failed", "cancelled", "held", "worker_ready")
+RECORDED_EVENTS = ("queued", "started", "image", "done", "failed", "cancelled", "held", "worker_ready", "set")
+# What the user says of the images, appended by the workbench: who won a pair, how many stars.
+VERDICT_EVENTS = ("pick", "rating")
+TIE = "tie"
 
 
 class SessionError(Exception):
@@ -81,11 +84,20 @@ class Session:
         return self.record["jobs"]
 
     @property
+    def sets(self) -> dict[str, dict[str, Any]]:
+        """A/B sets and grids: kind, base spec, axes, variants (label, changes, cell, job), picks."""
+        return self.record["sets"]
+
+    @property
     def images_dir(self) -> Path:
         return images_dir(self.folder)
 
     def next_job_number(self) -> int:
         numbers = [int(job_id.rsplit("-", 1)[-1]) for job_id in self.jobs if job_id.rsplit("-", 1)[-1].isdigit()]
+        return max(numbers, default=0) + 1
+
+    def next_set_number(self) -> int:
+        numbers = [int(set_id.rsplit("-", 1)[-1]) for set_id in self.sets if set_id.rsplit("-", 1)[-1].isdigit()]
         return max(numbers, default=0) + 1
 
     @classmethod
@@ -99,7 +111,7 @@ class Session:
             record = _read_record(record_file)
         else:
             record = {"format": FORMAT, "name": folder.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "models": {}, "jobs": {}}
+                      "models": {}, "sets": {}, "jobs": {}}
         session = cls(folder, record)
         session._check(record_file)
         if journal_file.exists():
@@ -132,10 +144,36 @@ class Session:
             for image in job["images"]:
                 if not isinstance(image, dict) or not all(isinstance(image.get(k), int) for k in ("image", "seed")):
                     raise SessionError(f"{where}: job {job_id!r} has an image without its index and seed")
+                if image.get("rating", 0) not in range(6):
+                    raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the rating "
+                                       f"{image['rating']!r}; a rating is 1 to 5 stars")
                 path = image.get("path")
                 if not isinstance(path, str) or os.path.isabs(path) or os.path.normpath(path).startswith(".."):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the path {path!r}, "
                                        "which leaves the session folder; refusing to use it")
+
+        for set_id, entry in self.sets.items():
+            if not isinstance(entry, dict) or entry.get("kind") not in ("ab", "grid"):
+                raise SessionError(f"{where}: set {set_id!r} is neither an A/B set nor a grid")
+            base, axes = entry.get("base"), entry.get("axes")
+            if not isinstance(base, dict) or not isinstance(base.get("prompt"), str) \
+                    or not isinstance(base.get("model"), str) or not isinstance(base.get("count"), int):
+                raise SessionError(f"{where}: set {set_id!r} has no base spec with a model, a prompt and a count")
+            if not isinstance(axes, list) or not all(
+                    isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("text"), str)
+                    and isinstance(a.get("values"), list) and isinstance(a.get("labels"), list)
+                    and len(a["values"]) == len(a["labels"]) for a in axes):
+                raise SessionError(f"{where}: set {set_id!r} has axes without a name, text, values and labels")
+            variants = entry.get("variants")
+            if not isinstance(variants, list) or not all(
+                    isinstance(v, dict) and isinstance(v.get("label"), str) and isinstance(v.get("job"), str)
+                    and isinstance(v.get("cell"), list) for v in variants):
+                raise SessionError(f"{where}: set {set_id!r} has no list of variants with a label, job and cell")
+            picks = entry.get("picks")
+            if not isinstance(picks, list) or not all(
+                    isinstance(p, dict) and isinstance(p.get("image"), int)
+                    and all(isinstance(p.get(k), str) for k in ("left", "right", "winner")) for p in picks):
+                raise SessionError(f"{where}: set {set_id!r} has picks that are not (image, left, right, winner)")
 
     def record_event(self, event) -> None:
         """Append a Dispatcher event if it changes the record."""
@@ -164,6 +202,13 @@ class Session:
             self.record["models"][event["model"]] = {k: event.get(k) for k in (
                 "family", "device", "dtype", "settings", "identity", "environment")}
             return
+        if kind == "set":
+            entry = self.sets.setdefault(event["set"], {"picks": []})
+            entry.update({k: event[k] for k in ("kind", "base", "axes", "variants")})
+            return
+        if kind == "pick":
+            self._pick(event)
+            return
         if kind == "queued":
             self.jobs.setdefault(job_id, {"spec": event["spec"], "status": "queued", "images": []})
             self.jobs[job_id].update(status="queued", error=None)
@@ -178,12 +223,65 @@ class Session:
         elif kind == "image":
             image = {k: event[k] for k in ("image", "seed", "path", "pixel_sha256", "timings", "peak_memory")}
             job["images"] = [i for i in job["images"] if i["image"] != image["image"]] + [image]
+        elif kind == "rating":
+            image = next((i for i in job["images"] if i["image"] == event["image"]), None)
+            if image is None:
+                raise SessionError(f"a rating for {job_id} image {event['image']}, which it does not have")
+            image["rating"] = event["stars"]
         elif kind == "done":
             job.update(status="done", timings=event["timings"], peak_memory=event["peak_memory"])
         else:  # failed, cancelled, held
             job.update(status=kind, error=event.get("error"))
             if "worker_crashes" in event:
                 job["worker_crashes"] = event["worker_crashes"]
+
+    def _pick(self, event: dict[str, Any]) -> None:
+        """The winner of a pair (a job id, or TIE); a pick of the same pair replaces it, and
+        winner None takes it back."""
+        entry = self.sets.get(event["set"])
+        if entry is None:
+            raise SessionError(f"a pick in set {event['set']!r}, which the session does not have")
+        pair = {event["left"], event["right"]}
+        entry["picks"] = [p for p in entry["picks"] if not (p["image"] == event["image"] and {p["left"], p["right"]} == pair)]
+        if event["winner"] is not None:
+            entry["picks"].append({k: event[k] for k in ("image", "left", "right", "winner")})
+
+    def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
+        self.append({"type": "pick", "set": set_id, "image": image, "left": left, "right": right, "winner": winner})
+
+    def rate(self, job_id: str, image: int, stars: int) -> None:
+        """1 to 5 stars; 0 takes the rating back."""
+        if not 0 <= stars <= 5:
+            raise ValueError(f"a rating is 1 to 5 stars (0 clears it), not {stars}")
+        self.append({"type": "rating", "job": job_id, "image": image, "stars": stars})
+
+    def wins(self, set_id: str) -> dict[str, int]:
+        """Picks won per variant label, and ties, in the set's variant order."""
+        entry = self.sets[set_id]
+        labels = {v["job"]: v["label"] for v in entry["variants"]}
+        counts = {label: 0 for label in labels.values()} | {TIE: 0}
+        for pick in entry["picks"]:
+            winner = TIE if pick["winner"] == TIE else labels.get(pick["winner"])
+            if winner is not None:
+                counts[winner] += 1
+        return counts
+
+    def image_marks(self) -> dict[tuple[str, int], str]:
+        """What the user said of each image, short: its rating and the picks it won ("★4 ✓2")."""
+        won: dict[tuple[str, int], int] = {}
+        for entry in self.sets.values():
+            for pick in entry["picks"]:
+                if pick["winner"] != TIE:
+                    won[pick["winner"], pick["image"]] = won.get((pick["winner"], pick["image"]), 0) + 1
+        marks = {}
+        for job_id, job in self.jobs.items():
+            for image in job["images"]:
+                key = (job_id, image["image"])
+                text = " ".join(filter(None, [f"★{image['rating']}" if image.get("rating") else "",
+                                              f"✓{won[key]}" if key in won else ""]))
+                if text:
+                    marks[key] = text
+        return marks
 
     def unfinished(self) -> list[tuple[str, dict[str, Any]]]:
         """The jobs a reopened session queues again: those queued, and those running when
@@ -225,11 +323,12 @@ class Session:
 def _dump_record(record: dict[str, Any], out: TextIO) -> None:
     """Block YAML for the header; then one line per job, a JSON flow mapping (JSON is YAML too),
     so any YAML tool reads the file and diffdeck reads 10,000 jobs in a fraction of a second."""
-    header = {k: v for k, v in record.items() if k != "jobs"}
+    header = {k: v for k, v in record.items() if k not in _LINE_SECTIONS}
     yaml.dump(header, out, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    out.write("jobs:\n" if record["jobs"] else "jobs: {}\n")
-    for job_id, job in record["jobs"].items():
-        out.write(f"  {json.dumps(job_id)}: {json.dumps(job, separators=(', ', ': '))}\n")
+    for section in _LINE_SECTIONS:
+        out.write(f"{section}:\n" if record[section] else f"{section}: {{}}\n")
+        for key, value in record[section].items():
+            out.write(f"  {json.dumps(key)}: {json.dumps(value, separators=(', ', ': '))}\n")
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -241,6 +340,9 @@ def _read_record(path: Path) -> dict[str, Any]:
         raise SessionError(f"{path} is in session format {record.get('format')!r}; "
                            f"this diffdeck reads format {FORMAT}")
     record.setdefault("models", {})
+    record.setdefault("sets", {})  # sessions from before A/B sets
+    if not isinstance(record["sets"], dict):
+        raise SessionError(f"{path}: 'sets:' is not a mapping of set ids to sets")
     return record
 
 
@@ -250,23 +352,32 @@ def _load_as_written(text: str) -> dict[str, Any] | None:
     header, marker, jobs = text.partition("\njobs:\n")
     if not marker:
         return None
+    header, marker, sets = header.partition("\nsets:\n")
     try:
         record = yaml.safe_load(header)
     except yaml.YAMLError:
         return None  # parse_yaml names the line
-    if not isinstance(record, dict) or "jobs" in record:
+    if not isinstance(record, dict) or "jobs" in record or (marker and "sets" in record):
         return None
-    record["jobs"] = {}
-    for line in jobs.rstrip("\n").split("\n"):  # ASCII only (JSON escapes the rest): no other line breaks
+    record["jobs"] = _json_lines(jobs)
+    if marker:
+        record["sets"] = _json_lines(sets)
+    return None if record["jobs"] is None or record.get("sets", {}) is None else record
+
+
+def _json_lines(section: str) -> dict[str, Any] | None:
+    """`  "key": {json}` lines, as `_dump_record` writes them; None for anything else."""
+    entries = {}
+    for line in section.rstrip("\n").split("\n"):  # ASCII only (JSON escapes the rest): no other line breaks
         try:
             key, value = line.split(": ", 1) if line.startswith('  "') else (None, None)
-            job_id, job = json.loads(key), json.loads(value)
+            entries[json.loads(key)] = json.loads(value)
         except (ValueError, TypeError):
             return None
-        record["jobs"][job_id] = job
-    return record
+    return entries
 
 
+_LINE_SECTIONS = ("sets", "jobs")  # written a line per entry, after the header
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -282,7 +393,7 @@ def _read_journal(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if number == len(lines):  # the last line, cut short by a kill: the event never happened
                 break
             raise SessionError(f"{path} line {number} is not a JSON event") from None
-        if not isinstance(event, dict) or event.get("type") not in RECORDED_EVENTS:
+        if not isinstance(event, dict) or event.get("type") not in RECORDED_EVENTS + VERDICT_EVENTS:
             raise SessionError(f"{path} line {number} is not a session event")
         events.append((number, event))
     return events

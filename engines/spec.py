@@ -7,6 +7,7 @@ what a valid value looks like, so the CLI and the TUI can show it as it is.
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,13 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isascii() and p.isdecimal() for p in parts):
         raise SpecError("size", f"{text!r} is not WIDTHxHEIGHT, for example 512x512")
     return int(parts[0]), int(parts[1])
+
+
+def draw_seeds(first: int | None, count: int) -> tuple[int, ...]:
+    """Image i uses first + i; a missing first seed is drawn now, so it is recorded."""
+    if first is None:
+        first = random.randrange(SEED_RANGE - count)
+    return tuple((first + i) % SEED_RANGE for i in range(count))
 
 
 def check_scheduler(name: str, family: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -21,13 +22,16 @@ from typing import Any, TextIO
 from engines import __version__
 from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher, Job
 from engines.metadata import MetadataError, image_job
+from engines.pairs import set_differences
 from engines.probe import probe_environment
 from engines.registry import Registry, RegistryError, load_registry
 from engines.replay import ImageResult, describe_differences, replay, replay_folder, result_dict, select_jobs
 from engines.session import (DEFAULT_ROOT, Session, SessionError, is_session, new_session_dir,
                              summarize)
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+from engines.sheet import contact_sheet
 from engines.telemetry import Telemetry
+from engines.variants import AXIS_FIELDS, CONFIRM_ABOVE, VariantSet, parse_axis, plan_ab, plan_grid
 from tui.config import IMAGE_MODES, ConfigError, load_config
 
 
@@ -43,23 +47,46 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--models", metavar="FILE", default=argparse.SUPPRESS, help=models_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    render = commands.add_parser("render", parents=[common], help="render images headless, through the workers")
+    job = argparse.ArgumentParser(add_help=False)  # what every rendering command takes
+    job.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
+    job.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    job.add_argument("--seed", type=int, help="first seed; image i uses seed+i (default: random, recorded)")
+    job.add_argument("--count", type=int, default=1, help="number of images (default: 1)")
+    job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    job.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    job.add_argument("--size", metavar="WxH", help="image size, for example 512x768 (default: the model's)")
+    job.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                     help=f"{DEFAULT_SCHEDULER} (the model's own), or one of: {', '.join(SCHEDULERS)}")
+    job.add_argument("--session", type=Path, metavar="DIR",
+                     help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
+    job.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+    render = commands.add_parser("render", parents=[common, job], help="render images headless, through the workers")
     render.add_argument("prompts", nargs="*", metavar="PROMPT", help="one job per prompt, queued in order")
     render.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
                         help="render a diffdeck image again from its own record (its spec and seed)")
-    render.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
-    render.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
-    render.add_argument("--seed", type=int, help="first seed; image i uses seed+i (default: random, recorded)")
-    render.add_argument("--count", type=int, default=1, help="number of images (default: 1)")
-    render.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    render.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
-    render.add_argument("--size", metavar="WxH", help="image size, for example 512x768 (default: the model's)")
-    render.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
-                        help=f"{DEFAULT_SCHEDULER} (the model's own), or one of: {', '.join(SCHEDULERS)}")
-    render.add_argument("--session", type=Path, metavar="DIR",
-                        help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
-    render.add_argument("--json", action="store_true", help="print one JSON object per image")
     render.set_defaults(run=cmd_render)
+
+    large = f"queue a set of more than {CONFIRM_ABOVE} jobs without asking"
+    ab = commands.add_parser("ab", parents=[common, job], help="render variants with shared seeds, and compare them",
+                             description="Variants A, B, ... that share every setting and seed but what they "
+                                         "change: several prompts, or one prompt and --vary.")
+    ab.add_argument("prompts", nargs="+", metavar="PROMPT", help="one variant per prompt (or one prompt for all)")
+    ab.add_argument("--vary", action="append", default=[], metavar="FIELD=A,B",
+                    help="a field that takes one value per variant, for example steps=4,20 or model=demo,other "
+                         "(repeatable; grid syntax: ranges, cat -> dog)")
+    ab.add_argument("--yes", action="store_true", help=large)
+    ab.set_defaults(run=cmd_ab)
+
+    grid = commands.add_parser("grid", parents=[common, job], help="render a grid of variants over up to three axes",
+                               description="Axes: FIELD=a, b, c  or  FIELD=10..30 step 5  or  prompt=cat -> dog, fox. "
+                                           f"Fields: {', '.join(AXIS_FIELDS)}.")
+    grid.add_argument("prompt", metavar="PROMPT")
+    grid.add_argument("--x", required=True, metavar="AXIS", help="the columns, for example steps=4,8,16")
+    grid.add_argument("--y", metavar="AXIS", help="the rows, for example model=demo,other")
+    grid.add_argument("--page", metavar="AXIS", help="one sheet per value, for example cfg=5,7")
+    grid.add_argument("--yes", action="store_true", help=large)
+    grid.set_defaults(run=cmd_grid)
 
     resume = commands.add_parser("resume", parents=[common],
                                  help="render what a session had queued or running when diffdeck stopped")
@@ -175,12 +202,79 @@ def cmd_render(args: argparse.Namespace) -> int:
     elif not args.prompts:
         raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
     else:
-        width, height = parse_size(args.size) if args.size else (None, None)
-        specs = [JobSpec(prompt=prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
-                         steps=args.steps, guidance=args.guidance, width=width, height=height,
-                         scheduler=args.scheduler, count=args.count) for prompt in args.prompts]
+        specs = [_job_spec(args, prompt) for prompt in args.prompts]
     session = Session.open(args.session or new_session_dir())
     return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
+
+
+def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
+    width, height = parse_size(args.size) if args.size else (None, None)
+    return JobSpec(prompt=prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
+                   steps=args.steps, guidance=args.guidance, width=width, height=height,
+                   scheduler=args.scheduler, count=args.count)
+
+
+# A/B sets and grids
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    base = _job_spec(args, args.prompts[0])
+    axes = [parse_axis(text, base, "--vary") for text in args.vary]
+    if any(axis.name == "seed" for axis in axes):
+        raise SpecError("--vary", "variants share their seeds; to vary the seed, use diffdeck grid --x seed=...")
+    n = len(args.prompts) if len(args.prompts) > 1 else len(axes[0].values) if axes else 1
+    for axis in axes:
+        if len(axis.values) != n:
+            raise SpecError("--vary", f"{axis.text} gives {len(axis.values)} values for {n} variants; "
+                                      "give one per variant (for every combination, use diffdeck grid)")
+    prompts = args.prompts if len(args.prompts) > 1 else args.prompts * n
+    specs = []
+    for i, prompt in enumerate(prompts):
+        changes = {k: v for axis in axes for k, v in axis.changes(i, base.count).items()}
+        specs.append(dataclasses.replace(base, prompt=prompt, **changes))
+    return _run_set(args, plan_ab(specs))
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    return _run_set(args, plan_grid(_job_spec(args, args.prompt), {"x": args.x, "y": args.y, "page": args.page}))
+
+
+def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
+    """Say how large the set is, ask when it is large, render it into a session, then measure
+    A against each other variant (A/B) and write the contact sheet."""
+    registry = load_registry(args.models)
+    print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {variants.describe()}", file=sys.stderr)
+    if variants.needs_confirmation() and not args.yes and not _confirm(f"queue {len(variants.variants)} jobs?"):
+        raise SpecError("grid", f"{len(variants.variants)} jobs is more than {CONFIRM_ABOVE}; "
+                                "nothing queued (confirm, or pass --yes)")
+    session = Session.open(args.session or new_session_dir())
+    queued: list[str] = []
+
+    def queue(dispatcher: Dispatcher) -> list[Job]:
+        set_id, jobs = dispatcher.submit_set(variants)
+        queued.append(set_id)
+        return jobs
+
+    status = _run_session(registry, session, queue, args.json)
+    if not queued:
+        return status
+    set_id = queued[0]
+    pairs = set_differences(session, set_id) if variants.kind == "ab" else []
+    sheets = [str(path) for path in contact_sheet(session, set_id)]
+    if args.json:
+        print(json.dumps({"set": set_id, "pairs": pairs, "sheets": sheets}))
+        return status
+    for pair in pairs:
+        print(f"{pair['left']} vs {pair['right']} image {pair['image']} seed {pair['seed']}: PSNR {pair['psnr_db']} dB, "
+              f"perceptual-hash distance {pair['phash_distance']}")
+    for sheet in sheets:
+        print(f"contact sheet: {sheet}")
+    return status
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -223,7 +317,8 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
     """Queue jobs with `queue_jobs(dispatcher)`, record every event in the session, print each
     image as it is saved. Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
-    async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number()) as dispatcher:
+    async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
+                          first_set_number=session.next_set_number()) as dispatcher:
         events = dispatcher.subscribe()
         jobs = {job.id: job for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
         loop = asyncio.get_running_loop()

@@ -1,0 +1,83 @@
+"""A/B sets and grids end to end: real workers, real sessions, the CLI as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+from engines.compare import file_pixel_sha256
+from engines.dispatcher import CANCELLED, DONE, Dispatcher
+from engines.session import Session
+from engines.spec import JobSpec
+from engines.variants import plan_grid
+
+
+def diffdeck(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, text=True,
+                          env=os.environ, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_ab_on_the_command_line_shares_seeds_and_each_image_rerenders_alone(tmp_path):
+    result = diffdeck("ab", "a red circle", "a blue circle", "--seed", "40", "--count", "2", "--steps", "3",
+                      "--session", "s", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "A/B: 2 variants = 2 jobs, 4 images, seeds 40..41" in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    summary, images = lines[-1], lines[:-1]
+    session = Session.open(tmp_path / "s")
+    a, b = (session.jobs[v["job"]]["spec"] for v in session.sets["set-0001"]["variants"])
+    assert a["seeds"] == b["seeds"] == [40, 41]
+    assert {k for k in a if a[k] != b[k]} == {"prompt"}
+    assert [p["image"] for p in summary["pairs"]] == [0, 1] and all(p["left"] == "A" for p in summary["pairs"])
+    assert (tmp_path / summary["sheets"][0]).is_file()
+
+    for image in images:  # image i of each variant, alone, from its own record: the same pixels
+        again = diffdeck("render", "--from", image["path"], "--session", "again", "--json", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        path = json.loads(again.stdout)["path"]
+        assert file_pixel_sha256(tmp_path / path) == file_pixel_sha256(tmp_path / image["path"])
+
+
+async def test_a_3x3_grid_loads_each_model_once_and_a_cancelled_cell_leaves_the_others(registry, tmp_path):
+    grid = plan_grid(JobSpec(prompt="a red circle", seed=3, width=64, height=64),
+                     {"x": "model=demo, demo2, tiny-sdxl", "y": "steps=2, 3, 4"})
+    async with Dispatcher(registry, tmp_path, lookahead=1) as dispatcher:
+        events = dispatcher.subscribe()
+        set_id, jobs = dispatcher.submit_set(grid)
+        assert len(jobs) == 9 and set_id == "set-0001"
+        dispatcher.cancel(jobs[4].id)  # demo2 at steps=3
+        for job in jobs:
+            await dispatcher.wait(job.id)
+        loads = [e.data["model"] for e in events.drain() if e.type == "loading"]
+    assert loads == ["demo", "demo2", "tiny-sdxl"], "each model loaded once, in the set's order"
+    assert [j.status for j in jobs] == [DONE] * 4 + [CANCELLED] + [DONE] * 4
+    assert [(j.spec.model, j.spec.steps) for j in jobs[3:6]] == [("demo2", 2), ("demo2", 3), ("demo2", 4)]
+    assert {j.spec.seeds for j in jobs} == {(3,)} and {j.spec.group for j in jobs} == {"set-0001"}
+
+
+def test_bad_grids_queue_nothing_and_say_why(tmp_path):
+    for args, says in (
+        (["--x", "steps="], "steps= has no values"),
+        (["--x", "steps=10..30 step 0"], "step 0"),
+        (["--x", "prompt=horse -> dog"], "'horse' is not in the prompt"),
+        (["--x", "seed=1..60"], "60 jobs is more than 50; nothing queued (confirm, or pass --yes)"),
+        (["--x", "model=demo, nope"], "variant model=nope: unknown model 'nope'"),
+    ):
+        result = diffdeck("grid", "a red circle", *args, "--session", "s", cwd=tmp_path)
+        assert result.returncode == 2 and says in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "s").exists(), "nothing queued, no session written"
+
+
+def test_a_replayed_ab_set_is_the_same_set_with_the_same_seeds(tmp_path):
+    made = diffdeck("ab", "a red circle", "--vary", "steps=2,4", "--seed", "9", "--session", "s", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    replayed = diffdeck("replay", "s", "--check", cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "2 identical" in replayed.stdout
+    original, replay = Session.open(tmp_path / "s"), Session.open(tmp_path / "s" / "replay-1")
+    assert replay.sets.keys() == {"set-0001"}
+    assert [v["label"] for v in replay.sets["set-0001"]["variants"]] == ["A", "B"]
+    assert [replay.jobs[v["job"]]["spec"]["steps"] for v in replay.sets["set-0001"]["variants"]] == [2, 4]
+    assert ({tuple(j["spec"]["seeds"]) for j in replay.jobs.values()}
+            == {tuple(j["spec"]["seeds"]) for j in original.jobs.values()} == {(9,)})
