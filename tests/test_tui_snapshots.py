@@ -16,18 +16,23 @@ from tui.app import Workbench
 from tui.config import load_config
 from tui.images import image_widget
 from tui.themes import load_theme
+from tui.screens.compare import CompareScreen
 from tui.widgets.gallery import Thumb
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "examples" / "demo-red-circle"
+EXAMPLES = Path(__file__).resolve().parent.parent / "sessions" / "examples"
+
+
+def example(tmp_path, name):
+    shutil.copytree(EXAMPLES / name, tmp_path / name)
+    config = load_config()
+    return Workbench(load_registry(None), Session.open(tmp_path / name), config,
+                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"),
+                     telemetry=Telemetry(FakeNVML(worker_pid=0)), telemetry_interval_s=3600)
 
 
 @pytest.fixture
 def example_app(tmp_path):
-    shutil.copytree(EXAMPLE, tmp_path / "demo-red-circle")
-    config = load_config()
-    return Workbench(load_registry(None), Session.open(tmp_path / "demo-red-circle"), config,
-                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"),
-                     telemetry=Telemetry(FakeNVML(worker_pid=0)), telemetry_interval_s=3600)
+    return example(tmp_path, "demo-red-circle")
 
 
 async def settle(pilot):
@@ -43,3 +48,19 @@ async def settle(pilot):
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
 def test_main_layout(snap_compare, example_app, size):
     assert snap_compare(example_app, terminal_size=size, run_before=settle)
+
+
+async def open_compare(pilot):
+    """The committed A/B example (B won image 0 and has four stars there), side by side."""
+    await settle(pilot)
+    await pilot.press("f5")
+    screen = pilot.app.screen
+    while not isinstance(screen, CompareScreen) or "distance" not in str(screen.query_one("#measures").render()) \
+            or any(i.image is None for i in screen.query(pilot.app.image_class)):
+        await pilot.pause(0.05)
+        screen = pilot.app.screen
+    await pilot.pause(0.3)
+
+
+def test_compare_view(snap_compare, tmp_path):
+    assert snap_compare(example(tmp_path, "demo-ab"), terminal_size=(120, 40), run_before=open_compare)

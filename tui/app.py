@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
@@ -26,13 +26,19 @@ from textual.widgets import Footer, Static
 from engines.dispatcher import Dispatcher
 from engines.registry import Registry, RegistryError
 from engines.session import Session
+from engines.sheet import SheetError, contact_sheet
 from engines.spec import JobSpec, SpecError
 from engines.telemetry import Telemetry
+from engines.variants import VariantSet, plan_ab
 from themes import STYLESHEET
 
 from .board import Board
+from .comparison import Comparison
 from .config import Config
 from .images import thumbnail
+from .screens.compare import CompareScreen
+from .screens.grid_dialog import GridDialog
+from .screens.grid_view import GridView
 from .screens.help import HelpScreen
 from .screens.image_view import ImageScreen
 from .widgets.gallery import Gallery, Thumb
@@ -53,6 +59,7 @@ class Workbench(App):
         Binding("f2", "focus('prompt')", "Prompt", id="focus_prompt"),
         Binding("f3", "focus('queue')", "Queue", id="focus_queue"),
         Binding("f4", "focus_gallery", "Gallery", id="focus_gallery"),
+        Binding("f5", "compare", "Compare", id="compare"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
@@ -66,8 +73,9 @@ class Workbench(App):
         self.board = Board()
         self.first_model = "demo" if "demo" in registry.models else next(iter(registry.models))
         self.pinned: list[tuple[str, int]] = []
+        self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
         self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
-                                     telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
+                                     first_set_number=session.next_set_number(), telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
         self._tasks: list[asyncio.Task] = []
         self._recorder = None
         self._closed = False
@@ -96,7 +104,8 @@ class Workbench(App):
             self.register_theme(theme)
         self.theme = self.config.theme
         self.set_keymap(self.config.keys)
-        self.board.load(self.session.jobs, self.session.folder)
+        self.board.load(self.session.jobs, self.session.folder, self.session.sets)
+        self.marks = self.session.image_marks()
         recorder, view = self.dispatcher.subscribe(), self.dispatcher.subscribe()
         self.dispatcher.start()
         self._recorder = recorder
@@ -159,12 +168,14 @@ class Workbench(App):
             if any(e.type in ("worker_ready", "worker_exited", "worker_evicted", "loading") for e in batch):
                 self._show_warm_models()
             self._redraw()
+            if isinstance(self.screen, CompareScreen) and any(e.type in ("image", "done", "failed") for e in batch):
+                self.screen.refresh_view()
             await asyncio.sleep(REDRAW_S)
 
     def _redraw(self) -> None:
-        self.query_one(QueueView).show(self.board.rows())
+        self.query_one(QueueView).show(self.board.rows(), self.board.variant_of)
         self.query_one(GpuPanel).show(self.board)
-        self.query_one(Gallery).show(self.board)
+        self.query_one(Gallery).show(self.board, self.marks)
         paused = " · queue paused (p in the queue resumes)" if self.board.paused else ""
         self.query_one("#title", Static).update(self._title_text() + paused)
 
@@ -183,16 +194,47 @@ class Workbench(App):
 
     @on(PromptEditor.Submitted)
     def _submit(self, event: PromptEditor.Submitted) -> None:
+        job = self._from_editor(lambda: self.dispatcher.submit(event.spec))
+        if job is not None:
+            self.query_one(PromptEditor).accepted(job.spec)
+
+    @on(PromptEditor.VariantsSubmitted)
+    def _submit_variants(self, event: PromptEditor.VariantsSubmitted) -> None:
+        def queue() -> tuple[VariantSet, str]:
+            variants = plan_ab(event.specs)
+            return variants, self.dispatcher.submit_set(variants)[0]
+
+        queued = self._from_editor(queue)
+        if queued is not None:
+            variants, set_id = queued
+            self.query_one(PromptEditor).accepted(variants.base)
+            self.notify(f"{set_id}: A/B, {variants.describe()}; F5 compares them")
+
+    def _from_editor(self, queue: Callable[[], Any]) -> Any:
+        """Queue what the editor asked for; a value that cannot be used is marked on its field."""
         editor = self.query_one(PromptEditor)
         try:
-            job = self.dispatcher.submit(event.spec)
+            return queue()
         except SpecError as e:
             editor.mark_invalid(e)
-            return
         except RegistryError as e:
             editor.mark_invalid(SpecError("model", str(e)))
+        return None
+
+    @on(PromptEditor.GridRequested)
+    def _grid_dialog(self, event: PromptEditor.GridRequested) -> None:
+        self.push_screen(GridDialog(event.spec))
+
+    @on(GridDialog.Queue)
+    def _submit_grid(self, event: GridDialog.Queue) -> None:
+        try:
+            set_id, _jobs = self.dispatcher.submit_set(event.variants)
+        except (SpecError, RegistryError) as e:
+            event.dialog.refused(str(e))
             return
-        editor.accepted(job.spec)
+        event.dialog.dismiss()
+        self.query_one(PromptEditor).accepted(event.variants.base)
+        self.notify(f"{set_id}: grid, {event.variants.describe()}; F5 shows it")
 
     @on(PromptEditor.ModelChanged)
     def _model_changed(self, event: PromptEditor.ModelChanged) -> None:
@@ -237,6 +279,8 @@ class Workbench(App):
                 d.retry(job_id, force=event.action == "force_retry")
             elif event.action == "edit":
                 self._edit(job_id)
+            elif event.action == "compare":
+                self._compare_job(job_id)
         except (KeyError, ValueError, SpecError, RegistryError) as e:
             self.notify(str(e).strip("'\""), severity="warning")
 
@@ -291,7 +335,74 @@ class Workbench(App):
             self.notify("prompt copied (OSC 52: the terminal must allow clipboard access)")
         elif choice == "pin":
             self.pinned = [*self.pinned[-1:], (job_id, image["image"])]
-            self.notify(f"pinned {job_id} image {image['image']} for A/B ({len(self.pinned)}/2)")
+            if len(self.pinned) == 2:
+                self.push_screen(CompareScreen(Comparison.of_pinned(self.session, self.board.jobs, self.pinned),
+                                               self.image_class))
+            else:
+                self.notify(f"pinned {job_id} image {image['image']}; pin another to compare them")
+
+    # A/B sets and grids
+
+    def action_compare(self) -> None:
+        set_id = self.board.newest_set()
+        if set_id is None:
+            self.notify("no A/B set or grid yet: ctrl+t in the prompt editor takes variants, ctrl+g makes a grid",
+                        severity="warning")
+            return
+        self._open_set(set_id)
+
+    @on(Thumb.Compare)
+    def _compare_thumb(self, event: Thumb.Compare) -> None:
+        self._compare_job(event.job_id)
+
+    def _compare_job(self, job_id: str) -> None:
+        set_id = self.board.variant_of.get(job_id, (None,))[0]
+        if set_id is None:
+            self.notify(f"{job_id} is not in an A/B set or grid; pin two images (a) to compare them",
+                        severity="warning")
+            return
+        self._open_set(set_id)
+
+    def _open_set(self, set_id: str) -> None:
+        if set_id not in self.session.sets:
+            self.notify(f"{set_id} is not recorded yet; try again in a moment", severity="warning")
+            return
+        comparison = Comparison.of_set(self.session, self.board.jobs, set_id)
+        grid = self.session.sets[set_id]["kind"] == "grid"
+        self.push_screen(GridView(comparison, self.image_class) if grid else CompareScreen(comparison, self.image_class))
+
+    @on(GridView.CompareCells)
+    def _compare_cells(self, event: GridView.CompareCells) -> None:
+        self.push_screen(CompareScreen(event.comparison, self.image_class))
+
+    @on(CompareScreen.Picked)
+    def _picked(self, event: CompareScreen.Picked) -> None:
+        self.session.pick(event.set_id, event.image, event.left, event.right, event.winner)
+        self._said_of_images()
+
+    @on(CompareScreen.Rated)
+    def _rated(self, event: CompareScreen.Rated) -> None:
+        self.session.rate(event.job_id, event.image, event.stars)
+        self._said_of_images()
+
+    def _said_of_images(self) -> None:
+        self.marks = self.session.image_marks()
+        if isinstance(self.screen, CompareScreen):
+            self.screen.refresh_view()
+        self.query_one(Gallery).show(self.board, self.marks)
+
+    @on(CompareScreen.Export)
+    def _export(self, event: CompareScreen.Export) -> None:
+        self._write_sheet(event.set_id)
+
+    @work(thread=True, group="contact-sheet", exit_on_error=False)
+    def _write_sheet(self, set_id: str) -> None:
+        try:
+            paths = contact_sheet(self.session, set_id)
+        except (OSError, SheetError) as e:
+            self.call_from_thread(self.notify, f"no contact sheet for {set_id}: {e}", severity="error")
+            return
+        self.call_from_thread(self.notify, "contact sheet: " + ", ".join(str(p) for p in paths), timeout=10)
 
     # keys, help, palette
 
@@ -309,7 +420,8 @@ class Workbench(App):
     def key_rows(self) -> Iterable[tuple[str, str, str, str]]:
         keymap = self.config.keys
         for where, owner in (("everywhere", Workbench), ("prompt", PromptEditor), ("queue", QueueView),
-                             ("gallery", Thumb), ("image", ImageScreen)):
+                             ("gallery", Thumb), ("image", ImageScreen), ("compare", CompareScreen),
+                             ("grid", GridView), ("grid axes", GridDialog)):
             for binding in owner.BINDINGS:
                 yield where, keymap.get(binding.id, binding.key), binding.description or binding.action, binding.id
         yield "everywhere", "ctrl+p", "Command palette", "command_palette"
@@ -318,6 +430,10 @@ class Workbench(App):
         yield from super().get_system_commands(screen)
         yield SystemCommand("Keys", "Every key and its binding id (F1)", self.action_help)
         yield SystemCommand("Render", "Queue the prompt in the editor", self.query_one(PromptEditor).action_submit)
+        yield SystemCommand("A/B: take a variant", "The editor's settings become a variant (ctrl+t)",
+                            self.query_one(PromptEditor).action_add_variant)
+        yield SystemCommand("Grid", "Axes over the editor's settings (ctrl+g)", self.query_one(PromptEditor).action_grid)
+        yield SystemCommand("Compare", "The newest A/B set or grid (F5)", self.action_compare)
         yield SystemCommand("Pause or resume the queue", "After the running job",
                             lambda: self.post_message(QueueView.Command("pause", None)))
         yield SystemCommand("Cancel all", "Every queued and running job",

@@ -64,9 +64,13 @@ class Board:
     warm: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (loading / warm, worker pid)
     paused: bool = False
     last_done: str | None = None
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # set id -> kind, axes, variants
+    variant_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # job id -> (set id, variant label)
 
-    def load(self, jobs: dict[str, dict[str, Any]], folder: Path) -> None:
+    def load(self, jobs: dict[str, dict[str, Any]], folder: Path, sets: dict[str, dict[str, Any]]) -> None:
         """The jobs of a reopened session, as recorded; image paths made absolute as events have them."""
+        for set_id, entry in sets.items():
+            self._on_set(None, {"set": set_id, **entry})
         for job_id, job in jobs.items():
             images = [{**image, "path": str(folder / image["path"])} for image in job["images"]]
             status = "queued" if job["status"] == "running" else job["status"]  # it is queued again
@@ -89,10 +93,18 @@ class Board:
     def rows(self) -> list[JobRow]:
         return [self.jobs[job_id] for job_id in self.history + self.queue]
 
+    def newest_set(self) -> str | None:
+        return next(reversed(self.sets), None)
+
     def running(self) -> JobRow | None:
         return next((row for row in self.jobs.values() if row.status == "running"), None)
 
     # events
+
+    def _on_set(self, job_id: None, data: dict[str, Any]) -> None:
+        self.sets[data["set"]] = {k: data[k] for k in ("kind", "axes", "variants")}
+        for variant in data["variants"]:
+            self.variant_of[variant["job"]] = (data["set"], variant["label"])
 
     def _on_queued(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs.get(job_id)

@@ -20,28 +20,48 @@ LIVE = -1  # the image index of the running job's live preview
 
 
 class Thumb(Vertical, can_focus=True):
-    BINDINGS = [Binding("enter", "open", "Open", id="open_image")]
+    BINDINGS = [Binding("enter", "open", "Open", id="open_image"),
+                Binding("c", "compare", "Compare its set", id="compare_image")]
 
     class Opened(Message):
         def __init__(self, job_id: str, image: int):
             super().__init__()
             self.job_id, self.image = job_id, image
 
-    def __init__(self, job_id: str, image: int, caption: str, image_class: Any):
+    class Compare(Message):
+        def __init__(self, job_id: str):
+            super().__init__()
+            self.job_id = job_id
+
+    def __init__(self, job_id: str, image: int, caption: str, image_class: Any, variant: str = ""):
         super().__init__(classes="thumb")
         self.job_id, self.image, self.caption, self.image_class = job_id, image, caption, image_class
+        self.variant = variant  # its label in an A/B set or grid, last: a long one is cut
+        self.said = ""  # what the user said of it (rating, picks won)
 
     def compose(self) -> ComposeResult:
         yield self.image_class() if self.image_class else Static("▒" * 64, classes="no-image")
-        yield Label(self.caption)
+        yield Label(self._caption_text())
+
+    def _caption_text(self) -> str:
+        return " ".join(filter(None, (self.caption, self.said, self.variant)))
 
     def show(self, picture: PILImage.Image) -> None:
         if self.image_class:
             self.query_one(self.image_class).image = picture
 
+    def mark(self, text: str) -> None:
+        """What the user said of it (rating, picks won), after the caption."""
+        self.said = text
+        for label in self.query(Label):  # none before it is composed: compose shows it then
+            label.update(self._caption_text())
+
     def action_open(self) -> None:
         if self.image != LIVE:
             self.post_message(self.Opened(self.job_id, self.image))
+
+    def action_compare(self) -> None:
+        self.post_message(self.Compare(self.job_id))
 
 
 class Gallery(VerticalScroll):
@@ -55,14 +75,20 @@ class Gallery(VerticalScroll):
         self.image_class = image_class
         self._thumbs: dict[tuple[str, int], Thumb] = {}
         self._preview_of: dict[str, bytes] = {}
+        self._marks: dict[tuple[str, int], str] = {}
 
-    def show(self, board: Board) -> None:
+    def show(self, board: Board, marks: dict[tuple[str, int], str]) -> None:
+        """`marks`: what the user said of an image, short (rating, picks won)."""
         for row, image in board.images():
             key = (row.id, image["image"])
             if key not in self._thumbs:
-                self._add(key, f"{row.id.removeprefix('job-')}·{image['image']}")
+                variant = board.variant_of.get(row.id, ("", ""))[1]
+                self._add(key, f"{row.id.removeprefix('job-')}·{image['image']}", variant)
                 if self.image_class:
                     self._decode_file(key, image["path"])
+            if marks.get(key, "") != self._marks.get(key, ""):
+                self._thumbs[key].mark(marks.get(key, ""))
+        self._marks = marks
         running = board.running()
         for key in [k for k in self._thumbs if k[1] == LIVE and (running is None or k[0] != running.id)]:
             self._thumbs.pop(key).remove()
@@ -75,8 +101,8 @@ class Gallery(VerticalScroll):
                 self._preview_of[running.id] = running.preview
                 self._decode_preview(key, running.preview)
 
-    def _add(self, key: tuple[str, int], caption: str) -> None:
-        thumb = self._thumbs[key] = Thumb(key[0], key[1], caption, self.image_class)
+    def _add(self, key: tuple[str, int], caption: str, variant: str = "") -> None:
+        thumb = self._thumbs[key] = Thumb(key[0], key[1], caption, self.image_class, variant)
         live = next((t for k, t in self._thumbs.items() if k[1] == LIVE and k != key), None)
         self.mount(thumb, before=live) if live else self.mount(thumb)
 

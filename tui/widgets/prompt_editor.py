@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, TextArea
 
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
+from engines.variants import VARIANT_FIELDS
 
 SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
 # JobSpec fields that have no widget of their own, and the widget that shows them
@@ -46,9 +47,26 @@ class PromptEditor(Vertical):
         Binding("ctrl+j", "submit", "Render", id="submit", priority=True),
         Binding("alt+enter", "submit", "Render", id="submit_alt", show=False, priority=True),
         Binding("ctrl+o", "open_editor", "$EDITOR", id="open_editor"),
+        Binding("ctrl+t", "add_variant", "A/B", id="add_variant"),
+        Binding("ctrl+g", "grid", "Grid", id="grid"),
+        Binding("escape", "drop_variants", "Drop A/B", id="drop_variants", show=False),
     ]
 
     class Submitted(Message):
+        def __init__(self, spec: JobSpec):
+            super().__init__()
+            self.spec = spec
+
+    class VariantsSubmitted(Message):
+        """A/B: the variants taken with ctrl+t, then the fields as they are now."""
+
+        def __init__(self, specs: list[JobSpec]):
+            super().__init__()
+            self.specs = specs
+
+    class GridRequested(Message):
+        """Open the grid dialog over these settings."""
+
         def __init__(self, spec: JobSpec):
             super().__init__()
             self.spec = spec
@@ -71,6 +89,7 @@ class PromptEditor(Vertical):
         self.history: list[str] = []
         self._history_at = 0
         self._draft = ""
+        self.variants: list[JobSpec] = []  # A/B: the variants taken so far; the fields edit the next
 
     def compose(self) -> ComposeResult:
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, placeholder="prompt")
@@ -93,6 +112,7 @@ class PromptEditor(Vertical):
             yield Label("scheduler")
             yield Select([(s, s) for s in (DEFAULT_SCHEDULER, *SCHEDULERS)], value=DEFAULT_SCHEDULER,
                          allow_blank=False, id="scheduler")
+        yield Static(id="variants")
         yield Static(id="problem")
 
     # what the app calls
@@ -121,13 +141,15 @@ class PromptEditor(Vertical):
         self.query_one("#problem").add_class("-shown")
 
     def accepted(self, spec: JobSpec) -> None:
-        """The job was queued: remember the prompt, and step the seed if asked to."""
+        """The job (or A/B set) was queued: remember the prompt, step the seed if asked to,
+        and leave A/B."""
         if not self.history or self.history[-1] != spec.prompt:
             self.history.append(spec.prompt)
         self._history_at = len(self.history)
         if self.query_one("#seed_mode", Select).value == "increment":
             self.query_one("#seed", Input).value = str((spec.seeds[-1] + 1) % SEED_RANGE)
         self._clear_marks()
+        self.action_drop_variants()
 
     def load(self, spec: dict[str, Any]) -> None:
         """Fill the editor from a job's spec, to edit it and queue it again."""
@@ -174,13 +196,56 @@ class PromptEditor(Vertical):
     # handlers
 
     def action_submit(self) -> None:
+        spec = self._read_or_mark()
+        if spec is not None:
+            self.post_message(self.VariantsSubmitted([*self.variants, spec]) if self.variants else self.Submitted(spec))
+
+    def action_add_variant(self) -> None:
+        """Take the fields as a variant (the first is A); the fields go on as the next one."""
+        spec = self._read_or_mark()
+        if spec is None:
+            return
+        if self.variants and spec == self.variants[-1]:
+            self.notify("change a field first: this variant is the same as the last", severity="warning")
+            return
+        self.variants.append(spec)
+        self._show_variants()
+
+    def action_drop_variants(self) -> None:
+        if self.variants:
+            self.variants = []
+            self._show_variants()
+
+    def action_grid(self) -> None:
+        spec = self._read_or_mark()
+        if spec is not None:
+            self.post_message(self.GridRequested(spec))
+
+    def _read_or_mark(self) -> JobSpec | None:
         self._clear_marks()
         try:
-            spec = self.read_spec()
+            return self.read_spec()
         except SpecError as e:
             self.mark_invalid(e)
+            return None
+
+    def _show_variants(self) -> None:
+        """A/B: which variants are taken, and what the one being edited changes from A."""
+        strip = self.query_one("#variants", Static)
+        strip.set_class(bool(self.variants), "-shown")
+        if not self.variants:
+            strip.update("")
             return
-        self.post_message(self.Submitted(spec))
+        label = chr(ord("A") + len(self.variants))
+        try:
+            spec = self.read_spec()
+            changed = [k for k in VARIANT_FIELDS if getattr(spec, k) != getattr(self.variants[0], k)]
+        except SpecError:
+            changed = []
+        taken = " ".join(chr(ord("A") + i) for i in range(len(self.variants)))
+        strip.update(f"A/B · taken: {taken} · editing {label}"
+                     + (f", which changes {', '.join(changed)}" if changed else ": change what it should change")
+                     + " · ctrl+j queues all · ctrl+t takes another · esc drops")
 
     def action_open_editor(self) -> None:
         area = self.focused_area()
@@ -207,8 +272,11 @@ class PromptEditor(Vertical):
 
     @on(Input.Changed)
     @on(TextArea.Changed)
+    @on(Select.Changed)
     def _edited(self, event: Message) -> None:
         event.control.remove_class("-invalid")
+        if self.variants:
+            self._show_variants()
 
     def _clear_marks(self) -> None:
         for widget in self.query(".-invalid"):

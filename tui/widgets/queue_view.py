@@ -25,6 +25,7 @@ class QueueView(DataTable):
         Binding("r", "command('retry')", "Retry", id="retry"),
         Binding("R", "command('force_retry')", "Retry held", id="force_retry", show=False),
         Binding("e", "command('edit')", "Edit+requeue", id="edit_requeue"),
+        Binding("c", "command('compare')", "Compare set", id="compare_job"),
     ]
 
     class Command(Message):
@@ -40,9 +41,10 @@ class QueueView(DataTable):
         for name in COLUMNS:
             self.add_column(name, key=name, width=WIDTHS[name])
 
-    def show(self, rows: list[JobRow]) -> None:
-        """Redraw what changed: cells of known rows, or the whole table when rows came or moved."""
-        cells = {row.id: row_cells(row) for row in rows}
+    def show(self, rows: list[JobRow], variant_of: dict[str, tuple[str, str]]) -> None:
+        """Redraw what changed: cells of known rows, or the whole table when rows came or moved.
+        A job of an A/B set or grid shows its set and variant before its prompt."""
+        cells = {row.id: row_cells(row, variant_of.get(row.id)) for row in rows}
         if list(cells) != list(self._shown):
             selected = self.selected_job()
             self.clear()
@@ -66,8 +68,10 @@ class QueueView(DataTable):
         self.post_message(self.Command(action, self.selected_job()))
 
 
-def row_cells(row: JobRow) -> tuple[str, ...]:
+def row_cells(row: JobRow, variant: tuple[str, str] | None) -> tuple[str, ...]:
     prompt = " ".join(row.spec.get("prompt", "").split())
+    if variant:
+        prompt = f"[{variant[0].removeprefix('set-')} {variant[1]}] {prompt}"
     return (row.id.removeprefix("job-"), row.status, progress(row), time_text(row), str(row.spec.get("model", "")),
             prompt)
 
