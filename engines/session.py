@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from .spec import MAX_COUNT
 from .yamlfile import parse_yaml, read_utf8
 
 FORMAT = 1
@@ -144,6 +145,10 @@ class Session:
             for image in job["images"]:
                 if not isinstance(image, dict) or not all(isinstance(image.get(k), int) for k in ("image", "seed")):
                     raise SessionError(f"{where}: job {job_id!r} has an image without its index and seed")
+                if not isinstance(image.get("timings", {}), dict) or not (
+                        image.get("peak_memory") is None or _is_count(image["peak_memory"])):
+                    raise SessionError(f"{where}: job {job_id!r} image {image['image']} has timings or a peak "
+                                       "memory that are not numbers")
                 if image.get("rating", 0) not in range(6):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the rating "
                                        f"{image['rating']!r}; a rating is 1 to 5 stars")
@@ -153,27 +158,9 @@ class Session:
                                        "which leaves the session folder; refusing to use it")
 
         for set_id, entry in self.sets.items():
-            if not isinstance(entry, dict) or entry.get("kind") not in ("ab", "grid"):
-                raise SessionError(f"{where}: set {set_id!r} is neither an A/B set nor a grid")
-            base, axes = entry.get("base"), entry.get("axes")
-            if not isinstance(base, dict) or not isinstance(base.get("prompt"), str) \
-                    or not isinstance(base.get("model"), str) or not isinstance(base.get("count"), int):
-                raise SessionError(f"{where}: set {set_id!r} has no base spec with a model, a prompt and a count")
-            if not isinstance(axes, list) or not all(
-                    isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("text"), str)
-                    and isinstance(a.get("values"), list) and isinstance(a.get("labels"), list)
-                    and len(a["values"]) == len(a["labels"]) for a in axes):
-                raise SessionError(f"{where}: set {set_id!r} has axes without a name, text, values and labels")
-            variants = entry.get("variants")
-            if not isinstance(variants, list) or not all(
-                    isinstance(v, dict) and isinstance(v.get("label"), str) and isinstance(v.get("job"), str)
-                    and isinstance(v.get("cell"), list) for v in variants):
-                raise SessionError(f"{where}: set {set_id!r} has no list of variants with a label, job and cell")
-            picks = entry.get("picks")
-            if not isinstance(picks, list) or not all(
-                    isinstance(p, dict) and isinstance(p.get("image"), int)
-                    and all(isinstance(p.get(k), str) for k in ("left", "right", "winner")) for p in picks):
-                raise SessionError(f"{where}: set {set_id!r} has picks that are not (image, left, right, winner)")
+            problem = _set_problem(entry)
+            if problem:
+                raise SessionError(f"{where}: set {set_id!r} {problem}")
 
     def record_event(self, event) -> None:
         """Append a Dispatcher event if it changes the record."""
@@ -318,6 +305,38 @@ class Session:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+
+def _set_problem(entry: Any) -> str | None:
+    """What is wrong with a recorded A/B set or grid, in words; None when readers can use it:
+    every cell points inside its axes, every count and seed is a number."""
+    if not isinstance(entry, dict) or entry.get("kind") not in ("ab", "grid"):
+        return "is neither an A/B set nor a grid"
+    base, axes, variants, picks = (entry.get(k) for k in ("base", "axes", "variants", "picks"))
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("prompt", "model")) \
+            or base.get("count") not in range(1, MAX_COUNT + 1) \
+            or not (base.get("seeds") is None or isinstance(base["seeds"], list) and all(map(_is_count, base["seeds"]))):
+        return "has no base spec with a prompt, a model, a count and its seeds"
+    if not isinstance(axes, list) or len(axes) > 3 or (entry["kind"] == "grid") != bool(axes) or not all(
+            isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("text"), str)
+            and isinstance(a.get("values"), list) and isinstance(a.get("labels"), list)
+            and 0 < len(a["values"]) == len(a["labels"]) for a in axes):
+        return "has axes without a name, text, values and labels (a grid has one to three, an A/B set none)"
+    sizes = [len(a["labels"]) for a in axes] or [len(variants) if isinstance(variants, list) else 0]
+    if not isinstance(variants, list) or not variants or not all(
+            isinstance(v, dict) and isinstance(v.get("label"), str) and isinstance(v.get("job"), str)
+            and isinstance(v.get("changes"), dict) and isinstance(v.get("cell"), list) and len(v["cell"]) == len(sizes)
+            and all(_is_count(i) and i < n for i, n in zip(v["cell"], sizes)) for v in variants):
+        return "has no list of variants, each with a label, a job, its changes and a cell inside the set"
+    if not isinstance(picks, list) or not all(
+            isinstance(p, dict) and _is_count(p.get("image"))
+            and all(isinstance(p.get(k), str) for k in ("left", "right", "winner")) for p in picks):
+        return "has picks that are not (image, left job, right job, winner)"
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _dump_record(record: dict[str, Any], out: TextIO) -> None:

@@ -198,11 +198,8 @@ def _verdict(entry: dict[str, Any], job_id: str, index: int) -> str:
 
 
 def _sizes(session: Session, entry: dict[str, Any]) -> Iterator[tuple[int, int]]:
-    """The sizes of the set's images: as their specs ask, and as the files on disk are."""
+    """The sizes of the set's images on disk."""
     for variant in entry["variants"]:
-        spec = {**entry["base"], **variant["changes"]}
-        if spec.get("width") and spec.get("height"):
-            yield spec["width"], spec["height"]
         for record in session.jobs.get(variant["job"], {}).get("images", []):
             with suppress(OSError), Image.open(session.resolve(record["path"])) as picture:
                 yield picture.size

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from engines.replay import select_jobs
 from engines.session import JOURNAL, RECORD, Session, SessionError, summarize
+from engines.sheet import contact_sheet
+from tui.comparison import Comparison
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "examples" / "demo-red-circle"
+EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "examples" / "demo-ab"  # a set, a pick, a rating
 RECORD_DATA = yaml.safe_load((EXAMPLE / RECORD).read_text())
 SPEC = {"prompt": "a star", "model": "demo", "seeds": [3], "count": 1}
 JOURNAL_EVENTS = [
@@ -25,6 +27,11 @@ JOURNAL_EVENTS = [
     {"type": "queued", "job": "job-0002", "spec": SPEC, "position": 0},
     {"type": "queued", "job": "job-0003", "spec": SPEC, "position": 1},
     {"type": "started", "job": "job-0003", "queue_wait_s": 0.0, "load_s": 0.1},
+    {"type": "set", "job": None, "set": "set-0002", "kind": "ab", "base": SPEC, "axes": [],
+     "variants": [{"label": "A", "changes": {}, "cell": [0], "job": "job-0002"},
+                  {"label": "B", "changes": {"steps": 2}, "cell": [1], "job": "job-0003"}]},
+    {"type": "pick", "set": "set-0002", "image": 0, "left": "job-0002", "right": "job-0003", "winner": "tie"},
+    {"type": "rating", "job": "job-0002", "image": 0, "stars": 3},
 ]
 
 values = st.recursive(
@@ -104,7 +111,14 @@ def test_a_mangled_session_is_refused_by_name_or_read_whole(files):
             event("accepted")
             session.unfinished()
             session.next_job_number()
+            session.next_set_number()
+            session.image_marks()
             select_jobs(session, None)
+            for set_id in session.sets:
+                session.wins(set_id)
+                contact_sheet(session, set_id)
+                comparison = Comparison.of_set(session, {}, set_id)
+                comparison.parameter_rows(), comparison.pick(), comparison.wins_text()
         summarize(folder)
         assert (folder / RECORD).read_bytes() == record and (folder / JOURNAL).read_bytes() == journal
-        assert sorted(p.name for p in folder.iterdir()) == ["images", JOURNAL, RECORD]
+        assert {p.name for p in folder.iterdir()} - {"sheets"} == {"images", JOURNAL, RECORD}

@@ -37,7 +37,7 @@ class Comparison:
                  variants: list[dict[str, Any]]):
         """`variants`: label and job of each, in reading order; a pinned image also has its `image`."""
         self.session, self.rows, self.set_id, self.variants = session, rows, set_id, variants
-        self.chosen = [0, 1]  # the variants on the left and on the right
+        self.chosen = [0, min(1, len(variants) - 1)]  # the variants on the left and on the right
         self.index = 0  # the image index of a set's pair
 
     @classmethod
