@@ -104,11 +104,10 @@ def _queue(dispatcher: Dispatcher, session: Session, job_ids: list[str]) -> dict
     specs = {job_id: JobSpec.from_dict(session.jobs[job_id]["spec"]) for job_id in job_ids}
     replayed: dict[str, Job] = {}
     for set_id, entry in session.sets.items():
-        variants = VariantSet.from_record(entry, specs)
+        variants, recorded = VariantSet.from_record(entry, specs)
         if variants.variants:
             _, jobs = dispatcher.submit_set(variants, set_id=set_id)
-            replayed.update({v["job"]: job for v, job in zip(
-                [v for v in entry["variants"] if v["job"] in specs], jobs)})
+            replayed.update(zip(recorded, jobs))
     for job_id in job_ids:
         if job_id not in replayed:
             replayed[job_id] = dispatcher.submit(specs[job_id])

@@ -13,6 +13,7 @@ Every path in the record is relative to the folder. UI side: YAML and JSON only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from .spec import MAX_COUNT
+from .spec import MAX_COUNT, JobSpec
 from .yamlfile import parse_yaml, read_utf8
 
 FORMAT = 1
@@ -34,6 +35,7 @@ RECORDED_EVENTS = ("queued", "started", "image", "done", "failed", "cancelled", 
 # What the user says of the images, appended by the workbench: who won a pair, how many stars.
 VERDICT_EVENTS = ("pick", "rating")
 TIE = "tie"
+JOB_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
 
 
 class SessionError(Exception):
@@ -317,17 +319,21 @@ def _set_problem(entry: Any) -> str | None:
             or base.get("count") not in range(1, MAX_COUNT + 1) \
             or not (base.get("seeds") is None or isinstance(base["seeds"], list) and all(map(_is_count, base["seeds"]))):
         return "has no base spec with a prompt, a model, a count and its seeds"
+    if not set(base) <= JOB_FIELDS:
+        return f"has a base spec with fields a job does not have: {', '.join(sorted(set(base) - JOB_FIELDS))}"
     if not isinstance(axes, list) or len(axes) > 3 or (entry["kind"] == "grid") != bool(axes) or not all(
             isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("text"), str)
             and isinstance(a.get("values"), list) and isinstance(a.get("labels"), list)
             and 0 < len(a["values"]) == len(a["labels"]) for a in axes):
         return "has axes without a name, text, values and labels (a grid has one to three, an A/B set none)"
-    sizes = [len(a["labels"]) for a in axes] or [len(variants) if isinstance(variants, list) else 0]
+    sizes = [len(a["labels"]) for a in axes] or [26]  # an A/B cell is the variant's letter: A to Z
     if not isinstance(variants, list) or not variants or not all(
             isinstance(v, dict) and isinstance(v.get("label"), str) and isinstance(v.get("job"), str)
             and isinstance(v.get("changes"), dict) and isinstance(v.get("cell"), list) and len(v["cell"]) == len(sizes)
             and all(_is_count(i) and i < n for i, n in zip(v["cell"], sizes)) for v in variants):
         return "has no list of variants, each with a label, a job, its changes and a cell inside the set"
+    if len({tuple(v["cell"]) for v in variants}) < len(variants):
+        return "has two variants in one cell"
     if not isinstance(picks, list) or not all(
             isinstance(p, dict) and _is_count(p.get("image"))
             and all(isinstance(p.get(k), str) for k in ("left", "right", "winner")) for p in picks):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from .session import TIE, Session
 from .variants import AXES
 
 MIN_SIDE, MAX_SIDE = 192, 512  # an image's longer side on the sheet
+MAX_SHEET, MIN_SLOT = 8192, 24  # a sheet's longer side; an image slot shrinks to fit, down to this
 PAD, LINE = 12, 20
 LABEL_WIDTH = 170  # the row labels on the left
 TITLE_HEIGHT = 2 * PAD + 5 * LINE  # set line, two of prompt, settings, axes
@@ -70,13 +72,21 @@ class Layout:
 
 
 def layout(session: Session, entry: dict[str, Any]) -> Layout:
-    """One layout for every page of a set: its slots fit the largest of its images."""
+    """One layout for every page of a set: its slots fit the largest of its images, made smaller
+    when the sheet would pass MAX_SHEET pixels a side (a 40 x 50 grid, say)."""
     sizes = [scaled(*size) for size in _sizes(session, entry)] or [(MIN_SIDE, MIN_SIDE)]
     slot = max(w for w, _ in sizes), max(h for _, h in sizes)
     count, axes = entry["base"]["count"], entry["axes"]
     if entry["kind"] == "ab":
-        return Layout(len(entry["variants"]), count, 1, slot)
-    return Layout(len(axes[0]["labels"]), len(axes[1]["labels"]) if len(axes) > 1 else 1, count, slot)
+        shape = (len(entry["variants"]), count, 1)
+    else:
+        shape = (len(axes[0]["labels"]), len(axes[1]["labels"]) if len(axes) > 1 else 1, count)
+    grid = Layout(*shape, slot)
+    while max(grid.size) > MAX_SHEET and min(grid.slot) > MIN_SLOT:
+        factor = min(0.9, MAX_SHEET / max(grid.size))
+        grid = Layout(*shape, (max(MIN_SLOT, int(slot[0] * factor)), max(MIN_SLOT, int(slot[1] * factor))))
+        slot = grid.slot
+    return grid
 
 
 def contact_sheet(session: Session, set_id: str) -> list[Path]:
@@ -94,9 +104,16 @@ def contact_sheet(session: Session, set_id: str) -> list[Path]:
 
 
 def _save(sheet: Image.Image, path: Path) -> Path:
-    part = path.with_name(path.name + ".part")
-    sheet.save(part, format="PNG")
-    os.replace(part, path)
+    """Atomically, through a temporary file of its own: two exports at once do not collide."""
+    fd, part = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sheet.save(f, format="PNG")
+        os.replace(part, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(part)
+        raise
     return path
 
 
@@ -107,11 +124,11 @@ def _draw(session: Session, set_id: str, entry: dict[str, Any], page: int | None
     _title(draw, session, set_id, entry, page, sheet.width - 2 * PAD)
     base, axes = entry["base"], entry["axes"]
     if entry["kind"] == "ab":
-        variants = sorted(entry["variants"], key=lambda v: v["cell"][0])
+        variants = sorted(entry["variants"], key=lambda v: v["cell"][0])  # a replay may hold only some
         headers = [" · ".join([v["label"], *(f"{k}: {value}" for k, value in v["changes"].items())]) for v in variants]
         seeds = base.get("seeds") or []
         rows = [f"#{i} seed {seeds[i] if i < len(seeds) else '?'}" for i in range(base["count"])]
-        places = [(v["job"], v["cell"][0], i, 0, i) for v in variants for i in range(base["count"])]
+        places = [(v["job"], column, i, 0, i) for column, v in enumerate(variants) for i in range(base["count"])]
     else:
         headers = [f"{axes[0]['name']}={label}" for label in axes[0]["labels"]]
         rows = [f"{axes[1]['name']}={label}" for label in axes[1]["labels"]] if len(axes) > 1 else [""]

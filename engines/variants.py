@@ -5,7 +5,7 @@
     grid   up to three axes (x, y, page) over any field, written as
                steps=4, 8, 16          a list
                steps=10..30 step 5     a numeric range (ends included; step 1 when left out)
-               prompt=cat -> dog, fox  the prompt with one word replaced (the first value is as written)
+               prompt=cat -> dog, fox  the prompt with a word replaced (the first value is as written)
            expanded into one job per cell, ordered so that the model changes least often.
 
 Pure data: no torch. Errors are SpecErrors naming the axis or field, so the CLI and the TUI show
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .spec import DEFAULT_SCHEDULER, MAX_STEPS, JobSpec, SpecError, check_scheduler, draw_seeds, parse_size
+from .spec import MAX_STEPS, JobSpec, SpecError, check_scheduler, draw_seeds, parse_size
 
 AXES = ("x", "y", "page")
 CONFIRM_ABOVE = 50  # a set of more jobs is queued only when the user confirms it
@@ -92,14 +92,15 @@ class VariantSet:
         return len(self.variants) > CONFIRM_ABOVE
 
     @classmethod
-    def from_record(cls, entry: dict[str, Any], specs: dict[str, JobSpec]) -> "VariantSet":
+    def from_record(cls, entry: dict[str, Any], specs: dict[str, JobSpec]) -> tuple["VariantSet", list[str]]:
         """A set as a session recorded it, with the variants whose jobs are in `specs` (job id ->
-        its recorded spec, seeds and all): a replay queues the same variants with the same seeds."""
-        variants = tuple(Variant(v["label"], v["changes"], tuple(v["cell"]), specs[v["job"]])
-                         for v in entry["variants"] if v["job"] in specs)
+        its recorded spec, seeds and all), and those jobs' ids in the set's order: a replay queues
+        the same variants with the same seeds."""
+        kept = [v for v in entry["variants"] if v["job"] in specs]
+        variants = tuple(Variant(v["label"], v["changes"], tuple(v["cell"]), specs[v["job"]]) for v in kept)
         axes = tuple(Axis(a["name"], a["text"], tuple(tuple(x) if isinstance(x, list) else x for x in a["values"]),
                           tuple(a["labels"])) for a in entry["axes"])
-        return cls(entry["kind"], JobSpec.from_dict(entry["base"]), variants, axes)
+        return cls(entry["kind"], JobSpec.from_dict(entry["base"]), variants, axes), [v["job"] for v in kept]
 
     def record(self) -> dict[str, Any]:
         """The set as a session records it (job ids are added by the Dispatcher)."""
@@ -145,13 +146,14 @@ def plan_grid(base: JobSpec, axes: dict[str, str]) -> VariantSet:
         raise SpecError(unknown[0], f"is not a grid axis; the axes are {', '.join(AXES)}")
     base = _with_seeds(base)
     base.validate()
-    parsed = [parse_axis(text, base, axis) for axis, text in axes.items() if text is not None and text.strip()]
-    if not parsed:
+    given = [axis for axis in AXES if (axes.get(axis) or "").strip()]
+    if not given:
         raise SpecError("x", "the grid has no axis; give one, for example steps=10..30 step 10")
-    names = [a.name for a in parsed]
-    for name in names:
-        if names.count(name) > 1 or (name == "size" and {"width", "height"} & set(names)):
-            raise SpecError(name, "is on two axes; put each field on one axis")
+    if given != list(AXES[:len(given)]):  # the columns first, then the rows, then the pages
+        missing = next(axis for axis in AXES if axis not in given)
+        raise SpecError(missing, f"a grid with a {given[-1]} axis needs a {missing} axis first")
+    parsed = [parse_axis(axes[axis], base, axis) for axis in given]
+    one_axis_per_field([a.name for a in parsed])
     total = 1
     for axis in parsed:
         total *= len(axis.values)
@@ -171,6 +173,12 @@ def plan_grid(base: JobSpec, axes: dict[str, str]) -> VariantSet:
             raise SpecError(e.field, f"in the cell {label}: {e.message}") from None
         variants.append(Variant(label, changes, cell, spec))
     return VariantSet("grid", base, tuple(_cheapest_order(variants)), tuple(parsed))
+
+
+def one_axis_per_field(names: list[str]) -> None:
+    for name in names:
+        if names.count(name) > 1 or (name == "size" and {"width", "height"} & set(names)):
+            raise SpecError(name, "is on two axes; put each field on one axis")
 
 
 def parse_axis(text: str, base: JobSpec, axis: str = "x") -> Axis:
@@ -217,8 +225,9 @@ def _replacement_axis(name: str, values: str, base: JobSpec, axis: str) -> Axis:
         raise SpecError(axis, f"a {name} axis replaces a word: {_EXAMPLES[name]}")
     field_name = AXIS_FIELDS[name][0]
     original = getattr(base, field_name)
-    if word not in original:
-        raise SpecError(axis, f"{word!r} is not in the {name.replace('negative', 'negative prompt')} "
+    pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")  # the word, not a part of another
+    if not pattern.search(original):
+        raise SpecError(axis, f"{word!r} is not a word of the {name.replace('negative', 'negative prompt')} "
                               f"{original!r}; replace a word that is there")
     words = [w.strip() for w in replacements.split(",")]
     if not replacements.strip() or "" in words:
@@ -227,13 +236,15 @@ def _replacement_axis(name: str, values: str, base: JobSpec, axis: str) -> Axis:
     duplicate = next((w for i, w in enumerate(labels) if w in labels[:i]), None)
     if duplicate is not None:
         raise SpecError(axis, f"{duplicate!r} appears twice in {values!r}")
-    return Axis(name, f"{name}={values}", (original, *(original.replace(word, w) for w in words)), labels)
+    replaced = tuple(pattern.sub(lambda _match, w=w: w, original) for w in words)
+    return Axis(name, f"{name}={values}", (original, *replaced), labels)
 
 
 def _parse_values(name: str, item: str, axis: str) -> list[Any]:
     try:
+        if name == "scheduler":
+            check_scheduler(item, None)
         if name in ("model", "scheduler"):
-            check_scheduler(item if name == "scheduler" else DEFAULT_SCHEDULER, None)
             return [item]
         if name == "size":
             return [parse_size(item)]

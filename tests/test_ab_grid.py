@@ -8,6 +8,7 @@ import sys
 from engines.compare import file_pixel_sha256
 from engines.dispatcher import CANCELLED, DONE, Dispatcher
 from engines.session import Session
+from engines.sheet import contact_sheet
 from engines.spec import JobSpec
 from engines.variants import plan_grid
 
@@ -59,7 +60,7 @@ def test_bad_grids_queue_nothing_and_say_why(tmp_path):
     for args, says in (
         (["--x", "steps="], "steps= has no values"),
         (["--x", "steps=10..30 step 0"], "step 0"),
-        (["--x", "prompt=horse -> dog"], "'horse' is not in the prompt"),
+        (["--x", "prompt=horse -> dog"], "'horse' is not a word of the prompt"),
         (["--x", "seed=1..60"], "60 jobs is more than 50; nothing queued (confirm, or pass --yes)"),
         (["--x", "model=demo, nope"], "variant model=nope: unknown model 'nope'"),
     ):
@@ -81,3 +82,17 @@ def test_a_replayed_ab_set_is_the_same_set_with_the_same_seeds(tmp_path):
     assert [replay.jobs[v["job"]]["spec"]["steps"] for v in replay.sets["set-0001"]["variants"]] == [2, 4]
     assert ({tuple(j["spec"]["seeds"]) for j in replay.jobs.values()}
             == {tuple(j["spec"]["seeds"]) for j in original.jobs.values()} == {(9,)})
+
+    part = diffdeck("replay", "s", "--jobs", "job-0002", cwd=tmp_path)  # B alone: a set of one variant
+    assert part.returncode == 0, part.stdout + part.stderr
+    alone = Session.open(tmp_path / "s" / "replay-2")
+    assert [v["label"] for v in alone.sets["set-0001"]["variants"]] == ["B"]
+    assert contact_sheet(alone, "set-0001")[0].is_file()
+
+
+def test_ab_varies_a_word_of_the_prompt(tmp_path):
+    result = diffdeck("ab", "a red cat", "--vary", "cat -> dog", "--vary", "steps=2,3", "--session", "s",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    variants = Session.open(tmp_path / "s").sets["set-0001"]["variants"]
+    assert [v["changes"] for v in variants] == [{"prompt": "a red cat", "steps": 2}, {"prompt": "a red dog", "steps": 3}]

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from engines.session import Session
-from engines.sheet import MIN_SIDE, MISSING, STAR, SheetError, contact_sheet, layout
+from engines.sheet import MAX_SHEET, MIN_SIDE, MIN_SLOT, MISSING, STAR, SheetError, contact_sheet, layout
 
 BASE = {"prompt": "a cat on a sofa", "model": "demo", "negative_prompt": "", "seed": 5, "seeds": [5, 6],
         "steps": 2, "guidance": 7.0, "width": 64, "height": 64, "scheduler": "euler", "count": 2, "group": None}
@@ -119,3 +119,13 @@ def test_an_unknown_set_is_refused_by_name(tmp_path):
     with pytest.raises(SheetError, match="set-0042"):
         contact_sheet(session, "set-0042")
     assert not (tmp_path / "s" / "sheets").exists()
+
+
+def test_a_huge_grid_makes_a_sheet_of_bounded_size(tmp_path):
+    session = Session.open(tmp_path / "s")
+    axes = [{"name": "steps", "text": "steps=1..40", "labels": [str(i) for i in range(40)], "values": list(range(40))},
+            {"name": "seed", "text": "seed=1..50", "labels": [str(i) for i in range(50)], "values": list(range(50))}]
+    entry = {"kind": "grid", "base": {"prompt": "p", "model": "demo", "count": 2}, "axes": axes,
+             "variants": [], "picks": []}
+    grid = layout(session, entry)
+    assert max(grid.size) <= MAX_SHEET and min(grid.slot) >= MIN_SLOT

@@ -6,7 +6,7 @@ from textual.widgets import DataTable, Input, Static
 from engines.session import Session
 from tui.screens.compare import CompareScreen
 from tui.screens.grid_dialog import GridDialog
-from tui.screens.grid_view import GridView
+from tui.screens.grid_view import Cell, GridView
 from tui.widgets.gallery import Thumb
 
 from test_tui import SIZE, make_app, until
@@ -111,3 +111,8 @@ async def test_grid_dialog_counts_before_queuing_and_refuses_bad_axes(tmp_path):
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, CompareScreen), timeout=5, what="two cells compared")
         assert "prompt=red · seed=1 | prompt=green · seed=1" in texts(app.screen, "#compare-title")
+        await pilot.press("a", "escape")  # the red cell wins; back in the grid view, it says so
+        await until(pilot, lambda: isinstance(app.screen, GridView), timeout=5, what="back to the grid")
+        await until(pilot, lambda: "wins: prompt=red · seed=1 1" in texts(app.screen, "#grid-title"), timeout=5,
+                    what="the pick counted in the grid view")
+        assert isinstance(app.screen.focused, Cell), "a cell keeps the focus when the page is drawn again"

@@ -75,7 +75,8 @@ def test_prompt_axis_replaces_a_word_and_keeps_the_original_first():
     ("steps=4, 4", "twice"),
     ("steps=four", "not a whole number"),
     ("steps=0..2", "outside"),
-    ("prompt=horse -> dog", "'horse' is not in the prompt"),
+    ("prompt=horse -> dog", "'horse' is not a word of the prompt"),
+    ("prompt=ca -> dog", "'ca' is not a word of the prompt"),
     ("prompt=cat ->", "needs words"),
     ("prompt=a cat, a dog", "replaces a word"),
     ("colour=red, blue", "not a field"),
@@ -105,6 +106,16 @@ def test_grid_order_changes_the_model_least_often():
     models = [v.spec.model for v in grid.variants]
     assert models == ["demo"] * 3 + ["demo2"] * 3 + ["tiny-sdxl"] * 3
     assert [v.spec.steps for v in grid.variants[:3]] == [2, 3, 4]
+
+
+def test_a_replaced_word_is_a_whole_word():
+    axis = parse_axis("cat -> dog", JobSpec(prompt="a cat, a concatenation, a cat."))
+    assert axis.values[1] == "a dog, a concatenation, a dog."
+
+
+def test_grid_axes_fill_columns_then_rows_then_pages():
+    assert refused(plan_grid, BASE, {"x": "steps=1,2", "page": "cfg=5,7"}).field == "y"
+    assert refused(plan_grid, BASE, {"y": "steps=1,2"}).field == "x"
 
 
 def test_grid_refusals():

@@ -168,8 +168,8 @@ class Workbench(App):
             if any(e.type in ("worker_ready", "worker_exited", "worker_evicted", "loading") for e in batch):
                 self._show_warm_models()
             self._redraw()
-            if isinstance(self.screen, CompareScreen) and any(e.type in ("image", "done", "failed") for e in batch):
-                self.screen.refresh_view()
+            if any(e.type in ("image", "done", "failed", "cancelled") for e in batch):
+                await self._refresh_set_view()
             await asyncio.sleep(REDRAW_S)
 
     def _redraw(self) -> None:
@@ -376,20 +376,26 @@ class Workbench(App):
         self.push_screen(CompareScreen(event.comparison, self.image_class))
 
     @on(CompareScreen.Picked)
-    def _picked(self, event: CompareScreen.Picked) -> None:
+    async def _picked(self, event: CompareScreen.Picked) -> None:
         self.session.pick(event.set_id, event.image, event.left, event.right, event.winner)
-        self._said_of_images()
+        await self._said_of_images()
 
     @on(CompareScreen.Rated)
-    def _rated(self, event: CompareScreen.Rated) -> None:
+    async def _rated(self, event: CompareScreen.Rated) -> None:
         self.session.rate(event.job_id, event.image, event.stars)
-        self._said_of_images()
+        await self._said_of_images()
 
-    def _said_of_images(self) -> None:
+    async def _said_of_images(self) -> None:
         self.marks = self.session.image_marks()
+        await self._refresh_set_view()
+        self.query_one(Gallery).show(self.board, self.marks)
+
+    async def _refresh_set_view(self) -> None:
+        """The compare view or grid view on top, drawn again from the session and the Board."""
         if isinstance(self.screen, CompareScreen):
             self.screen.refresh_view()
-        self.query_one(Gallery).show(self.board, self.marks)
+        elif isinstance(self.screen, GridView):
+            await self.screen.show_page()
 
     @on(CompareScreen.Export)
     def _export(self, event: CompareScreen.Export) -> None:

@@ -64,7 +64,7 @@ class Board:
     warm: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (loading / warm, worker pid)
     paused: bool = False
     last_done: str | None = None
-    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # set id -> kind, axes, variants
+    set_ids: list[str] = field(default_factory=list)  # A/B sets and grids, oldest first
     variant_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # job id -> (set id, variant label)
 
     def load(self, jobs: dict[str, dict[str, Any]], folder: Path, sets: dict[str, dict[str, Any]]) -> None:
@@ -94,7 +94,7 @@ class Board:
         return [self.jobs[job_id] for job_id in self.history + self.queue]
 
     def newest_set(self) -> str | None:
-        return next(reversed(self.sets), None)
+        return self.set_ids[-1] if self.set_ids else None
 
     def running(self) -> JobRow | None:
         return next((row for row in self.jobs.values() if row.status == "running"), None)
@@ -102,7 +102,8 @@ class Board:
     # events
 
     def _on_set(self, job_id: None, data: dict[str, Any]) -> None:
-        self.sets[data["set"]] = {k: data[k] for k in ("kind", "axes", "variants")}
+        if data["set"] not in self.set_ids:
+            self.set_ids.append(data["set"])
         for variant in data["variants"]:
             self.variant_of[variant["job"]] = (data["set"], variant["label"])
 

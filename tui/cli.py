@@ -31,7 +31,8 @@ from engines.session import (DEFAULT_ROOT, Session, SessionError, is_session, ne
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from engines.sheet import contact_sheet
 from engines.telemetry import Telemetry
-from engines.variants import AXIS_FIELDS, CONFIRM_ABOVE, VariantSet, parse_axis, plan_ab, plan_grid
+from engines.variants import (AXIS_FIELDS, CONFIRM_ABOVE, VariantSet, one_axis_per_field, parse_axis, plan_ab,
+                              plan_grid)
 from tui.config import IMAGE_MODES, ConfigError, load_config
 
 
@@ -219,18 +220,19 @@ def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
 def cmd_ab(args: argparse.Namespace) -> int:
     base = _job_spec(args, args.prompts[0])
     axes = [parse_axis(text, base, "--vary") for text in args.vary]
+    one_axis_per_field([axis.name for axis in axes])
     if any(axis.name == "seed" for axis in axes):
         raise SpecError("--vary", "variants share their seeds; to vary the seed, use diffdeck grid --x seed=...")
+    if len(args.prompts) > 1 and any(axis.name == "prompt" for axis in axes):
+        raise SpecError("--vary", "give several prompts or --vary prompt=..., not both")
     n = len(args.prompts) if len(args.prompts) > 1 else len(axes[0].values) if axes else 1
     for axis in axes:
         if len(axis.values) != n:
             raise SpecError("--vary", f"{axis.text} gives {len(axis.values)} values for {n} variants; "
                                       "give one per variant (for every combination, use diffdeck grid)")
     prompts = args.prompts if len(args.prompts) > 1 else args.prompts * n
-    specs = []
-    for i, prompt in enumerate(prompts):
-        changes = {k: v for axis in axes for k, v in axis.changes(i, base.count).items()}
-        specs.append(dataclasses.replace(base, prompt=prompt, **changes))
+    specs = [dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes for k, v in axis.changes(i, 1).items()}})
+             for i, prompt in enumerate(prompts)]
     return _run_set(args, plan_ab(specs))
 
 

@@ -111,8 +111,9 @@ class Comparison:
         rows = [(name, _value(left, key), _value(right, key)) for name, key in PARAMETERS]
         rows.append(("seed", _seed(left), _seed(right)))
         compared = [(name, a, b, a != b) for name, a, b in rows]
-        for name, key in (("denoise", "denoise_s"), ("decode", "decode_s"), ("total", "total_s")):
-            compared.append((name, _seconds(left, key), _seconds(right, key), False))
+        for name, keys in (("denoise", ("denoise_s",)), ("decode", ("decode_s",)),
+                           ("render", ("denoise_s", "decode_s", "save_s"))):  # no queue wait, no model load
+            compared.append((name, _seconds(left, keys), _seconds(right, keys), False))
         compared.append(("peak memory", _memory(left), _memory(right), False))
         compared.append(("rating", _stars(left.rating), _stars(right.rating), False))
         return compared
@@ -133,9 +134,10 @@ def _seed(side: Side) -> str:
     return str(side.image["seed"]) if side.image else "—"
 
 
-def _seconds(side: Side, key: str) -> str:
-    value = (side.image or {}).get("timings", {}).get(key)
-    return f"{value:.2f} s" if isinstance(value, (int, float)) else "—"
+def _seconds(side: Side, keys: tuple[str, ...]) -> str:
+    timings = (side.image or {}).get("timings", {})
+    parts = [timings.get(key) for key in keys]
+    return f"{sum(parts):.2f} s" if all(isinstance(p, (int, float)) for p in parts) else "—"
 
 
 def _memory(side: Side) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from PIL import Image
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -151,12 +152,10 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-measure", exit_on_error=False)
     def _measure(self, sides: list[Side]) -> None:
-        if not all(side.image for side in sides):
-            self.post_message(self.Measured(("", ""), "difference: waiting for both images"))
+        paths = tuple(side.image["path"] if side.image else "" for side in sides)
+        if not all(paths):
+            self.post_message(self.Measured(paths, "difference: waiting for both images"))
             return
-        from PIL import Image
-
-        paths = (sides[0].image["path"], sides[1].image["path"])
         try:
             with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
                 db, distance = measure(a, b)
@@ -168,7 +167,8 @@ class CompareScreen(Screen):
 
     @on(Measured)
     def _measured(self, event: Measured) -> None:
-        self.query_one("#measures", Static).update(event.text)
+        if event.paths == tuple(path or "" for path in self._drawn):  # not a pair already left behind
+            self.query_one("#measures", Static).update(event.text)
 
     # actions
 
@@ -214,7 +214,7 @@ class CompareScreen(Screen):
 
 def _changes(c: Comparison, which: int) -> str:
     variant = c.variants[c.chosen[which]]
-    changes = ", ".join(f"{k}={v}" for k, v in variant.get("changes", {}).items() if k not in ("seeds",))
+    changes = ", ".join(f"{k}={v}" for k, v in variant.get("changes", {}).items())
     return f" · {changes}" if changes and c.kind == "A/B" else ""
 
 

@@ -69,6 +69,7 @@ class GridDialog(ModalScreen[None]):
                       f"{len(self.plan.variants)} jobs, escape cancels", error=True)
             return
         self.post_message(self.Queue(self, self.plan))
+        self.plan = None  # one enter, one grid: a second before the dialog closes queues nothing
 
     def _say(self, text: str, error: bool = False) -> None:
         count = self.query_one("#grid-count", Static)

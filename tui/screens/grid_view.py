@@ -62,16 +62,21 @@ class GridView(Screen):
         yield Grid(id="grid-cells")
         yield Footer()
 
-    def on_mount(self) -> None:
-        self.show_page()
+    async def on_mount(self) -> None:
+        await self.show_page()
 
-    def show_page(self) -> None:
+    async def on_screen_resume(self) -> None:
+        await self.show_page()  # back from the compare view: picks and ratings may have changed
+
+    async def show_page(self) -> None:
+        """Draw the current page again (images that came, picks, ratings), keeping the focused cell."""
         c = self.comparison
         page = f" · page {self.page + 1}/{len(self.pages)}: {self.axis_names[2]}={self.pages[self.page]}" \
             if len(self.pages) > 1 else ""
         self.query_one("#grid-title", Static).update(f"{c.set_id} · grid{page} · {c.wins_text()}")
+        focused = self.focused.position if isinstance(self.focused, Cell) else None
         grid = self.query_one("#grid-cells", Grid)
-        grid.remove_children()
+        await grid.remove_children()
         grid.styles.grid_size_columns = len(self.x_labels) + 1
         x_name = self.axis_names[0]
         widgets: list[Any] = [Label(""), *(Label(f"{x_name}={x}", classes="axis") for x in self.x_labels)]
@@ -81,10 +86,10 @@ class GridView(Screen):
             for x in range(len(self.x_labels)):
                 position = self._position((x, y, self.page))
                 widgets.append(self._cell(position) if position is not None else Label("—"))
-        grid.mount_all(widgets)
-        first = grid.query(Cell)
-        if first:
-            first.first().focus()
+        await grid.mount_all(widgets)
+        cells = [w for w in widgets if isinstance(w, Cell)]
+        if cells:
+            next((cell for cell in cells if cell.position == focused), cells[0]).focus()
 
     def _position(self, cell: tuple[int, int, int]) -> int | None:
         """The variant at (x, y, page), as an index into the comparison's variants."""
@@ -114,10 +119,10 @@ class GridView(Screen):
             if cell.position == event.position and self.image_class:
                 cell.query_one(self.image_class).image = event.picture
 
-    def action_page(self, step: int) -> None:
+    async def action_page(self, step: int) -> None:
         if len(self.pages) > 1:
             self.page = (self.page + step) % len(self.pages)
-            self.show_page()
+            await self.show_page()
 
     def action_compare(self) -> None:
         focused = self.focused
