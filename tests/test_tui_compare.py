@@ -116,3 +116,26 @@ async def test_grid_dialog_counts_before_queuing_and_refuses_bad_axes(tmp_path):
         await until(pilot, lambda: "wins: prompt=red · seed=1 1" in texts(app.screen, "#grid-title"), timeout=5,
                     what="the pick counted in the grid view")
         assert isinstance(app.screen.focused, Cell), "a cell keeps the focus when the page is drawn again"
+
+
+async def test_two_pinned_images_open_side_by_side(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "sessions" / "examples" / "demo-red-circle"
+    shutil.copytree(example, tmp_path / "s")
+    app = make_app(tmp_path / "s")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(app.query(Thumb)) == 2, timeout=10, what="the two thumbnails")
+        for thumb in app.query(Thumb):
+            thumb.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: app.screen.id != "_default", timeout=5, what="the image view")
+            await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen), timeout=5, what="the pinned pair")
+        assert texts(app.screen, "#compare-title").startswith("pinned images · A | B")
+        await pilot.press("b")  # no set: no pick, and no crash
+        await pilot.press("4")
+        await until(pilot, lambda: "★★★★" in texts(app.screen, "#side-0 .side-caption"), timeout=5,
+                    what="the rating on the left image")
+    assert Session.open(tmp_path / "s").image_marks() == {("job-0001", 0): "★4"}
