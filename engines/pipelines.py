@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import torch
 
-from .previews import latents_to_rgb
+from .previews import latents_to_rgb, preview_factors
 from .registry import ModelFiles
 from .spec import SCHEDULERS, JobSpec, ModelSpec
 
@@ -67,6 +67,7 @@ class Model:
         self.folder = files.folder
         self._process = psutil.Process()
         self.pipe = self._load()
+        self.preview_factors = preview_factors(self.family, self.folder)
         self.pipeline_class = type(self.pipe).__name__
         self._default_scheduler = self.pipe.scheduler
 
@@ -140,7 +141,7 @@ class Model:
                 state["last_preview"] = now
                 x0 = _denoised_estimate(pipe.scheduler, state["prev"], latents)
                 on_preview(index, step + 1, latents_to_rgb(self._unpack(x0, spec)[0].float().cpu().numpy(),
-                                                            self.family))
+                                                            self.preview_factors))
             state["prev"] = latents.detach().clone()
             return kwargs
 

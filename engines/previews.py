@@ -1,12 +1,15 @@
 """Cheap step previews: a linear map from latent channels to RGB, as ComfyUI does.
 
 Worker side, numpy only: the worker hands over the denoised estimate as an array.
-Factors from REFERENCE.md; rows are latent channels, columns R, G, B.
+Factors from REFERENCE.md; rows are latent channels, columns R, G, B. A model whose latents are
+its own (the demo model has its own autoencoder) ships its map in `latent_rgb.json`.
 """
 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,15 +39,25 @@ FACTORS: dict[str, tuple[np.ndarray, np.ndarray]] = {
     "sd3": (np.array(_SD3, np.float32), np.array([0.2394, 0.2135, 0.1925], np.float32)),
     "flux": (np.array(_FLUX, np.float32), np.array([-0.0329, -0.0718, -0.0851], np.float32)),
 }
+LATENT_RGB_FILE = "latent_rgb.json"  # {"factors": [[r, g, b] per latent channel], "bias": [r, g, b]}
 PREVIEW_SIDE = 128  # longest side of a preview; a 1024x1024 SDXL latent is 128x128 anyway
 
 
-def latents_to_rgb(latents: np.ndarray, family: str) -> np.ndarray:
-    """(C, H, W) latents of one image -> (H, W, 3) uint8."""
-    factors, bias = FACTORS[family]
-    if latents.shape[0] != factors.shape[0]:
-        raise ValueError(f"{family} previews need {factors.shape[0]} latent channels, got {latents.shape[0]}")
-    rgb = np.moveaxis(latents.astype(np.float32), 0, -1) @ factors + bias
+def preview_factors(family: str, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own map from its folder's `latent_rgb.json` if it has one, else its family's."""
+    path = folder / LATENT_RGB_FILE if folder else None
+    if path is None or not path.is_file():
+        return FACTORS[family]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return np.array(data["factors"], np.float32), np.array(data["bias"], np.float32)
+
+
+def latents_to_rgb(latents: np.ndarray, factors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(C, H, W) latents of one image -> (H, W, 3) uint8, by `factors` (matrix, bias)."""
+    matrix, bias = factors
+    if latents.shape[0] != matrix.shape[0]:
+        raise ValueError(f"previews need {matrix.shape[0]} latent channels, got {latents.shape[0]}")
+    rgb = np.moveaxis(latents.astype(np.float32), 0, -1) @ matrix + bias
     return ((np.clip(rgb, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
