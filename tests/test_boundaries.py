@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers")
 # The worker side: the modules only `python -m engines.worker` (and offline builders) import.
-WORKER_SIDE = {"worker", "pipelines", "environment", "tinypipes", "build_demo", "previews", "bench_bare"}
+WORKER_SIDE = {"worker", "pipelines", "environment", "tinypipes", "build_demo", "previews", "bench_bare", "train"}
 UI_SIDE = sorted(p.stem for p in (ROOT / "engines").glob("*.py")
                  if p.stem not in WORKER_SIDE and p.stem != "__init__")
 
@@ -50,12 +50,12 @@ def test_the_workbench_leaves_torch_diffusers_transformers_unloaded():
 
 
 def test_engines_never_import_the_ui():
-    for path in (ROOT / "engines").glob("*.py"):
+    for path in (ROOT / "engines").rglob("*.py"):
         assert not imports_of(path) & {"tui", "textual", "textual_image"}, path.name
 
 
 def test_only_worker_side_modules_touch_torch():
-    for path in (ROOT / "engines").glob("*.py"):
+    for path in (ROOT / "engines").rglob("*.py"):
         names = imports_of(path)
         if names & set(HEAVY):
             assert path.stem in WORKER_SIDE, f"{path.name} imports {names & set(HEAVY)}"

@@ -1,5 +1,5 @@
 """The `diffdeck` command line: the workbench (`diffdeck [SESSION]`), and the headless commands
-render, resume, replay, sessions, models, doctor, bench.
+render, ab, grid, resume, replay, sessions, models, doctor, bench, demo-eval.
 
 The commands are clients of the Dispatcher, as the workbench is. Never imports torch; anything
 that needs it runs in a subprocess. Textual loads only when the workbench opens.
@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", parents=[common], help="report versions, GPUs, NVML and terminal image support")
     doctor.set_defaults(run=cmd_doctor)
+
+    demo_eval = commands.add_parser("demo-eval", parents=[common],
+                                    help="render fixed prompts on the demo model and score how well it follows them")
+    demo_eval.add_argument("--model", default="demo", help="the model to score (default: demo)")
+    demo_eval.add_argument("--per-group", type=_at_least_one, default=60, metavar="N",
+                           help="prompts per group: trained shape/colour pairs, held-out pairs (default: 60)")
+    demo_eval.add_argument("--json", action="store_true")
+    demo_eval.set_defaults(run=cmd_demo_eval)
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
     bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys"), default="render",
@@ -533,6 +541,36 @@ def terminal_report() -> list[str]:
     else:
         lines.append("images: not a terminal; run doctor in the terminal you will use")
     return lines
+
+
+# demo-eval
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def cmd_demo_eval(args: argparse.Namespace) -> int:
+    from engines.demo_train.evaluate import ATTRIBUTES, TARGETS, RenderFailed, meets_targets, run
+
+    registry = load_registry(args.models)
+    try:
+        results = run(registry, args.model, args.per_group)
+    except RenderFailed as e:
+        print(f"diffdeck: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{args.model}: share of images whose {', '.join(ATTRIBUTES)} match the prompt "
+              f"({args.per_group} prompts a group)")
+        print(f"{'':16}" + "".join(f"{a:>12}" for a in ATTRIBUTES))
+        for name, group in results.items():
+            print(f"{name:16}" + "".join(f"{group['accuracy'][a]:>11.0%} " for a in ATTRIBUTES))
+        print(f"{'target':16}" + "".join(f"{'>=' + format(TARGETS[a], '.0%') if a in TARGETS else '':>12}"
+                                         for a in ATTRIBUTES))
+    return 0 if meets_targets(results) else 1
 
 
 # bench

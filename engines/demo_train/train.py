@@ -1,0 +1,241 @@
+"""Train the built-in demo model from scratch on a CPU:
+
+    python -m engines.demo_train.train --out engines/demo_model [--unet-steps 5500] [--seed 20261122]
+
+Three stages, all on procedurally drawn scenes (`shapes`), every random draw from `--seed`:
+1. an AutoencoderKL (64x64 RGB <-> 8x8x4 latents), trained for reconstruction;
+2. the dataset: scenes drawn, encoded once to latents, captions tokenized once;
+3. a UNet2DConditionModel and a CLIPTextModel trained together for noise prediction, with 10 %
+   of captions dropped (so classifier-free guidance works), weights averaged (EMA) for export.
+The result is a StableDiffusionPipeline saved with `save_pretrained` as safetensors: the same
+components and code path as a real SD 1.x checkpoint. Worker side: imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ..previews import LATENT_RGB_FILE
+from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, draw, random_scene
+
+SEED = 20261122
+TEXT_DIM = 64
+MAX_TOKENS = 16  # the longest caption is 12 tokens with its start and end; the pipeline pads to this
+CAPTION_DROP = 0.1
+SNAPSHOT_SECONDS = 600
+BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def tokenizer() -> CLIPTokenizer:
+    """A word-level CLIP BPE tokenizer: each word of the grammar is one token. The merges are
+    learned as BPE learns them (most frequent pair first, on the grammar's words), so applying
+    them in order spells every word whole; any other text falls back to letters."""
+    words = ["a", "on", "background", ",", *SHAPES, *COLOURS, *SIZES, *POSITIONS]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    pieces = [[*word[:-1], word[-1] + "</w>"] for word in words]
+    merges = []
+    while any(len(p) > 1 for p in pieces):
+        pairs: dict[tuple[str, str], int] = {}
+        for p in pieces:
+            for pair in zip(p, p[1:]):
+                pairs[pair] = pairs.get(pair, 0) + 1
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))  # ties broken the same way every time
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        pieces = [_merge(p, best) for p in pieces]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+
+
+def _merge(pieces: list[str], pair: tuple[str, str]) -> list[str]:
+    out, i = [], 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+            out.append(pieces[i] + pieces[i + 1])
+            i += 2
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
+
+
+def text_encoder(vocab_size: int) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=TEXT_DIM, intermediate_size=128,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size, max_position_embeddings=MAX_TOKENS,
+        hidden_act="gelu"))
+
+
+def vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 32, 32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4, norm_num_groups=8, sample_size=64)
+
+
+def unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=16, norm_num_groups=16)
+
+
+def images(scenes, rng: random.Random) -> torch.Tensor:
+    """Scenes drawn (with jitter) as a batch in [-1, 1]."""
+    arrays = np.stack([np.asarray(draw(scene, rng), dtype=np.float32) for scene in scenes])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def train_vae(model: AutoencoderKL, steps: int, rng: random.Random, log) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = images([random_scene(rng) for _ in range(32)], rng)
+        posterior = model.encode(x).latent_dist
+        reconstruction = model.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, x) + 0.1 * F.l1_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f}")
+    model.eval()
+
+
+def caption(scene, rng: random.Random) -> str:
+    """The full caption most of the time; short forms too, so "a red circle" works."""
+    keep = frozenset(part for part in ("size", "background", "position") if rng.random() < 0.8)
+    return scene.caption(keep)
+
+
+@torch.no_grad()
+def dataset(model: AutoencoderKL, tok: CLIPTokenizer, count: int, rng: random.Random, log):
+    """Latents (scaled to unit variance) and token ids of `count` scenes, and the scaling factor."""
+    latents, captions = [], []
+    for start in range(0, count, 256):
+        scenes = [random_scene(rng) for _ in range(min(256, count - start))]
+        latents.append(model.encode(images(scenes, rng)).latent_dist.mean)
+        captions += [caption(scene, rng) for scene in scenes]
+    latents = torch.cat(latents)
+    scale = 1.0 / latents.std().item()
+    ids = tok(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    empty = tok([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids[0]
+    log(f"dataset: {count} scenes, latent scale {scale:.4f}")
+    return latents * scale, ids, empty, scale
+
+
+def train_unet(net: UNet2DConditionModel, encoder: CLIPTextModel, data, steps: int, log, snapshot=None):
+    """Returns the averaged (EMA) UNet and text encoder. `snapshot(net, encoder)`, if given, is
+    called with the averages every ten minutes, so a long run can be scored while it goes on."""
+    latents, ids, empty, _ = data
+    noise_schedule = DDPMScheduler(num_train_timesteps=1000, **BETAS)
+    alphas = noise_schedule.alphas_cumprod
+    parameters = [*net.parameters(), *encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01)
+    ema_net, ema_encoder = copy.deepcopy(net).eval(), copy.deepcopy(encoder).eval()
+    ema_pairs = [*zip(ema_net.parameters(), net.parameters()), *zip(ema_encoder.parameters(), encoder.parameters())]
+    net.train()
+    encoder.train()
+    start, batch = time.monotonic(), 64
+    next_snapshot = start + SNAPSHOT_SECONDS
+    for step in range(steps):
+        for group in optimizer.param_groups:  # warm up, then a cosine down to a tenth
+            group["lr"] = 5e-4 * min(1, (step + 1) / 200) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        pick = torch.randint(0, len(latents), (batch,))
+        x0, tokens = latents[pick], ids[pick].clone()
+        tokens[torch.rand(batch) < CAPTION_DROP] = empty
+        t = torch.randint(0, 1000, (batch,))
+        noise = torch.randn_like(x0)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(net(noisy, t, encoder(tokens).last_hidden_state).sample, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for average, current in ema_pairs:
+                average.lerp_(current, 1 - decay)
+        if step % 200 == 0:
+            log(f"unet step {step}/{steps} loss {loss.item():.4f} ({time.monotonic() - start:.0f} s)")
+        if snapshot and time.monotonic() > next_snapshot:
+            snapshot(ema_net, ema_encoder)
+            next_snapshot += SNAPSHOT_SECONDS
+    log(f"unet: {steps} steps of {batch} in {time.monotonic() - start:.0f} s")
+    return ema_net, ema_encoder
+
+
+@torch.no_grad()
+def write_latent_rgb(folder: Path, seed: int) -> None:
+    """Fit the linear latent -> RGB map that step previews use (engines.previews) to the saved
+    autoencoder, by least squares on 512 drawn scenes, and write it next to the pipeline."""
+    autoencoder = AutoencoderKL.from_pretrained(folder / "vae").eval()
+    rng = random.Random(seed + 1)
+    x = images([random_scene(rng) for _ in range(512)], rng)
+    latents = autoencoder.encode(x).latent_dist.mean * autoencoder.config.scaling_factor
+    inputs = torch.cat([latents, torch.ones_like(latents[:, :1])], 1).permute(0, 2, 3, 1).reshape(-1, 5)
+    targets = F.avg_pool2d(x, 8).permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(inputs, targets).solution
+    rows = [[round(value, 4) for value in row] for row in solution.tolist()]
+    (folder / LATENT_RGB_FILE).write_text(json.dumps({"factors": rows[:4], "bias": rows[4]}) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to save the pipeline in")
+    parser.add_argument("--unet-steps", type=int, default=5500, help="about 45 minutes on 2 CPU cores (default: 5500)")
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--scenes", type=int, default=40000, help="scenes in the UNet's dataset")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--snapshots", type=Path, metavar="DIR",
+                        help="save the averaged weights here every ten minutes, to score a run as it goes")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    began = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"[{time.monotonic() - began:7.0f} s] {text}", flush=True)
+
+    tok = tokenizer()
+    autoencoder = vae()
+    train_vae(autoencoder, args.vae_steps, rng, log)
+    data = dataset(autoencoder, tok, args.scenes, rng, log)
+    autoencoder.register_to_config(scaling_factor=data[3])
+
+    def save(net: UNet2DConditionModel, encoder: CLIPTextModel, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing of an earlier model stays behind
+        scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, timestep_spacing="trailing", steps_offset=1, **BETAS)
+        pipe = StableDiffusionPipeline(unet=net, vae=autoencoder, text_encoder=encoder, tokenizer=tok,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        log(f"saved {folder}")
+
+    net, encoder = train_unet(unet(), text_encoder(len(tok)), data, args.unet_steps, log,
+                              snapshot=args.snapshots and (lambda net, encoder: save(net, encoder, args.snapshots)))
+    save(net, encoder, args.out)
+    write_latent_rgb(args.out, args.seed)
+
+
+if __name__ == "__main__":
+    main()
