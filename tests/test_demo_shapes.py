@@ -39,10 +39,3 @@ def test_the_tokenizer_reads_each_word_of_the_grammar_as_one_token():
     assert tok.tokenize("a small red star on a blue background, top") == [
         "a</w>", "small</w>", "red</w>", "star</w>", "on</w>", "a</w>", "blue</w>", "background</w>", ",</w>", "top</w>"]
 
-
-def test_the_demo_models_description_names_everything_it_can_draw():
-    from engines.registry import DEMO
-
-    words = set(DEMO.description.replace(",", " ").replace(";", " ").split())
-    assert {*SHAPES, *COLOURS, *POSITIONS} <= words, {*SHAPES, *COLOURS, *POSITIONS} - words
-    assert f"[{'|'.join(SIZES)}]" in words

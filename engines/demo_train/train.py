@@ -202,7 +202,7 @@ def write_latent_rgb(folder: Path, seed: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to save the pipeline in")
-    parser.add_argument("--unet-steps", type=int, default=5500, help="about 45 minutes on 2 CPU cores (default: 5500)")
+    parser.add_argument("--unet-steps", type=int, default=5500, help="about 95 minutes on 2 CPU cores (default: 5500)")
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--scenes", type=int, default=40000, help="scenes in the UNet's dataset")
     parser.add_argument("--seed", type=int, default=SEED)
