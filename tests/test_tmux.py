@@ -42,6 +42,7 @@ def test_render_in_tmux_then_quit(tmp_path):
     try:
         wait_for(socket, "^p palette")
         tmux("send-keys", "-t", "dd", "-l", "a green ring", socket=socket)
+        wait_for(socket, "a green ring")  # typed keys are still in flight until they are drawn
         tmux("send-keys", "-t", "dd", "C-j", socket=socket)
         shown = wait_for(socket, " done ")
         assert "a green ring" in shown and "Traceback" not in shown

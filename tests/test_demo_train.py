@@ -1,0 +1,28 @@
+"""The training script end to end, in seconds: a few steps of each stage, then the pipeline it
+saves is loaded and rendered by the real engine, with its own preview map."""
+
+import json
+import subprocess
+import sys
+
+from test_ab_grid import diffdeck
+
+from engines.previews import LATENT_RGB_FILE
+
+
+def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
+    out = tmp_path / "model"
+    (out / "stale").mkdir(parents=True)  # an earlier model's leftovers do not survive
+    subprocess.run([sys.executable, "-m", "engines.demo_train.train", "--out", str(out), "--vae-steps", "2",
+                    "--unet-steps", "2", "--scenes", "64"], check=True, capture_output=True, timeout=300)
+    assert not (out / "stale").exists()
+    assert sorted(p.name for p in out.rglob("*.safetensors")) == [
+        "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", "model.safetensors"]
+    preview_map = json.loads((out / LATENT_RGB_FILE).read_text())
+    assert len(preview_map["factors"]) == 4 and all(len(row) == 3 for row in preview_map["factors"])
+
+    (tmp_path / "models.yaml").write_text(f"models:\n  mine:\n    source: {out}\n    memory_gb: 0.1\n")
+    result = diffdeck("render", "a small red star on a blue background, top", "--model", "mine", "--size", "64x64",
+                      "--steps", "2", "--session", "s", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == "mine"
