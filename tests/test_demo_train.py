@@ -1,5 +1,6 @@
 """The training script end to end, in seconds: a few steps of each stage, then the pipeline it
-saves is loaded and rendered by the real engine, with its own preview map."""
+saves is loaded and rendered by the real engine, with its own preview map; and an autoencoder that
+cannot reproduce the scenes stops the run before the UNet."""
 
 import json
 import subprocess
@@ -14,7 +15,7 @@ def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
     out = tmp_path / "model"
     (out / "stale").mkdir(parents=True)  # an earlier model's leftovers do not survive
     subprocess.run([sys.executable, "-m", "engines.demo_train.train", "--out", str(out), "--vae-steps", "2",
-                    "--unet-steps", "2", "--scenes", "64"], check=True, capture_output=True, timeout=300)
+                    "--unet-steps", "2", "--scenes", "64", "--no-gate"], check=True, capture_output=True, timeout=300)
     assert not (out / "stale").exists()
     assert sorted(p.name for p in out.rglob("*.safetensors")) == [
         "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", "model.safetensors"]
@@ -26,3 +27,13 @@ def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
                       "--steps", "2", "--session", "s", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["model"] == "mine"
+
+
+def test_an_autoencoder_that_misses_the_targets_stops_the_run_before_the_unet(tmp_path):
+    out = tmp_path / "model"
+    run = subprocess.run([sys.executable, "-m", "engines.demo_train.train", "--out", str(out), "--vae-steps", "2",
+                          "--unet-steps", "2", "--scenes", "64"], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "the autoencoder's reconstructions miss the targets (colour, background, shape, position)" in run.stderr
+    assert "Traceback" not in run.stderr and "unet step" not in run.stdout
+    assert not out.exists()

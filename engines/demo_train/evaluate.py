@@ -20,7 +20,7 @@ from PIL import Image
 from ..dispatcher import Dispatcher
 from ..registry import Registry
 from ..spec import JobSpec
-from .score import ATTRIBUTES, check
+from .score import ATTRIBUTES, TARGETS, check
 from .shapes import Scene, random_scene
 
 EVAL_SEED = 7
@@ -28,9 +28,6 @@ EVAL_SEED = 7
 
 class RenderFailed(Exception):
     """An evaluation image could not be rendered (the job failed or was held)."""
-
-
-TARGETS = {"colour": 0.9, "background": 0.9, "shape": 0.7, "position": 0.7}  # issue 6
 
 
 def eval_scenes(per_group: int) -> dict[str, list[Scene]]:
