@@ -169,7 +169,8 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
         dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
         offload=entry.get("offload", "none"), defaults=_size_split(defaults),
         memory_gb=entry.get("memory_gb"), roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
-        description=str(entry.get("description", "")), allow_pickle=entry.get("allow_pickle", False),
+        description=str(entry.get("description", "")), example=str(entry.get("example", "")),
+        allow_pickle=entry.get("allow_pickle", False),
     )
 
 

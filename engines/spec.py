@@ -184,6 +184,7 @@ class ModelSpec:
     memory_gb: float | None = None  # estimate used by the dispatcher's memory budget
     roles: tuple[str, ...] = ()
     description: str = ""
+    example: str = ""  # a prompt the model draws well, shown where the prompt is typed
     allow_pickle: bool = False  # load .bin/.ckpt weights; off: they can run code on load
 
     def to_dict(self) -> dict[str, Any]:

@@ -189,6 +189,11 @@ class TestParsing:
     def test_roles_default_to_none(self, tmp_path):
         assert parse_models_file(one_model(tmp_path / "models.yaml", "m"))["m"].roles == ()
 
+    def test_description_and_example_prompt_are_read(self, tmp_path):
+        path = one_model(tmp_path / "models.yaml", "m", extra="    description: a fox model\n    example: a fox, snow\n")
+        model = parse_models_file(path)["m"]
+        assert (model.description, model.example) == ("a fox model", "a fox, snow")
+
     def test_quoted_allow_pickle_is_refused_not_read_as_true(self, tmp_path):
         path = one_model(tmp_path / "models.yaml", "m", extra='    allow_pickle: "false"\n')
         with pytest.raises(RegistryError, match="allow_pickle must be true or false"):

@@ -6,10 +6,10 @@ import os
 import signal
 import time
 
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static, TextArea
 from textual.widgets.data_table import CellDoesNotExist
 
-from engines.registry import load_registry
+from engines.registry import DEMO_FOLDER, load_registry
 from engines.session import JOURNAL, Session
 from tui.app import Workbench
 from tui.config import load_config
@@ -218,4 +218,23 @@ async def test_prompt_history_walks_with_up_and_down_and_a_user_theme_applies(tm
             await pilot.press(key)
             walked.append(prompt.text)
         assert walked == ["two", "one", "two", ""]
+        await pilot.press("ctrl+q")
+
+
+async def test_the_prompt_editor_shows_what_the_chosen_model_draws(tmp_path):
+    (tmp_path / "models.yaml").write_text(
+        f"models:\n  foxes:\n    source: {DEMO_FOLDER}\n    description: draws foxes in the snow\n"
+        f"    example: a red fox in the snow\n  plain:\n    source: {DEMO_FOLDER}\n")
+    config = load_config()
+    app = Workbench(load_registry(tmp_path / "models.yaml"), Session.open(tmp_path / "s"), config,
+                    [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"))
+    async with app.run_test(size=SIZE) as pilot:
+        prompt, model = app.query_one("#prompt", TextArea), app.query_one("#model", Select)
+        model.value = "foxes"
+        await until(pilot, lambda: prompt.placeholder == "prompt, for example: a red fox in the snow",
+                    what="the model's example in the empty prompt")
+        assert model.tooltip == "draws foxes in the snow"
+        model.value = "plain"  # a models.yaml entry without an example or a description
+        await until(pilot, lambda: prompt.placeholder == "prompt", what="the placeholder to follow the model")
+        assert model.tooltip is None
         await pilot.press("ctrl+q")

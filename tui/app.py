@@ -114,7 +114,7 @@ class Workbench(App):
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
         self._restore_queue()
-        self._show_model_defaults(self.first_model)
+        self._show_model(self.first_model)
         self._redraw()
 
     async def action_quit(self) -> None:
@@ -183,10 +183,11 @@ class Workbench(App):
         labels = {name: f"{name} · {state}" for name, (state, _pid) in self.board.warm.items()}
         self.query_one(PromptEditor).show_models(labels)
 
-    def _show_model_defaults(self, model: str) -> None:
+    def _show_model(self, model: str) -> None:
         try:
-            files = self.registry.files(model)
-            self.query_one(PromptEditor).show_defaults(self.registry.defaults(model, files.family))
+            spec, files = self.registry.get(model), self.registry.files(model)
+            self.query_one(PromptEditor).show_model(self.registry.defaults(model, files.family), spec.example,
+                                                    spec.description)
         except RegistryError as e:
             self.notify(str(e), severity="error")
 
@@ -238,7 +239,7 @@ class Workbench(App):
 
     @on(PromptEditor.ModelChanged)
     def _model_changed(self, event: PromptEditor.ModelChanged) -> None:
-        self._show_model_defaults(event.model)
+        self._show_model(event.model)
 
     @on(PromptEditor.OpenInEditor)
     async def _open_in_editor(self, event: PromptEditor.OpenInEditor) -> None:

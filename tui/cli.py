@@ -480,7 +480,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "name": name, "source": spec.source, "family": files.family,
             "pipeline_class": files.pipeline_class, "offline": files.available,
             "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
-            "roles": list(spec.roles), "description": spec.description,
+            "roles": list(spec.roles), "description": spec.description, "example": spec.example,
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -493,6 +493,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
     for r in rows:
+        if r["description"]:
+            example = f' For example: "{r["example"]}"' if r["example"] else ""
+            print(f"  {r['name']}: {r['description']}.{example}")
         if r["problem"]:
             print(f"  {r['name']}: {r['problem']}")
     return 0

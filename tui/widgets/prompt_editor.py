@@ -125,8 +125,11 @@ class PromptEditor(Vertical):
         select.value = value
         select.mutate_reactive(Select.value)  # relabel even when the value stays
 
-    def show_defaults(self, defaults: dict[str, Any]) -> None:
-        """The model's defaults, as placeholders: an empty field means 'the model's'."""
+    def show_model(self, defaults: dict[str, Any], example: str, description: str) -> None:
+        """The model's defaults as placeholders (an empty field means 'the model's'), an example
+        prompt in the empty prompt, and what the model is as the picker's tooltip."""
+        self.query_one("#prompt", PromptArea).placeholder = f"prompt, for example: {example}" if example else "prompt"
+        self.query_one("#model", Select).tooltip = description or None
         self.query_one("#steps", Input).placeholder = str(defaults.get("steps", ""))
         self.query_one("#guidance", Input).placeholder = str(defaults.get("guidance", ""))
         if defaults.get("width"):
