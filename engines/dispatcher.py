@@ -73,6 +73,10 @@ class EventStream:
     def put(self, event: Event) -> None:
         self._queue.put_nowait(event)
 
+    def backlog(self) -> int:
+        """Events put and not yet taken: how far behind this subscriber is."""
+        return self._queue.qsize()
+
     def drain(self) -> list[Event]:
         """The events waiting right now, without waiting for more (to coalesce redraws)."""
         events = []
@@ -156,7 +160,8 @@ class Dispatcher:
 
     def submit(self, spec: JobSpec) -> Job:
         """Validate, resolve seeds and defaults, and queue. Raises SpecError or RegistryError."""
-        job = Job(f"job-{next(self._ids):04d}", self._resolve(spec))
+        resolved = self._resolve(spec)  # first: bad input uses up no job number
+        job = Job(f"job-{next(self._ids):04d}", resolved)
         self.jobs[job.id] = job
         return self._enqueue(job)
 

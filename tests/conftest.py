@@ -37,7 +37,18 @@ def registry(tmp_path, tiny_models):
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache_dir(tmp_path_factory):
-    """Weight hashes are cached under XDG_CACHE_HOME, settings read from XDG_CONFIG_HOME: tests
-    (and their subprocesses) use their own."""
+    """Weight hashes are cached under XDG_CACHE_HOME, settings read from XDG_CONFIG_HOME, the
+    engine daemon's state kept under XDG_STATE_HOME: tests (and their subprocesses) use their own,
+    and no render attaches to a daemon of the user's."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    os.environ.pop("DIFFDECK_SOCKET", None)
+    os.environ.pop("DIFFDECK_ENGINE", None)
+
+
+@pytest.fixture(autouse=True)
+def _own_runtime_dir(tmp_path_factory, monkeypatch):
+    """Each test its own runtime directory, so its own daemon socket: a daemon one test leaves
+    behind is never attached to by another."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))

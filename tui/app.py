@@ -2,7 +2,8 @@
 state (the session, the Board, the Dispatcher) and hand the widgets what to draw.
 
 Two subscribers read the Dispatcher's events: the session records each one as it comes (a
-kill loses nothing), and the Board folds them in batches, redrawn a few times a second.
+kill loses nothing; engines.recorded), and the Board folds them in batches, redrawn a few times
+a second.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import Footer, Static
 
-from engines.dispatcher import Dispatcher
+from engines.recorded import RecordedQueue
 from engines.registry import Registry, RegistryError
 from engines.session import Session
 from engines.sheet import SheetError, contact_sheet
@@ -74,11 +75,9 @@ class Workbench(App):
         self.first_model = "demo" if "demo" in registry.models else next(iter(registry.models))
         self.pinned: list[tuple[str, int]] = []
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
-        self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
-                                     first_set_number=session.next_set_number(), telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
-        self._tasks: list[asyncio.Task] = []
-        self._recorder = None
-        self._closed = False
+        self.engine = RecordedQueue(registry, session, telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
+        self.dispatcher = self.engine.dispatcher
+        self._following: asyncio.Task | None = None
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return dict(PRESSURE_COLOURS)
@@ -106,14 +105,14 @@ class Workbench(App):
         self.set_keymap(self.config.keys)
         self.board.load(self.session.jobs, self.session.folder, self.session.sets)
         self.marks = self.session.image_marks()
-        recorder, view = self.dispatcher.subscribe(), self.dispatcher.subscribe()
-        self.dispatcher.start()
-        self._recorder = recorder
-        self._tasks = [asyncio.create_task(self.session.record_events(recorder)),
-                       asyncio.create_task(self._follow(view))]
-        for task in self._tasks:
+        view = self.dispatcher.subscribe()
+        refused = self.engine.start()
+        self._following = asyncio.create_task(self._follow(view))
+        for task in (self.engine.recording, self._following):
             task.add_done_callback(self._task_ended)
-        self._restore_queue()
+        for job_id, error in refused:
+            self.board.not_resumed(job_id, error)
+            self.notify(f"{job_id} not resumed: {error}", severity="error", timeout=10)
         self._show_model(self.first_model)
         self._redraw()
 
@@ -125,25 +124,11 @@ class Workbench(App):
         await self._shut_down()  # however the app ends, the workers do not outlive it
 
     async def _shut_down(self) -> None:
-        """Leave queued and running jobs queued in the session: reopening it resumes them. So the
-        recording stops before the Dispatcher cancels what it has."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._recorder is not None:
-            for event in self._recorder.drain():  # emitted, not yet written
-                self.session.record_event(event)
-            self._recorder.close()
-        for job in self.dispatcher.jobs.values():
-            if job.status == "running":  # stopped by the user, not crashed: queued, not counted
-                self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(), "position": 0,
-                                     "worker_crashes": job.worker_crashes})
-        await self.dispatcher.close()
-        if self.session.jobs:
-            await asyncio.to_thread(self.session.compact)
+        """The workers do not outlive the app; queued and running jobs stay queued in the session."""
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
+        await self.engine.shut_down()
 
     def _task_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -151,14 +136,6 @@ class Workbench(App):
             self.notify(f"{type(error).__name__}: {error}. The session is no longer being recorded or the "
                         "screen updated; quit and reopen it", title="diffdeck stopped following the queue",
                         severity="error", timeout=60)
-
-    def _restore_queue(self) -> None:
-        for job_id, job in self.session.unfinished():
-            try:
-                self.dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"])
-            except (SpecError, RegistryError) as e:  # left queued in the session, for another day
-                self.board.not_resumed(job_id, str(e))
-                self.notify(f"{job_id} not resumed: {e}", severity="error", timeout=10)
 
     async def _follow(self, events) -> None:
         while True:

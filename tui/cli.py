@@ -1,5 +1,6 @@
 """The `diffdeck` command line: the workbench (`diffdeck [SESSION]`), and the headless commands
-render, ab, grid, resume, replay, sessions, models, doctor, bench, demo-eval.
+render, ab, grid, resume, replay, sessions, models, doctor, bench, demo-eval; and the engine
+daemon's serve, status, stop, attach (tui.daemon_cli).
 
 The commands are clients of the Dispatcher, as the workbench is. Never imports torch; anything
 that needs it runs in a subprocess. Textual loads only when the workbench opens.
@@ -12,15 +13,14 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, TextIO
 
 from engines import __version__
-from engines.dispatcher import CANCELLED, DONE, FINISHED, Dispatcher, Job
+from engines.daemon import DaemonError
+from engines.dispatcher import Dispatcher, Job
 from engines.metadata import MetadataError, image_job
 from engines.pairs import set_differences
 from engines.probe import probe_environment
@@ -34,6 +34,9 @@ from engines.telemetry import Telemetry
 from engines.variants import (AXIS_FIELDS, CONFIRM_ABOVE, VariantSet, one_axis_per_field, parse_axis, plan_ab,
                               plan_grid)
 from tui.config import IMAGE_MODES, ConfigError, load_config
+from tui.daemon_cli import add_commands as add_daemon_commands
+from tui.daemon_cli import add_engine_options, daemon_connection, render_attached
+from tui.follow import exit_status, follow_jobs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("prompts", nargs="*", metavar="PROMPT", help="one job per prompt, queued in order")
     render.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
                         help="render a diffdeck image again from its own record (its spec and seed)")
+    add_engine_options(render)
     render.set_defaults(run=cmd_render)
 
     large = f"queue a set of more than {CONFIRM_ABOVE} jobs without asking"
@@ -135,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
     bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
     bench.set_defaults(run=cmd_bench)
+    add_daemon_commands(commands, common)
     return parser
 
 
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
             return args.run(args)
         return run_workbench(build_workbench_parser().parse_args(argv))
-    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError) as e:
+    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError, DaemonError) as e:
         print(f"diffdeck: error: {e}", file=sys.stderr)
         return 2
 
@@ -212,6 +217,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
     else:
         specs = [_job_spec(args, prompt) for prompt in args.prompts]
+    connect = daemon_connection(args)
+    if args.fetch and not connect:
+        raise SpecError("--fetch", "copies images from a daemon; this render is local (--engine daemon, or --remote HOST)")
+    if connect:
+        return asyncio.run(render_attached(connect, specs, args.json, args.fetch))
     session = Session.open(args.session or new_session_dir())
     return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
 
@@ -326,79 +336,18 @@ def _run_session(registry: Registry, session: Session, queue_jobs, as_json: bool
 async def _render(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
     """Queue jobs with `queue_jobs(dispatcher)`, record every event in the session, print each
     image as it is saved. Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
-    progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
     async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
                           first_set_number=session.next_set_number()) as dispatcher:
         events = dispatcher.subscribe()
-        jobs = {job.id: job for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
+        jobs = {job.id: job.spec.model for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
-        unfinished = set(jobs)
         try:
-            while unfinished:
-                event = await anext(events)
-                if event.job not in jobs and event.job is not None:
-                    continue
-                session.record_event(event)
-                if progress:
-                    progress.show(event)
-                if event.type == "image":
-                    if progress:
-                        progress.clear()  # the path goes on a line of its own
-                    _print_image(event.data, jobs[event.job], as_json)
-                if event.type in FINISHED:
-                    unfinished.discard(event.job)
+            ended = await follow_jobs(events, jobs, as_json, session.record_event)
         finally:
             events.close()
             loop.remove_signal_handler(signal.SIGINT)
-            if progress:
-                progress.clear()
-    status = 0
-    for job in jobs.values():
-        if job.status == CANCELLED:
-            print(f"diffdeck: {job.id} cancelled", file=sys.stderr)
-            status = status or 130
-        elif job.status != DONE:
-            print(f"diffdeck: error: {job.id} {job.status}: {job.error}", file=sys.stderr)
-            status = 1
-    return status
-
-
-def _print_image(data: dict[str, Any], job, as_json: bool) -> None:
-    if not as_json:
-        print(data["path"], flush=True)
-        return
-    record = {
-        "path": data["path"], "seed": data["seed"], "model": job.spec.model, "job": job.id,
-        "image": data["image"],
-        "timings": {"queue_wait_s": job.timings["queue_wait_s"], "load_s": job.timings["load_s"], **data["timings"]},
-        "peak_memory": data["peak_memory"],
-    }
-    print(json.dumps(record), flush=True)
-
-
-class Progress:
-    """A one-line progress report on a terminal, rewritten in place."""
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-        self.width = shutil.get_terminal_size().columns - 1
-
-    def show(self, event) -> None:
-        d = event.data
-        text = {
-            "loading": lambda: f"loading {d['model']} (worker {d['pid']})",
-            "started": lambda: f"{event.job}: rendering on {d['model']}",
-            "step": lambda: (f"{event.job}: image {d['image'] + 1}/{d['count']}  step {d['step']}/{d['total']}"
-                             f"  {d['it_s'] or 0:.1f} it/s"),
-        }.get(event.type)
-        if text:
-            self.stream.write("\r" + text()[: self.width].ljust(self.width))
-            self.stream.flush()
-
-    def clear(self) -> None:
-        self.stream.write("\r" + " " * self.width + "\r")
-        self.stream.flush()
+    return exit_status(ended)
 
 
 # replay

@@ -1,0 +1,139 @@
+"""A client of the engine daemon (engines.daemon): over its Unix socket on this machine, or over
+a command's stdin and stdout, such as `ssh HOST diffdeck attach --stdio` for a daemon on another
+machine. Calls are answered in order of their ids; events arrive as they happen.
+
+UI side: never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from .daemon import LINE_LIMIT, PROTOCOL, DaemonError, encode, peer_uid, socket_path
+from .dispatcher import Event
+
+
+class EngineClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 process: asyncio.subprocess.Process | None = None):
+        self._reader, self._writer, self._process = reader, writer, process
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._reading: asyncio.Task | None = None
+        self.hello: dict[str, Any] = {}
+        self.closed_because: str | None = None
+
+    async def __aenter__(self) -> "EngineClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @classmethod
+    async def connect(cls, path: Path | None = None) -> "EngineClient":
+        path = path or socket_path()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonError(f"no diffdeck daemon is listening on {path} (diffdeck serve starts one)") from None
+        except OSError as e:
+            raise DaemonError(f"cannot connect to {path}: {e}") from None
+        theirs = peer_uid(writer.get_extra_info("socket"))
+        if theirs is not None and theirs != os.getuid():  # a socket planted where ours should be
+            writer.close()
+            raise DaemonError(f"the daemon on {path} runs as uid {theirs}, not as you; not talking to it")
+        return await cls(reader, writer)._handshake()
+
+    @classmethod
+    async def over_command(cls, argv: list[str]) -> "EngineClient":
+        """Speak the protocol over a command's stdin and stdout (its stderr is the user's)."""
+        try:
+            # a process session of its own: ctrl+c detaches this client, it does not kill the line
+            process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                           stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
+                                                           start_new_session=True)
+        except OSError as e:
+            raise DaemonError(f"could not run {argv[0]}: {e}") from None
+        return await cls(process.stdout, process.stdin, process)._handshake()
+
+    async def _handshake(self) -> "EngineClient":
+        try:
+            self._writer.write(encode({"hello": {"protocol": PROTOCOL}}))
+            line = await self._reader.readline()
+        except (ConnectionError, ValueError) as e:
+            await self.close()
+            raise DaemonError(f"the connection broke before the daemon answered: {e}") from None
+        if not line:
+            await self.close()
+            raise DaemonError("the connection closed before the daemon answered")
+        try:
+            answer = json.loads(line)
+            error, self.hello = answer.get("error"), answer.get("hello")
+        except (ValueError, AttributeError):
+            error = f"the first line that came back was not a diffdeck daemon's: {line[:80]!r}"
+        if error or not isinstance(self.hello, dict):
+            await self.close()
+            raise DaemonError(error or f"the first line that came back was not a diffdeck daemon's: {line[:80]!r}")
+        self._reading = asyncio.create_task(self._read())
+        return self
+
+    async def call(self, name: str, **args: Any) -> Any:
+        """One Dispatcher command; raises DaemonError with the daemon's message when it refuses."""
+        if self.closed_because:
+            raise DaemonError(self.closed_because)
+        request_id = next(self._ids)
+        answer = self._pending[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            self._writer.write(encode({"id": request_id, "call": name, "args": args}))
+            await self._writer.drain()
+        except ConnectionError as e:
+            self._pending.pop(request_id, None)
+            raise DaemonError(f"the connection to the daemon broke: {e}") from None
+        return await answer
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event from the moment of attaching, until the connection closes."""
+        while (event := await self._events.get()) is not None:
+            yield event
+
+    async def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._writer.close()
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            await self._process.wait()
+
+    async def _read(self) -> None:
+        reason = "the daemon closed the connection"
+        try:
+            while line := await self._reader.readline():
+                message = json.loads(line)
+                if "event" in message:
+                    self._events.put_nowait(Event(**message["event"]))
+                elif message.get("id") in self._pending:
+                    answer = self._pending.pop(message["id"])
+                    if "error" in message:
+                        answer.set_exception(DaemonError(message["error"]))
+                    else:
+                        answer.set_result(message.get("result"))
+                elif "error" in message:
+                    reason = message["error"]
+        except (ConnectionError, ValueError, TypeError, AttributeError) as e:
+            reason = f"the connection to the daemon broke: {e}"
+        finally:  # however it ends (closed, broken, cancelled), nobody waits for an answer forever
+            self.closed_because = reason
+            for answer in self._pending.values():
+                if not answer.done():
+                    answer.set_exception(DaemonError(reason))
+            self._pending.clear()
+            self._events.put_nowait(None)

@@ -1,0 +1,61 @@
+"""A Dispatcher bound to a Session: every event recorded as it comes, the session's unfinished
+jobs queued again at start, and at shut-down whatever is queued or running left queued in the
+session, so the next start resumes it. The workbench and the engine daemon both run one.
+
+UI side: never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .dispatcher import RUNNING, Dispatcher, EventStream
+from .registry import Registry, RegistryError
+from .session import Session
+from .spec import SpecError
+
+
+class RecordedQueue:
+    def __init__(self, registry: Registry, session: Session, **dispatcher_options):
+        self.session = session
+        self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
+                                     first_set_number=session.next_set_number(), **dispatcher_options)
+        self.recording: asyncio.Task | None = None
+        self._recorder: EventStream | None = None
+        self._closed = False
+
+    def start(self) -> list[tuple[str, str]]:
+        """Start recording and rendering, and queue the session's unfinished jobs again. Returns
+        the jobs that could not be (an unknown model, say), each with why: they stay queued in
+        the session, for another day."""
+        self._recorder = self.dispatcher.subscribe()
+        self.dispatcher.start()
+        self.recording = asyncio.create_task(self.session.record_events(self._recorder))
+        refused = []
+        for job_id, job in self.session.unfinished():
+            try:
+                self.dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"])
+            except (SpecError, RegistryError) as e:
+                refused.append((job_id, str(e)))
+        return refused
+
+    async def shut_down(self) -> None:
+        """Stop the workers, leaving queued and running jobs queued in the session. So the
+        recording stops before the Dispatcher cancels what it has."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.recording is not None:
+            self.recording.cancel()
+            await asyncio.gather(self.recording, return_exceptions=True)
+        if self._recorder is not None:
+            for event in self._recorder.drain():  # emitted, not yet written
+                self.session.record_event(event)
+            self._recorder.close()
+        for job in self.dispatcher.jobs.values():
+            if job.status == RUNNING:  # stopped by the user, not crashed: queued, not counted
+                self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(), "position": 0,
+                                     "worker_crashes": job.worker_crashes})
+        await self.dispatcher.close()
+        if self.session.jobs:
+            await asyncio.to_thread(self.session.compact)
