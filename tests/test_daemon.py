@@ -190,7 +190,7 @@ def test_a_client_of_another_version_or_sending_garbage_is_told_what_is_wrong(da
         return answers
 
     hello = json.dumps({"hello": {"protocol": PROTOCOL}}).encode()
-    (other,), = [asyncio.run(exchange(json.dumps({"hello": {"protocol": PROTOCOL + 1}}).encode()))]
+    (other,) = asyncio.run(exchange(json.dumps({"hello": {"protocol": PROTOCOL + 1}}).encode()))
     assert f"speaks diffdeck protocol {PROTOCOL}" in other["error"] and f"spoke {PROTOCOL + 1}" in other["error"]
     _, unknown, bad_args, missing = asyncio.run(exchange(
         hello, b'{"id": 1, "call": "explode"}', b'{"id": 2, "call": "cancel", "args": [1]}',

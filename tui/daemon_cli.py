@@ -235,9 +235,12 @@ def daemon_connection(args: argparse.Namespace) -> Connect | None:
         ssh = shlex.split(os.environ.get("DIFFDECK_SSH", "ssh"))
         remote = shlex.split(os.environ.get("DIFFDECK_REMOTE", "diffdeck"))
         return lambda: EngineClient.over_command([*ssh, args.remote, *remote, "attach", "--stdio"])
-    if args.engine == "local" or (args.engine == "auto" and (args.session or not _answers())):
+    if args.engine == "local" or (args.engine == "auto" and args.session):
         return None  # --session names a folder of the user's: that render writes it itself
-    if not _answers():
+    running = _answers()  # one probe: each is a connection, a hello and a state
+    if not running and args.engine == "auto":
+        return None
+    if not running:
         start_daemon(args.models)
     return EngineClient.connect
 
