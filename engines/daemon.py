@@ -7,11 +7,16 @@ Dispatcher's own API as JSON lines, one object a line:
 
     client: {"hello": {"protocol": 1}}
     daemon: {"hello": {"protocol": 1, "version": ..., "session": ..., "jobs": [...], "queue": [...], "paused": ...}}
-    client: {"id": 1, "call": "submit", "args": {"spec": {...}}}   (or cancel, cancel_all, move, retry,
-            pause, resume, state, stop, image: a PNG as base64, whole or fitted to max_side)
+    client: {"id": 1, "call": "submit", "args": {"spec": {...}}}   (or submit_set, cancel, cancel_all,
+            move, retry, pause, resume, pick, rate, state, stop, image: a PNG as base64, whole or
+            fitted to max_side)
     daemon: {"id": 1, "result": {...}}  or  {"id": 1, "error": "..."}   (an answer may come before
             the events its call caused)
-    daemon: {"event": {"type": "progress", "job": "job-0001", "data": {...}}}  (every event, to every client)
+    daemon: {"event": {"type": "progress", "job": "job-0001", "data": {...}}}  (every event, to every
+            client; a pick or rating one client made comes to all as an event too)
+
+The hello carries the session's whole record (jobs, sets, picks, ratings), so a client can draw
+what happened before it attached, and follow the events from there.
 
 A client of another protocol version gets {"error": ...} naming both versions, then the line
 closes. UI side: never imports torch.
@@ -41,7 +46,9 @@ from . import __version__
 from .dispatcher import QUEUED, RUNNING, Event, EventStream, Job
 from .recorded import RecordedQueue
 from .registry import RegistryError
+from .session import SessionError
 from .spec import JobSpec, SpecError
+from .variants import VariantSet
 from .telemetry import WorkerView
 
 PROTOCOL = 1
@@ -213,7 +220,7 @@ class Daemon:
                                               f"the client spoke {theirs}: run the same diffdeck version on both ends"}))
                 return
             events = self._connections[writer] = self.dispatcher.subscribe()  # before the snapshot: nothing falls between
-            writer.write(encode({"hello": self.state()}))
+            writer.write(encode({"hello": {**self.state(), "record": self.engine.session.record}}))
             forward = asyncio.create_task(_forward(events, writer))
             try:
                 while line := await reader.readline():
@@ -239,13 +246,16 @@ class Daemon:
             return {"id": request.get("id"), "result": self._call(call, args)}
         except KeyError as e:
             return {"id": request.get("id"), "error": f"{call!r} needs the argument {e}"}
-        except (SpecError, RegistryError, ValueError, TypeError, OSError) as e:
+        except (SpecError, RegistryError, SessionError, ValueError, TypeError, OSError) as e:
             return {"id": request.get("id"), "error": str(e)}
 
     def _call(self, call: Any, args: dict[str, Any]) -> Any:
         d = self.dispatcher
         if call == "submit":
             return job_state(d.submit(JobSpec.from_dict(args["spec"])))
+        if call == "submit_set":
+            set_id, jobs = d.submit_set(VariantSet.from_dict(args["set"]))
+            return {"set": set_id, "jobs": [job.id for job in jobs]}
         if call == "cancel":
             return d.cancel(args["job"])
         if call == "cancel_all":
@@ -263,6 +273,11 @@ class Daemon:
             return None
         if call == "state":
             return self.state()
+        if call == "pick":
+            return self._pass_on(self.engine.session.pick(args["set"], int(args["image"]), args["left"],
+                                                          args["right"], args["winner"]))
+        if call == "rate":
+            return self._pass_on(self.engine.session.rate(args["job"], int(args["image"]), int(args["stars"])))
         if call == "image":
             if args["job"] not in d.jobs:
                 raise ValueError(f"no job {args['job']!r} in this daemon")
@@ -272,6 +287,12 @@ class Daemon:
             self.stop(bool(args.get("now")))
             return {"queued_left": queued}
         raise ValueError(f"unknown call {call!r}")
+
+    def _pass_on(self, said: dict[str, Any]) -> None:
+        """What a user said of an image (a pick, a rating; recorded), to every client as an event."""
+        event = Event(said["type"], said.get("job"), {k: v for k, v in said.items() if k not in ("type", "job")})
+        for events in self._connections.values():
+            events.put(event)
 
 
 def image_png(job: Job, index: int, max_side: int | None, resolve) -> dict[str, Any]:

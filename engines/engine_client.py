@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from .daemon import LINE_LIMIT, PROTOCOL, DaemonError, encode, peer_uid, socket_path
 from .dispatcher import Event
@@ -25,7 +25,7 @@ class EngineClient:
         self._reader, self._writer, self._process = reader, writer, process
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._events = Events()
         self._reading: asyncio.Task | None = None
         self.hello: dict[str, Any] = {}
         self.closed_because: str | None = None
@@ -98,10 +98,9 @@ class EngineClient:
             raise DaemonError(f"the connection to the daemon broke: {e}") from None
         return await answer
 
-    async def events(self) -> AsyncIterator[Event]:
+    def events(self) -> "Events":
         """Every event from the moment of attaching, until the connection closes."""
-        while (event := await self._events.get()) is not None:
-            yield event
+        return self._events
 
     async def close(self) -> None:
         if self._reading is not None:
@@ -119,7 +118,7 @@ class EngineClient:
             while line := await self._reader.readline():
                 message = json.loads(line)
                 if "event" in message:
-                    self._events.put_nowait(Event(**message["event"]))
+                    self._events.put(Event(**message["event"]))
                 elif message.get("id") in self._pending:
                     answer = self._pending.pop(message["id"])
                     if "error" in message:
@@ -136,4 +135,38 @@ class EngineClient:
                 if not answer.done():
                     answer.set_exception(DaemonError(reason))
             self._pending.clear()
-            self._events.put_nowait(None)
+            self._events.end()
+
+
+class Events:
+    """A daemon's events as they arrive, read as a Dispatcher's EventStream is: one at a time
+    (the iteration ends with the connection) or all that are waiting (`drain`)."""
+
+    def __init__(self):
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the connection ended
+
+    def put(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    def drain(self) -> list[Event]:
+        events = []
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if event is None:
+                self._queue.put_nowait(None)  # the end stays, for the next read
+                break
+            events.append(event)
+        return events
+
+    def __aiter__(self) -> "Events":
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)
+            raise StopAsyncIteration
+        return event

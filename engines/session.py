@@ -174,8 +174,8 @@ class Session:
         async for event in events:
             self.record_event(event)
 
-    def append(self, event: dict[str, Any]) -> None:
-        """Record one event: applied in memory, and one line appended to the journal."""
+    def append(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Record one event: applied in memory, and one line appended to the journal. Returns it as recorded."""
         if event["type"] == "image":
             event = {**event, "path": os.path.relpath(Path(event["path"]).resolve(), self.folder.resolve())}
         self.apply(event)
@@ -184,6 +184,7 @@ class Session:
             self._journal = open(self.folder / JOURNAL, "a", encoding="utf-8")
         self._journal.write(json.dumps(event, separators=(",", ":")) + "\n")
         self._journal.flush()  # in the OS once written: a kill -9 of diffdeck loses nothing
+        return event
 
     def apply(self, event: dict[str, Any]) -> None:
         kind, job_id = event["type"], event.get("job")
@@ -235,14 +236,16 @@ class Session:
         if event["winner"] is not None:
             entry["picks"].append({k: event[k] for k in ("image", "left", "right", "winner")})
 
-    def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
-        self.append({"type": "pick", "set": set_id, "image": image, "left": left, "right": right, "winner": winner})
+    def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> dict[str, Any]:
+        """Record who won a pair; returns the event recorded."""
+        return self.append({"type": "pick", "set": set_id, "image": image, "left": left, "right": right,
+                            "winner": winner})
 
-    def rate(self, job_id: str, image: int, stars: int) -> None:
-        """1 to 5 stars; 0 takes the rating back."""
+    def rate(self, job_id: str, image: int, stars: int) -> dict[str, Any]:
+        """1 to 5 stars; 0 takes the rating back. Returns the event recorded."""
         if not 0 <= stars <= 5:
             raise ValueError(f"a rating is 1 to 5 stars (0 clears it), not {stars}")
-        self.append({"type": "rating", "job": job_id, "image": image, "stars": stars})
+        return self.append({"type": "rating", "job": job_id, "image": image, "stars": stars})
 
     def wins(self, set_id: str) -> dict[str, int]:
         """Picks won per variant label, and ties, in the set's variant order."""

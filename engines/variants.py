@@ -106,6 +106,16 @@ class VariantSet:
         """The set as a session records it (job ids are added by the Dispatcher)."""
         return {"kind": self.kind, "base": self.base.to_dict(), "axes": [a.to_dict() for a in self.axes]}
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole set, each variant with its spec: sent to an engine daemon to be queued there."""
+        return {**self.record(), "variants": [{**v.to_dict(), "spec": v.spec.to_dict()} for v in self.variants]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VariantSet":
+        numbered = [{**v, "job": str(i)} for i, v in enumerate(data["variants"])]
+        specs = {v["job"]: JobSpec.from_dict(v["spec"]) for v in numbered}
+        return cls.from_record({**data, "variants": numbered}, specs)[0]
+
 
 def plan_ab(specs: list[JobSpec]) -> VariantSet:
     """Variants given whole. The first is the base; the others may differ from it only in

@@ -1,9 +1,11 @@
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import yaml
+from daemons import serve
 
 from engines.registry import DEMO, DEMO_FOLDER, load_registry
 
@@ -52,3 +54,13 @@ def _own_runtime_dir(tmp_path_factory, monkeypatch):
     """Each test its own runtime directory, so its own daemon socket: a daemon one test leaves
     behind is never attached to by another."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A real `diffdeck serve` process, with its own socket (the runtime directory is the test's)."""
+    process = serve(tmp_path)
+    yield process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)

@@ -4,7 +4,6 @@ with -9 that resumes its queue, a remote engine over a stand-in for ssh, and the
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
@@ -14,66 +13,17 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from test_ab_grid import diffdeck
 
+from daemons import PROMPT, serve, state, stop, until_done
+
 from engines.daemon import PROTOCOL, DaemonError, socket_path
 from engines.engine_client import EngineClient
 from engines.session import Session
-
-PROMPT = "a large red circle on a blue background"
-
-
-def serve(cwd: Path, *args: str) -> subprocess.Popen:
-    """`diffdeck serve --foreground`, once it answers as itself (not a dead daemon's socket)."""
-    log = cwd / "daemon.log"
-    with open(log, "a") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "tui", "serve", "--foreground", *args], cwd=cwd,
-                                  stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        with contextlib.suppress(DaemonError):
-            if state()["pid"] == daemon.pid:
-                return daemon
-        assert daemon.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the daemon did not answer"
-        time.sleep(0.05)
-
-
-def state() -> dict:
-    async def ask():
-        async with await EngineClient.connect() as client:
-            return await client.call("state")
-    return asyncio.run(ask())
-
-
-def until_done(job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = next((j for j in state()["jobs"] if j["id"] == job_id), None)
-        if job and job["status"] in ("done", "failed", "held", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"{job_id} did not finish")
-
-
-def stop(daemon: subprocess.Popen, *args: str) -> None:
-    result = diffdeck("stop", *args, cwd=Path.cwd())
-    assert result.returncode == 0, result.stderr
-    assert daemon.wait(timeout=60) == 0
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    process = serve(tmp_path)
-    yield process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def test_a_render_outlives_its_client_and_a_new_client_sees_it_done(tmp_path, daemon):

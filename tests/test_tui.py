@@ -13,6 +13,7 @@ from engines.registry import DEMO_FOLDER, load_registry
 from engines.session import JOURNAL, Session
 from tui.app import Workbench
 from tui.config import load_config
+from tui.engine_link import LocalEngine
 from tui.images import image_widget
 from tui.screens.help import HelpScreen
 from tui.themes import load_theme
@@ -24,8 +25,9 @@ SIZE = (120, 40)
 
 def make_app(folder, config_dir=None, **kwargs):
     config = load_config(config_dir) if config_dir else load_config()
-    return Workbench(load_registry(None), Session.open(folder), config, [load_theme(p) for p in config.theme_files],
-                     image_class=image_widget("halfcell"), telemetry_interval_s=0.2, **kwargs)
+    registry = load_registry(None)
+    return Workbench(registry, LocalEngine(registry, Session.open(folder), telemetry_interval_s=0.2), config,
+                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"), **kwargs)
 
 
 async def until(pilot, condition, timeout=90.0, what="the condition"):
@@ -60,7 +62,7 @@ def cell(app, job_id, column):
 async def test_a_prompt_goes_queued_running_done_and_its_thumbnail_appears(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:
-        events = app.dispatcher.subscribe()
+        events = app.engine.dispatcher.subscribe()
         await type_prompt(pilot, "a red circle", steps=400)
         shown, previews = [], []
 
@@ -101,7 +103,7 @@ async def test_an_invalid_size_is_marked_on_its_field_and_nothing_is_queued(tmp_
         size = app.query_one("#size", Input)
         assert size.has_class("-invalid")
         assert "60 is not a multiple of 8" in str(app.query_one("#problem", Static).render())
-        assert app.dispatcher.jobs == {} and not (tmp_path / "s" / JOURNAL).exists()
+        assert app.engine.dispatcher.jobs == {} and not (tmp_path / "s" / JOURNAL).exists()
         await pilot.click("#size")
         await pilot.press("end", "backspace")
         await pilot.pause()
@@ -118,7 +120,7 @@ async def test_cancel_a_running_job_with_a_remapped_key(tmp_path):
         await until(pilot, lambda: statuses(app).get("job-0001") == "running", what="job-0001 running")
         await pilot.press("f3", "k")
         await until(pilot, lambda: statuses(app)["job-0001"] == "cancelled", timeout=10, what="cancelled")
-        assert app.dispatcher.jobs["job-0001"].status == "cancelled"
+        assert app.engine.dispatcher.jobs["job-0001"].status == "cancelled"
         await pilot.press("f1")
         assert isinstance(app.screen, HelpScreen)
         assert ("queue", "k", "Cancel", "cancel_job") in app.screen.rows
@@ -141,7 +143,7 @@ async def test_the_queue_reorders_and_runs_in_its_new_order(tmp_path):
         await pilot.press("home", "d")  # the cursor follows job-0003; down one place
         await until(pilot, lambda: app.board.queue == ["job-0001", "job-0003", "job-0002"], what="moved down")
         assert [app.query_one(QueueView).get_row_at(i)[5] for i in range(3)] == ["first", "third", "second"]
-        events = app.dispatcher.subscribe()
+        events = app.engine.dispatcher.subscribe()
         await pilot.press("p")  # resume
         await until(pilot, lambda: all(s == "done" for s in statuses(app).values()), what="all done")
         started = [e.job for e in events.drain() if e.type == "started"]
@@ -154,7 +156,7 @@ async def test_a_worker_killed_mid_job_fails_that_job_and_the_app_carries_on(tmp
     async with app.run_test(size=SIZE) as pilot:
         await type_prompt(pilot, "doomed", steps=1000, count=8)
         await until(pilot, lambda: statuses(app).get("job-0001") == "running", what="job-0001 running")
-        os.kill(app.dispatcher.workers["demo"].pid, signal.SIGKILL)
+        os.kill(app.engine.dispatcher.workers["demo"].pid, signal.SIGKILL)
         await until(pilot, lambda: statuses(app)["job-0001"] == "failed", timeout=10, what="failed")
         assert "killed by SIGKILL" in cell(app, "job-0001", "progress")
         app.query_one("#prompt").text = ""
@@ -226,7 +228,8 @@ async def test_the_prompt_editor_shows_what_the_chosen_model_draws(tmp_path):
         f"models:\n  foxes:\n    source: {DEMO_FOLDER}\n    description: draws foxes in the snow\n"
         f"    example: a red fox in the snow\n  plain:\n    source: {DEMO_FOLDER}\n")
     config = load_config()
-    app = Workbench(load_registry(tmp_path / "models.yaml"), Session.open(tmp_path / "s"), config,
+    registry = load_registry(tmp_path / "models.yaml")
+    app = Workbench(registry, LocalEngine(registry, Session.open(tmp_path / "s")), config,
                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"))
     async with app.run_test(size=SIZE) as pilot:
         prompt, model = app.query_one("#prompt", TextArea), app.query_one("#model", Select)

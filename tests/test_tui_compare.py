@@ -41,7 +41,7 @@ async def test_ab_from_the_editor_then_pick_a_winner_and_rate_and_the_session_ke
     async with app.run_test(size=SIZE) as pilot:
         await take_ab(pilot, "a red circle", "a blue circle")
         await until(pilot, lambda: all_done(app) and len(app.board.jobs) == 2, what="both variants rendered")
-        a, b = app.dispatcher.jobs["job-0001"], app.dispatcher.jobs["job-0002"]
+        a, b = app.engine.dispatcher.jobs["job-0001"], app.engine.dispatcher.jobs["job-0002"]
         assert a.spec.seeds == b.spec.seeds == (11, 12) and a.spec.group == b.spec.group == "set-0001"
         assert not app.query_one("#variants").has_class("-shown"), "queuing the set leaves A/B"
 
@@ -97,11 +97,11 @@ async def test_grid_dialog_counts_before_queuing_and_refuses_bad_axes(tmp_path):
         assert texts(dialog, "#grid-count").startswith("2 × 30 = 60 jobs")
         dialog.query_one("#axis-x", Input).focus()
         await pilot.press("enter")
-        assert "enter again" in texts(dialog, "#grid-count") and not app.dispatcher.jobs, "a large grid asks first"
+        assert "enter again" in texts(dialog, "#grid-count") and not app.engine.dispatcher.jobs, "a large grid asks first"
         dialog.query_one("#axis-y", Input).value = "seed=1, 2"
         await pilot.press("enter")
         await until(pilot, lambda: not isinstance(app.screen, GridDialog), timeout=5, what="the dialog closed")
-        assert [j.spec.prompt for j in app.dispatcher.jobs.values()] == ["a red circle", "a green circle"] * 2
+        assert [j.spec.prompt for j in app.engine.dispatcher.jobs.values()] == ["a red circle", "a green circle"] * 2
         await until(pilot, lambda: all_done(app) and len(app.board.jobs) == 4, what="the grid rendered")
 
         await pilot.press("f5")

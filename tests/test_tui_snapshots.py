@@ -14,6 +14,7 @@ from engines.session import Session
 from engines.telemetry import Telemetry
 from tui.app import Workbench
 from tui.config import load_config
+from tui.engine_link import LocalEngine
 from tui.images import image_widget
 from tui.themes import load_theme
 from tui.screens.compare import CompareScreen
@@ -25,9 +26,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "sessions" / "examples"
 def example(tmp_path, name):
     shutil.copytree(EXAMPLES / name, tmp_path / name)
     config = load_config()
-    return Workbench(load_registry(None), Session.open(tmp_path / name), config,
-                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"),
-                     telemetry=Telemetry(FakeNVML(worker_pid=0)), telemetry_interval_s=3600)
+    registry = load_registry(None)
+    engine = LocalEngine(registry, Session.open(tmp_path / name), telemetry=Telemetry(FakeNVML(worker_pid=0)),
+                         telemetry_interval_s=3600)
+    return Workbench(registry, engine, config, [load_theme(p) for p in config.theme_files],
+                     image_class=image_widget("halfcell"))
 
 
 @pytest.fixture

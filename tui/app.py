@@ -1,9 +1,11 @@
-"""The workbench: a client of the Dispatcher. Widgets post messages; the handlers here own the
-state (the session, the Board, the Dispatcher) and hand the widgets what to draw.
+"""The workbench: a client of the engine, in this process or an engine daemon's (tui.engine_link).
+Widgets post messages; the handlers here own the state (the session, the Board, the engine) and
+hand the widgets what to draw.
 
-Two subscribers read the Dispatcher's events: the session records each one as it comes (a
-kill loses nothing; engines.recorded), and the Board folds them in batches, redrawn a few times
-a second.
+In this process, two subscribers read the Dispatcher's events: the session records each one as it
+comes (a kill loses nothing; engines.recorded), and the Board folds them in batches, redrawn a few
+times a second. Attached to a daemon, the daemon records, and the Board folds what comes over
+the connection.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
@@ -24,18 +26,18 @@ from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import Footer, Static
 
-from engines.recorded import RecordedQueue
+from engines.daemon import DaemonError
 from engines.registry import Registry, RegistryError
-from engines.session import Session
+from engines.session import VERDICT_EVENTS
 from engines.sheet import SheetError, contact_sheet
 from engines.spec import JobSpec, SpecError
-from engines.telemetry import Telemetry
 from engines.variants import VariantSet, plan_ab
 from themes import STYLESHEET
 
 from .board import Board
 from .comparison import Comparison
 from .config import Config
+from .engine_link import AttachedEngine, LocalEngine
 from .images import thumbnail
 from .screens.compare import CompareScreen
 from .screens.grid_dialog import GridDialog
@@ -61,22 +63,20 @@ class Workbench(App):
         Binding("f3", "focus('queue')", "Queue", id="focus_queue"),
         Binding("f4", "focus_gallery", "Gallery", id="focus_gallery"),
         Binding("f5", "compare", "Compare", id="compare"),
+        Binding("f10", "detach", "Detach", id="detach"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
-    def __init__(self, registry: Registry, session: Session, config: Config, themes: list[Theme], *,
-                 image_class: Any = None, hint: str | None = None, telemetry: Telemetry | None = None,
-                 telemetry_interval_s: float = 1.0):
+    def __init__(self, registry: Registry, engine: LocalEngine | AttachedEngine, config: Config,
+                 themes: list[Theme], *, image_class: Any = None, hint: str | None = None):
         super().__init__()
         self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
-        self.registry, self.session, self.config, self.themes = registry, session, config, themes
+        self.registry, self.engine, self.config, self.themes = registry, engine, config, themes
         self.image_class, self.hint = image_class, hint
         self.board = Board()
         self.first_model = "demo" if "demo" in registry.models else next(iter(registry.models))
         self.pinned: list[tuple[str, int]] = []
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
-        self.engine = RecordedQueue(registry, session, telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
-        self.dispatcher = self.engine.dispatcher
         self._following: asyncio.Task | None = None
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -95,22 +95,36 @@ class Workbench(App):
             yield Static(self.hint, id="hint")
         yield Footer()
 
+    @property
+    def session(self):
+        """What the views read: the session being recorded, or an attached daemon's, mirrored."""
+        return self.engine.session
+
     def _title_text(self) -> str:
-        return f"diffdeck · session {self.session.folder.name}"
+        engine = f" · engine: {self.engine.where} (F10 detaches; the queue goes on)" if self.engine.attached else ""
+        return f"diffdeck · session {self.session.folder.name}{engine}"
 
     async def on_mount(self) -> None:
         for theme in self.themes:
             self.register_theme(theme)
         self.theme = self.config.theme
         self.set_keymap(self.config.keys)
+        try:
+            started = await self.engine.start()
+        except DaemonError as e:
+            self.exit(return_code=2, message=f"diffdeck: error: {e}")
+            return
+        self.query_one("#title", Static).update(self._title_text())
         self.board.load(self.session.jobs, self.session.folder, self.session.sets)
+        for event in started.preface:
+            self.board.apply(event)
         self.marks = self.session.image_marks()
-        view = self.dispatcher.subscribe()
-        refused = self.engine.start()
-        self._following = asyncio.create_task(self._follow(view))
-        for task in (self.engine.recording, self._following):
+        self._following = asyncio.create_task(self._follow(started.events))
+        for task in (*started.watched, self._following):
             task.add_done_callback(self._task_ended)
-        for job_id, error in refused:
+        if started.preface:
+            self._show_warm_models()
+        for job_id, error in started.refused:
             self.board.not_resumed(job_id, error)
             self.notify(f"{job_id} not resumed: {error}", severity="error", timeout=10)
         self._show_model(self.first_model)
@@ -120,11 +134,19 @@ class Workbench(App):
         await self._shut_down()
         self.exit()
 
+    async def action_detach(self) -> None:
+        """Leave an engine daemon's queue running (as quitting does), with a key that says so."""
+        await self.action_quit()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.engine.attached if action == "detach" else True  # a local engine stops with the workbench
+
     async def on_unmount(self) -> None:
         await self._shut_down()  # however the app ends, the workers do not outlive it
 
     async def _shut_down(self) -> None:
-        """The workers do not outlive the app; queued and running jobs stay queued in the session."""
+        """Workers of this process do not outlive the app (queued and running jobs stay queued in the
+        session); a daemon's go on."""
         if self._following is not None:
             self._following.cancel()
             await asyncio.gather(self._following, return_exceptions=True)
@@ -133,19 +155,28 @@ class Workbench(App):
     def _task_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
+            if isinstance(error, DaemonError):
+                self.notify(f"{error}. Its queue goes on there: quit, and open diffdeck again to attach",
+                            title="the connection to the engine daemon is gone", severity="error", timeout=60)
+                return
             self.notify(f"{type(error).__name__}: {error}. The session is no longer being recorded or the "
                         "screen updated; quit and reopen it", title="diffdeck stopped following the queue",
                         severity="error", timeout=60)
 
     async def _follow(self, events) -> None:
         while True:
-            batch = [await anext(events), *events.drain()]
+            try:
+                batch = await self.engine.absorb([await anext(events), *events.drain()])
+            except StopAsyncIteration:  # only an attached engine's events end
+                raise DaemonError(self.engine.client.closed_because) from None
             for event in batch:
                 self.board.apply(event)
             if any(e.type in ("worker_ready", "worker_exited", "worker_evicted", "loading") for e in batch):
                 self._show_warm_models()
             self._redraw()
-            if any(e.type in ("image", "done", "failed", "cancelled") for e in batch):
+            if any(e.type in VERDICT_EVENTS for e in batch):  # said in another attached workbench
+                await self._said_of_images()
+            elif any(e.type in ("image", "done", "failed", "cancelled") for e in batch):
                 await self._refresh_set_view()
             await asyncio.sleep(REDRAW_S)
 
@@ -171,32 +202,34 @@ class Workbench(App):
     # the prompt editor
 
     @on(PromptEditor.Submitted)
-    def _submit(self, event: PromptEditor.Submitted) -> None:
-        job = self._from_editor(lambda: self.dispatcher.submit(event.spec))
-        if job is not None:
-            self.query_one(PromptEditor).accepted(job.spec)
+    async def _submit(self, event: PromptEditor.Submitted) -> None:
+        queued = await self._from_editor(lambda: self.engine.submit(event.spec))
+        if queued is not None:
+            self.query_one(PromptEditor).accepted(queued[1])
 
     @on(PromptEditor.VariantsSubmitted)
-    def _submit_variants(self, event: PromptEditor.VariantsSubmitted) -> None:
-        def queue() -> tuple[VariantSet, str]:
+    async def _submit_variants(self, event: PromptEditor.VariantsSubmitted) -> None:
+        async def queue() -> tuple[VariantSet, str]:
             variants = plan_ab(event.specs)
-            return variants, self.dispatcher.submit_set(variants)[0]
+            return variants, await self.engine.submit_set(variants)
 
-        queued = self._from_editor(queue)
+        queued = await self._from_editor(queue)
         if queued is not None:
             variants, set_id = queued
             self.query_one(PromptEditor).accepted(variants.base)
             self.notify(f"{set_id}: A/B, {variants.describe()}; F5 compares them")
 
-    def _from_editor(self, queue: Callable[[], Any]) -> Any:
+    async def _from_editor(self, queue: Callable[[], Awaitable[Any]]) -> Any:
         """Queue what the editor asked for; a value that cannot be used is marked on its field."""
         editor = self.query_one(PromptEditor)
         try:
-            return queue()
+            return await queue()
         except SpecError as e:
             editor.mark_invalid(e)
         except RegistryError as e:
             editor.mark_invalid(SpecError("model", str(e)))
+        except DaemonError as e:  # the daemon's own check, or the connection
+            self.notify(str(e), severity="error", timeout=10)
         return None
 
     @on(PromptEditor.GridRequested)
@@ -204,10 +237,10 @@ class Workbench(App):
         self.push_screen(GridDialog(event.spec))
 
     @on(GridDialog.Queue)
-    def _submit_grid(self, event: GridDialog.Queue) -> None:
+    async def _submit_grid(self, event: GridDialog.Queue) -> None:
         try:
-            set_id, _jobs = self.dispatcher.submit_set(event.variants)
-        except (SpecError, RegistryError) as e:
+            set_id = await self.engine.submit_set(event.variants)
+        except (SpecError, RegistryError, DaemonError) as e:
             event.dialog.refused(str(e))
             return
         event.dialog.dismiss()
@@ -239,41 +272,41 @@ class Workbench(App):
     # the queue
 
     @on(QueueView.Command)
-    def _queue_command(self, event: QueueView.Command) -> None:
-        d, job_id = self.dispatcher, event.job_id
+    async def _queue_command(self, event: QueueView.Command) -> None:
+        engine, job_id = self.engine, event.job_id
         try:
             if event.action == "pause":
-                d.resume() if d.paused else d.pause()
+                await engine.call("resume" if engine.paused else "pause")
             elif event.action == "cancel_all":
-                self.notify(f"cancelled {d.cancel_all()} job(s)")
+                self.notify(f"cancelled {await engine.call('cancel_all')} job(s)")
             elif job_id is None:
                 return
             elif event.action == "cancel":
-                if not d.cancel(job_id):
-                    self.notify(f"{job_id} is {d.jobs[job_id].status}; nothing to cancel", severity="warning")
+                if not await engine.call("cancel", job_id=job_id):
+                    self.notify(f"{job_id} is {self.board.jobs[job_id].status}; nothing to cancel", severity="warning")
             elif event.action in ("move_up", "move_down", "to_front"):
-                self._move(job_id, event.action)
+                await self._move(job_id, event.action)
             elif event.action in ("retry", "force_retry"):
-                d.retry(job_id, force=event.action == "force_retry")
+                await engine.call("retry", job_id=job_id, force=event.action == "force_retry")
             elif event.action == "edit":
-                self._edit(job_id)
+                await self._edit(job_id)
             elif event.action == "compare":
                 self._compare_job(job_id)
-        except (KeyError, ValueError, SpecError, RegistryError) as e:
+        except (KeyError, ValueError, SpecError, RegistryError, DaemonError) as e:
             self.notify(str(e).strip("'\""), severity="warning")
 
-    def _move(self, job_id: str, action: str) -> None:
-        queue = [job.id for job in self.dispatcher.queue]  # the Board's may be a redraw behind
+    async def _move(self, job_id: str, action: str) -> None:
+        queue = await self.engine.queue_order()  # the Board's may be a redraw behind
         if job_id not in queue:
             raise ValueError(f"{job_id} is {self.board.jobs[job_id].status}; only queued jobs move")
         here = queue.index(job_id)
-        self.dispatcher.move(job_id, {"move_up": here - 1, "move_down": here + 1, "to_front": 0}[action])
+        await self.engine.call("move", job_id=job_id,
+                               position={"move_up": here - 1, "move_down": here + 1, "to_front": 0}[action])
 
-    def _edit(self, job_id: str) -> None:
+    async def _edit(self, job_id: str) -> None:
         """Load the job into the editor; a queued one leaves the queue until it is submitted again."""
-        job = self.dispatcher.jobs.get(job_id)
-        if job is not None and job.status == "queued":
-            self.dispatcher.cancel(job_id)
+        if job_id in await self.engine.queue_order():
+            await self.engine.call("cancel", job_id=job_id)
         self.query_one(PromptEditor).load(self.board.jobs[job_id].spec)
 
     # the gallery
@@ -299,14 +332,14 @@ class Workbench(App):
         screen = ImageScreen(job_id, self.board.jobs[job_id].spec, image, picture, self.image_class)
         self.push_screen(screen, lambda choice: self._image_choice(job_id, image, choice))
 
-    def _image_choice(self, job_id: str, image: dict[str, Any], choice: str | None) -> None:
+    async def _image_choice(self, job_id: str, image: dict[str, Any], choice: str | None) -> None:
         spec = self.board.jobs[job_id].spec
         if choice == "requeue":  # this one image again, with its own seed
             try:
                 fields = {k: v for k, v in spec.items() if k not in ("seeds", "seed", "count")}
-                job = self.dispatcher.submit(JobSpec.from_dict({**fields, "seed": image["seed"], "count": 1}))
-                self.notify(f"{job.id}: {job_id} image {image['image']} again, seed {image['seed']}")
-            except (SpecError, RegistryError) as e:
+                queued, _spec = await self.engine.submit(JobSpec.from_dict({**fields, "seed": image["seed"], "count": 1}))
+                self.notify(f"{queued}: {job_id} image {image['image']} again, seed {image['seed']}")
+            except (SpecError, RegistryError, DaemonError) as e:
                 self.notify(str(e), severity="error")
         elif choice == "copy_prompt":
             self.copy_to_clipboard(spec["prompt"])
@@ -355,12 +388,17 @@ class Workbench(App):
 
     @on(CompareScreen.Picked)
     async def _picked(self, event: CompareScreen.Picked) -> None:
-        self.session.pick(event.set_id, event.image, event.left, event.right, event.winner)
-        await self._said_of_images()
+        await self._say(self.engine.pick(event.set_id, event.image, event.left, event.right, event.winner))
 
     @on(CompareScreen.Rated)
     async def _rated(self, event: CompareScreen.Rated) -> None:
-        self.session.rate(event.job_id, event.image, event.stars)
+        await self._say(self.engine.rate(event.job_id, event.image, event.stars))
+
+    async def _say(self, verdict: Awaitable[None]) -> None:
+        try:
+            await verdict
+        except DaemonError as e:
+            self.notify(f"not recorded: {e}", severity="error")
         await self._said_of_images()
 
     async def _said_of_images(self) -> None:

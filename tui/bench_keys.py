@@ -18,6 +18,7 @@ from engines.registry import Registry
 from engines.session import Session
 
 from .app import Workbench
+from .engine_link import LocalEngine
 from .config import load_config
 from .themes import load_theme
 
@@ -34,7 +35,8 @@ async def _type(pilot, keys: int) -> list[float]:
 
 async def _bench(registry: Registry, keys: int, folder: Path) -> tuple[list[float], list[float], float]:
     config = load_config()
-    app = Workbench(registry, Session.open(folder), config, [load_theme(p) for p in config.theme_files])
+    app = Workbench(registry, LocalEngine(registry, Session.open(folder)), config,
+                    [load_theme(p) for p in config.theme_files])
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(0.5)
         idle = await _type(pilot, keys)

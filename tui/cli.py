@@ -151,6 +151,7 @@ def build_workbench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", metavar="FILE", help="models.yaml to use")
     parser.add_argument("--images", choices=IMAGE_MODES,
                         help="how to draw images: auto (ask the terminal), kitty, sixel, halfcell, off")
+    add_engine_options(parser, fetch=False)
     return parser
 
 
@@ -174,7 +175,7 @@ def _names_a_command(argv: list[str], parser: argparse.ArgumentParser) -> bool:
     for word in words:
         if word in ("-h", "--help", "--version"):
             return True
-        if word in ("--models", "--images"):
+        if word in ("--models", "--images", "--engine", "--remote"):
             next(words, None)
         elif not word.startswith("-"):
             return word in commands
@@ -185,6 +186,7 @@ def run_workbench(args: argparse.Namespace) -> int:
     from textual.theme import BUILTIN_THEMES
 
     from tui.app import Workbench  # Textual loads only for the workbench, not for the commands
+    from tui.engine_link import AttachedEngine, LocalEngine, remote_cache
     from tui.images import effective_mode, image_widget, terminal_hint, tmux_blocks_graphics
     from tui.themes import load_theme
 
@@ -194,12 +196,16 @@ def run_workbench(args: argparse.Namespace) -> int:
     if config.theme not in {t.name for t in themes} | set(BUILTIN_THEMES):
         raise ConfigError(f"theme {config.theme!r} is not known; themes: {', '.join(t.name for t in themes)} "
                           "and Textual's own")
-    if args.session is not None and args.session.is_dir() and any(args.session.iterdir()) \
-            and not is_session(args.session):
-        raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
-    session = Session.open(args.session or new_session_dir())
+    connect = daemon_connection(args)
+    if connect:
+        engine = AttachedEngine(connect, args.remote or "daemon", cache=remote_cache() if args.remote else None)
+    else:
+        if args.session is not None and args.session.is_dir() and any(args.session.iterdir()) \
+                and not is_session(args.session):
+            raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
+        engine = LocalEngine(registry, Session.open(args.session or new_session_dir()))
     asked, tmux_blocks = args.images or config.images, tmux_blocks_graphics()
-    app = Workbench(registry, session, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
+    app = Workbench(registry, engine, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
                     hint=terminal_hint(asked, tmux_blocks))
     app.run()
     return app.return_code or 0

@@ -56,15 +56,16 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     attach.set_defaults(run=cmd_attach)
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
+def add_engine_options(parser: argparse.ArgumentParser, fetch: bool = True) -> None:
     parser.add_argument("--engine", choices=ENGINES, default=os.environ.get("DIFFDECK_ENGINE", "auto"),
                         help="local: render in this process; daemon: through the daemon (started if none "
                              "runs); auto: the daemon if one runs and no --session is given, else local "
                              "(default: $DIFFDECK_ENGINE or auto)")
     parser.add_argument("--remote", metavar="HOST",
                         help="render on HOST's daemon over ssh (ssh HOST diffdeck attach --stdio)")
-    parser.add_argument("--fetch", type=Path, metavar="DIR",
-                        help="through a daemon: copy the finished images here too (they stay in its session)")
+    if fetch:
+        parser.add_argument("--fetch", type=Path, metavar="DIR",
+                            help="through a daemon: copy the finished images here too (they stay in its session)")
 
 
 # serve, status, stop, attach
@@ -150,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(state, indent=2))
         return 0
     print(f"daemon pid {state['pid']} (diffdeck {state['version']}), session {state['session']}, "
-          f"{state['clients']} client(s) attached" + (", queue paused" if state["paused"] else ""))
+          f"{state['clients'] - 1} other client(s) attached" + (", queue paused" if state["paused"] else ""))
     for name, worker in state["workers"].items():
         busy = f", rendering {worker['job']}" if worker["job"] and worker["state"] == "busy" else ""
         print(f"  worker {name}: {worker['state']} (pid {worker['pid']}, about {worker['memory_gb']:.1f} GB){busy}")

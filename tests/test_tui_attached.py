@@ -1,0 +1,81 @@
+"""The workbench attached to an engine daemon, as a user over ssh meets it: a real `diffdeck serve`
+process, the workbench driven by Pilot. Leaving it leaves the queue running; attaching again shows
+what happened meanwhile; a rating made through it is the daemon's to record. Over a stand-in for
+ssh, the images come back as thumbnails into a cache folder."""
+
+import asyncio
+import sys
+from pathlib import Path
+
+from daemons import PROMPT, state, stop, until_done
+from PIL import Image
+from test_ab_grid import diffdeck
+from test_tui import SIZE, type_prompt, until
+
+from engines.engine_client import EngineClient
+from engines.registry import load_registry
+from engines.session import Session
+from tui.app import Workbench
+from tui.config import load_config
+from tui.engine_link import AttachedEngine
+from tui.images import image_widget
+from tui.themes import load_theme
+from tui.widgets.gallery import Thumb
+
+
+def attached_app(engine: AttachedEngine) -> Workbench:
+    config = load_config()
+    return Workbench(load_registry(None), engine, config, [load_theme(p) for p in config.theme_files],
+                     image_class=image_widget("halfcell"))
+
+
+def statuses(app):
+    return {row.id: row.status for row in app.board.rows()}
+
+
+async def test_leaving_the_workbench_leaves_the_queue_running_and_attaching_again_shows_it(daemon):
+    app = attached_app(AttachedEngine(EngineClient.connect, "daemon"))
+    async with app.run_test(size=SIZE) as pilot:
+        assert "engine: daemon" in str(app.query_one("#title").render())
+        await type_prompt(pilot, PROMPT, steps=60)
+        await until(pilot, lambda: statuses(app).get("job-0001") == "running", what="job-0001 running on the daemon")
+        await pilot.press("f10")  # detach, mid-render
+    assert app.return_code in (None, 0)
+
+    job = await asyncio.to_thread(until_done, "job-0001")
+    assert job["status"] == "done"  # nobody was attached when it finished
+
+    again = attached_app(AttachedEngine(EngineClient.connect, "daemon"))
+    async with again.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: again.query(Thumb), what="the image made meanwhile, in the gallery")
+        assert statuses(again) == {"job-0001": "done"}
+        assert Path(again.board.jobs["job-0001"].images[0]["path"]) == Path(job["images"][0]["path"])
+        await again.engine.rate("job-0001", 0, 4)  # as the compare view does
+        await until(pilot, lambda: again.marks.get(("job-0001", 0)) == "★4", what="the rating, back as an event")
+        await pilot.press("ctrl+q")
+
+    session = Path((await asyncio.to_thread(state))["session"])
+    await asyncio.to_thread(stop, daemon)
+    assert Session.open(session, create=False).jobs["job-0001"]["images"][0]["rating"] == 4
+
+
+async def test_the_workbench_on_a_remote_engine_fetches_thumbnails_over_the_ssh_line(tmp_path):
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text(f'#!/bin/sh\nshift  # the host\ncd {tmp_path}  # as ssh starts in the home folder\nexec "$@"\n')
+    fake_ssh.chmod(0o755)
+    line = [str(fake_ssh), "gpubox", sys.executable, "-m", "tui", "attach", "--stdio"]
+    cache = tmp_path / "cache"
+    app = attached_app(AttachedEngine(lambda: EngineClient.over_command(line), "gpubox", cache=cache))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            assert "engine: gpubox" in str(app.query_one("#title").render())
+            await type_prompt(pilot, PROMPT, steps=4)
+            await until(pilot, lambda: "job-0001" in app.board.jobs and app.board.jobs["job-0001"].images,
+                        what="the far side's image")
+            image = Path(app.board.jobs["job-0001"].images[0]["path"])
+            assert image.is_relative_to(cache) and Image.open(image).size == (64, 64)
+            far = Path((await asyncio.to_thread(state))["session"])
+            assert app.session.folder != far and app.session.jobs["job-0001"]["status"] in ("running", "done")
+            await pilot.press("ctrl+q")
+    finally:
+        await asyncio.to_thread(diffdeck, "stop", cwd=tmp_path)
