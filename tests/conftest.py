@@ -9,6 +9,11 @@ from daemons import serve
 
 from engines.registry import DEMO, DEMO_FOLDER, load_registry
 
+# The tests run in two processes (pytest -n 2, pyproject.toml), each starting workers that render
+# with torch. One thread each: two torches of two threads on two cores made OpenMP's spin-waits
+# turn a one-second render into a minute (measured here). Before any torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
