@@ -16,7 +16,8 @@ Dispatcher's own API as JSON lines, one object a line:
             client; a pick or rating one client made comes to all as an event too)
 
 The hello carries the session's whole record (jobs, sets, picks, ratings), so a client can draw
-what happened before it attached, and follow the events from there.
+what happened before it attached and follow the events from there, and the daemon's models with
+their defaults (engines.registry.Registry.menu), which may not be the client's.
 
 A client of another protocol version gets {"error": ...} naming both versions, then the line
 closes. UI side: never imports torch.
@@ -220,7 +221,8 @@ class Daemon:
                                               f"the client spoke {theirs}: run the same diffdeck version on both ends"}))
                 return
             events = self._connections[writer] = self.dispatcher.subscribe()  # before the snapshot: nothing falls between
-            writer.write(encode({"hello": {**self.state(), "record": self.engine.session.record}}))
+            writer.write(encode({"hello": {**self.state(), "record": self.engine.session.record,
+                                           "models": self.dispatcher.registry.menu()}}))
             forward = asyncio.create_task(_forward(events, writer))
             try:
                 while line := await reader.readline():

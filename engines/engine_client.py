@@ -8,6 +8,7 @@ UI side: never imports torch.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -136,6 +137,17 @@ class EngineClient:
                     answer.set_exception(DaemonError(reason))
             self._pending.clear()
             self._events.end()
+
+
+def save_image(answer: dict[str, Any], folder: Path) -> Path:
+    """An image as the daemon's `image` call sends it, written whole into `folder` under its own
+    name (a name: never a path that leaves the folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(answer["name"]).name
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(base64.b64decode(answer["png"]))
+    os.replace(partial, path)
+    return path
 
 
 class Events:

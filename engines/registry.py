@@ -82,6 +82,23 @@ class Registry:
         """The job defaults for a model of `family`: the family's, overridden by its own entry."""
         return {**FAMILY_DEFAULTS.get(family or "sd", {}), **self.get(name).defaults}
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """What a prompt editor shows of a model: its job defaults, an example prompt, what it is.
+        Raises RegistryError when the model cannot be found."""
+        spec = self.get(name)
+        return {"defaults": self.defaults(name, self.files(name).family), "example": spec.example,
+                "description": spec.description}
+
+    def menu(self) -> dict[str, dict[str, Any]]:
+        """`describe` of every model, or {"problem": why} where it cannot be found."""
+        menu = {}
+        for name in self.models:
+            try:
+                menu[name] = self.describe(name)
+            except RegistryError as e:
+                menu[name] = {"problem": str(e)}
+        return menu
+
     def memory_gb(self, name: str) -> float:
         spec = self.get(name)
         if spec.memory_gb is not None:

@@ -106,7 +106,7 @@ def test_the_daemon_killed_with_9_resumes_its_queue_and_loses_nothing(tmp_path, 
     assert made.is_file()
 
 
-def test_a_remote_engine_over_ssh_renders_on_the_far_side(tmp_path):
+def test_a_remote_engine_over_ssh_renders_on_the_far_side_and_its_session_can_be_fetched(tmp_path):
     """A stand-in for ssh runs the command here, so the stdio transport is exercised end to end;
     `attach --stdio` starts the far side's daemon on demand."""
     fake_ssh = tmp_path / "ssh"
@@ -122,6 +122,15 @@ def test_a_remote_engine_over_ssh_renders_on_the_far_side(tmp_path):
         assert image["job"] == "job-0001" and image["seed"] == 5
         far = Path(image["path"])  # on "the GPU box", in its daemon's session
         assert (tmp_path / "here" / far.name).read_bytes() == far.read_bytes()
+
+        fetch = [sys.executable, "-m", "tui", "fetch", "--remote", "gpubox"]
+        refused = subprocess.run([*fetch, "here"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "is not an empty folder" in refused.stderr
+        fetched = subprocess.run([*fetch, "copy"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert fetched.returncode == 0, fetched.stderr
+        copy = Session.open(tmp_path / "copy", create=False)
+        job = copy.jobs["job-0001"]
+        assert job["status"] == "done" and copy.resolve(job["images"][0]["path"]).read_bytes() == far.read_bytes()
     finally:
         diffdeck("stop", cwd=tmp_path)
 

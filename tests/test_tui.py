@@ -26,7 +26,7 @@ SIZE = (120, 40)
 def make_app(folder, config_dir=None, **kwargs):
     config = load_config(config_dir) if config_dir else load_config()
     registry = load_registry(None)
-    return Workbench(registry, LocalEngine(registry, Session.open(folder), telemetry_interval_s=0.2), config,
+    return Workbench(LocalEngine(registry, Session.open(folder), telemetry_interval_s=0.2), config,
                      [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"), **kwargs)
 
 
@@ -229,7 +229,7 @@ async def test_the_prompt_editor_shows_what_the_chosen_model_draws(tmp_path):
         f"    example: a red fox in the snow\n  plain:\n    source: {DEMO_FOLDER}\n")
     config = load_config()
     registry = load_registry(tmp_path / "models.yaml")
-    app = Workbench(registry, LocalEngine(registry, Session.open(tmp_path / "s")), config,
+    app = Workbench(LocalEngine(registry, Session.open(tmp_path / "s")), config,
                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"))
     async with app.run_test(size=SIZE) as pilot:
         prompt, model = app.query_one("#prompt", TextArea), app.query_one("#model", Select)

@@ -1,7 +1,8 @@
 """The workbench attached to an engine daemon, as a user over ssh meets it: a real `diffdeck serve`
 process, the workbench driven by Pilot. Leaving it leaves the queue running; attaching again shows
 what happened meanwhile; a rating made through it is the daemon's to record. Over a stand-in for
-ssh, the images come back as thumbnails into a cache folder."""
+ssh, the models offered are the far side's, and the images come back as thumbnails into a cache
+folder."""
 
 import asyncio
 import sys
@@ -11,9 +12,10 @@ from daemons import PROMPT, state, stop, until_done
 from PIL import Image
 from test_ab_grid import diffdeck
 from test_tui import SIZE, type_prompt, until
+from textual.widgets import Select, TextArea
 
 from engines.engine_client import EngineClient
-from engines.registry import load_registry
+from engines.registry import DEMO_FOLDER
 from engines.session import Session
 from tui.app import Workbench
 from tui.config import load_config
@@ -23,10 +25,11 @@ from tui.themes import load_theme
 from tui.widgets.gallery import Thumb
 
 
-def attached_app(engine: AttachedEngine) -> Workbench:
+async def attached_app(engine: AttachedEngine) -> Workbench:
+    """The workbench on an engine started as the command line starts it: before the screen."""
+    await engine.start()
     config = load_config()
-    return Workbench(load_registry(None), engine, config, [load_theme(p) for p in config.theme_files],
-                     image_class=image_widget("halfcell"))
+    return Workbench(engine, config, [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"))
 
 
 def statuses(app):
@@ -34,7 +37,7 @@ def statuses(app):
 
 
 async def test_leaving_the_workbench_leaves_the_queue_running_and_attaching_again_shows_it(daemon):
-    app = attached_app(AttachedEngine(EngineClient.connect, "daemon"))
+    app = await attached_app(AttachedEngine(EngineClient.connect, "daemon"))
     async with app.run_test(size=SIZE) as pilot:
         assert "engine: daemon" in str(app.query_one("#title").render())
         await type_prompt(pilot, PROMPT, steps=60)
@@ -45,7 +48,7 @@ async def test_leaving_the_workbench_leaves_the_queue_running_and_attaching_agai
     job = await asyncio.to_thread(until_done, "job-0001")
     assert job["status"] == "done"  # nobody was attached when it finished
 
-    again = attached_app(AttachedEngine(EngineClient.connect, "daemon"))
+    again = await attached_app(AttachedEngine(EngineClient.connect, "daemon"))
     async with again.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: again.query(Thumb), what="the image made meanwhile, in the gallery")
         assert statuses(again) == {"job-0001": "done"}
@@ -63,12 +66,19 @@ async def test_the_workbench_on_a_remote_engine_fetches_thumbnails_over_the_ssh_
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text(f'#!/bin/sh\nshift  # the host\ncd {tmp_path}  # as ssh starts in the home folder\nexec "$@"\n')
     fake_ssh.chmod(0o755)
+    (tmp_path / "models.yaml").write_text(f"models:\n  far-only:\n    source: {DEMO_FOLDER}\n"
+                                          "    example: a small green ring on a black background\n")
     line = [str(fake_ssh), "gpubox", sys.executable, "-m", "tui", "attach", "--stdio"]
     cache = tmp_path / "cache"
-    app = attached_app(AttachedEngine(lambda: EngineClient.over_command(line), "gpubox", cache=cache))
     try:
+        app = await attached_app(AttachedEngine(lambda: EngineClient.over_command(line), "gpubox", cache=cache))
         async with app.run_test(size=SIZE) as pilot:
             assert "engine: gpubox" in str(app.query_one("#title").render())
+            assert app.engine.models() == ["demo", "far-only"]  # the far side's models.yaml, not this one's
+            app.query_one("#model", Select).value = "far-only"
+            await until(pilot, lambda: "green ring" in app.query_one("#prompt", TextArea).placeholder,
+                        what="the far model's example prompt")
+            app.query_one("#model", Select).value = "demo"
             await type_prompt(pilot, PROMPT, steps=4)
             await until(pilot, lambda: "job-0001" in app.board.jobs and app.board.jobs["job-0001"].images,
                         what="the far side's image")

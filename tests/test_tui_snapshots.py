@@ -29,7 +29,7 @@ def example(tmp_path, name):
     registry = load_registry(None)
     engine = LocalEngine(registry, Session.open(tmp_path / name), telemetry=Telemetry(FakeNVML(worker_pid=0)),
                          telemetry_interval_s=3600)
-    return Workbench(registry, engine, config, [load_theme(p) for p in config.theme_files],
+    return Workbench(engine, config, [load_theme(p) for p in config.theme_files],
                      image_class=image_widget("halfcell"))
 
 

@@ -27,8 +27,8 @@ from textual.theme import Theme
 from textual.widgets import Footer, Static
 
 from engines.daemon import DaemonError
-from engines.registry import Registry, RegistryError
-from engines.session import VERDICT_EVENTS
+from engines.registry import RegistryError
+from engines.session import VERDICT_EVENTS, Session
 from engines.sheet import SheetError, contact_sheet
 from engines.spec import JobSpec, SpecError
 from engines.variants import VariantSet, plan_ab
@@ -67,14 +67,16 @@ class Workbench(App):
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
-    def __init__(self, registry: Registry, engine: LocalEngine | AttachedEngine, config: Config,
-                 themes: list[Theme], *, image_class: Any = None, hint: str | None = None):
+    def __init__(self, engine: LocalEngine | AttachedEngine, config: Config, themes: list[Theme], *,
+                 image_class: Any = None, hint: str | None = None):
+        """An AttachedEngine comes started (its models are the daemon's); a LocalEngine starts on mount."""
         super().__init__()
         self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
-        self.registry, self.engine, self.config, self.themes = registry, engine, config, themes
+        self.engine, self.config, self.themes = engine, config, themes
         self.image_class, self.hint = image_class, hint
         self.board = Board()
-        self.first_model = "demo" if "demo" in registry.models else next(iter(registry.models))
+        models = engine.models()
+        self.first_model = "demo" if "demo" in models else models[0]
         self.pinned: list[tuple[str, int]] = []
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
         self._following: asyncio.Task | None = None
@@ -86,7 +88,7 @@ class Workbench(App):
         yield Static(self._title_text(), id="title")
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield PromptEditor(list(self.registry.models), self.first_model, id="editor")
+                yield PromptEditor(self.engine.models(), self.first_model, id="editor")
                 yield QueueView(id="queue")
             with Vertical(id="right"):
                 yield GpuPanel(id="gpu")
@@ -96,7 +98,7 @@ class Workbench(App):
         yield Footer()
 
     @property
-    def session(self):
+    def session(self) -> Session:
         """What the views read: the session being recorded, or an attached daemon's, mirrored."""
         return self.engine.session
 
@@ -109,12 +111,7 @@ class Workbench(App):
             self.register_theme(theme)
         self.theme = self.config.theme
         self.set_keymap(self.config.keys)
-        try:
-            started = await self.engine.start()
-        except DaemonError as e:
-            self.exit(return_code=2, message=f"diffdeck: error: {e}")
-            return
-        self.query_one("#title", Static).update(self._title_text())
+        started = self.engine.started or await self.engine.start()
         self.board.load(self.session.jobs, self.session.folder, self.session.sets)
         for event in started.preface:
             self.board.apply(event)
@@ -193,9 +190,8 @@ class Workbench(App):
 
     def _show_model(self, model: str) -> None:
         try:
-            spec, files = self.registry.get(model), self.registry.files(model)
-            self.query_one(PromptEditor).show_model(self.registry.defaults(model, files.family), spec.example,
-                                                    spec.description)
+            about = self.engine.describe(model)
+            self.query_one(PromptEditor).show_model(about["defaults"], about["example"], about["description"])
         except RegistryError as e:
             self.notify(str(e), severity="error")
 

@@ -35,7 +35,7 @@ async def _type(pilot, keys: int) -> list[float]:
 
 async def _bench(registry: Registry, keys: int, folder: Path) -> tuple[list[float], list[float], float]:
     config = load_config()
-    app = Workbench(registry, LocalEngine(registry, Session.open(folder)), config,
+    app = Workbench(LocalEngine(registry, Session.open(folder)), config,
                     [load_theme(p) for p in config.theme_files])
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(0.5)

@@ -190,7 +190,6 @@ def run_workbench(args: argparse.Namespace) -> int:
     from tui.images import effective_mode, image_widget, terminal_hint, tmux_blocks_graphics
     from tui.themes import load_theme
 
-    registry = load_registry(args.models)
     config = load_config()
     themes = [load_theme(path) for path in config.theme_files]
     if config.theme not in {t.name for t in themes} | set(BUILTIN_THEMES):
@@ -203,12 +202,19 @@ def run_workbench(args: argparse.Namespace) -> int:
         if args.session is not None and args.session.is_dir() and any(args.session.iterdir()) \
                 and not is_session(args.session):
             raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
-        engine = LocalEngine(registry, Session.open(args.session or new_session_dir()))
+        engine = LocalEngine(load_registry(args.models), Session.open(args.session or new_session_dir()))
     asked, tmux_blocks = args.images or config.images, tmux_blocks_graphics()
-    app = Workbench(registry, engine, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
-                    hint=terminal_hint(asked, tmux_blocks))
-    app.run()
-    return app.return_code or 0
+
+    async def run() -> int:
+        await engine.start()  # before the screen: a daemon's models are its own, and a failed connection is one line
+        try:
+            app = Workbench(engine, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
+                            hint=terminal_hint(asked, tmux_blocks))
+            await app.run_async()
+        finally:
+            await engine.shut_down()
+        return app.return_code or 0
+    return asyncio.run(run())
 
 
 # render

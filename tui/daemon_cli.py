@@ -1,5 +1,6 @@
 """The commands around the engine daemon: `diffdeck serve`, `status`, `stop`, `attach --stdio`,
-and rendering through a daemon (`diffdeck render --engine daemon`, `--remote HOST`).
+`fetch` (a copy of its session), and rendering through a daemon (`diffdeck render --engine
+daemon`, `--remote HOST`).
 
 Never imports torch: the daemon's workers do.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from engines.daemon import Daemon, DaemonError, Place, hold_lock, place, socket_path
-from engines.engine_client import EngineClient
+from engines.engine_client import EngineClient, save_image
 from engines.recorded import RecordedQueue
 from engines.registry import load_registry
 from engines.session import Session, SessionError, new_session_dir
@@ -49,6 +49,11 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     stop = commands.add_parser("stop", help="stop the daemon after the running job (queued jobs stay queued)")
     stop.add_argument("--now", action="store_true", help="at once: the running job is queued again for next time")
     stop.set_defaults(run=cmd_stop)
+
+    fetch = commands.add_parser("fetch", help="copy the daemon's session here: its record and its images, whole")
+    fetch.add_argument("folder", type=Path, metavar="DIR", help="a new folder for the copy")
+    fetch.add_argument("--remote", metavar="HOST", help="the daemon on HOST, over ssh")
+    fetch.set_defaults(run=cmd_fetch)
 
     attach = commands.add_parser("attach", parents=[common],
                                  help="connect stdin and stdout to the daemon (what --remote runs over ssh)")
@@ -187,6 +192,35 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    if args.folder.exists() and (not args.folder.is_dir() or any(args.folder.iterdir())):
+        raise SessionError(f"{args.folder} exists and is not an empty folder; fetch into a new one")
+    connect = remote_connection(args.remote) if args.remote else EngineClient.connect
+    return asyncio.run(_fetch_session(connect, args.folder))
+
+
+async def _fetch_session(connect: Connect, folder: Path) -> int:
+    """The daemon's session as of now, written as a session folder of this machine's: open it,
+    replay it, resume it here."""
+    async with await connect() as client:
+        session = Session(folder, client.hello["record"])
+        missing = 0
+        for job_id, job in session.jobs.items():
+            for image in job["images"]:
+                try:
+                    path = save_image(await client.call("image", job=job_id, image=image["image"]), session.images_dir)
+                except DaemonError as e:
+                    print(f"diffdeck: {job_id} image {image['image']}: {e}", file=sys.stderr)
+                    missing += 1
+                    continue
+                image["path"] = str(path.relative_to(folder))
+        session.compact()
+    images = sum(len(job["images"]) for job in session.jobs.values())
+    print(f"fetched {len(session.jobs)} job(s) and {images - missing} image(s) into {folder}"
+          + (f"; {missing} image(s) could not be read there" if missing else ""))
+    return 1 if missing else 0
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     """Bytes between stdin/stdout and the daemon's socket, both ways, until either side closes.
     A daemon is started if none runs, so `--remote HOST` needs nothing started there."""
@@ -233,9 +267,7 @@ def daemon_connection(args: argparse.Namespace) -> Connect | None:
         raise SpecError("--session", "a daemon writes its own session (diffdeck status names it); "
                                      "--engine local renders into another")
     if args.remote:
-        ssh = shlex.split(os.environ.get("DIFFDECK_SSH", "ssh"))
-        remote = shlex.split(os.environ.get("DIFFDECK_REMOTE", "diffdeck"))
-        return lambda: EngineClient.over_command([*ssh, args.remote, *remote, "attach", "--stdio"])
+        return remote_connection(args.remote)
     if args.engine == "local" or (args.engine == "auto" and args.session):
         return None  # --session names a folder of the user's: that render writes it itself
     running = _answers()  # one probe: each is a connection, a hello and a state
@@ -244,6 +276,13 @@ def daemon_connection(args: argparse.Namespace) -> Connect | None:
     if not running:
         start_daemon(args.models)
     return EngineClient.connect
+
+
+def remote_connection(host: str) -> Connect:
+    """`ssh HOST diffdeck attach --stdio`, the two commands as $DIFFDECK_SSH and $DIFFDECK_REMOTE say."""
+    ssh = shlex.split(os.environ.get("DIFFDECK_SSH", "ssh"))
+    remote = shlex.split(os.environ.get("DIFFDECK_REMOTE", "diffdeck"))
+    return lambda: EngineClient.over_command([*ssh, host, *remote, "attach", "--stdio"])
 
 
 async def render_attached(connect: Connect, specs: list[JobSpec], as_json: bool, fetch: Path | None) -> int:
@@ -276,11 +315,8 @@ async def render_attached(connect: Connect, specs: list[JobSpec], as_json: bool,
 
 
 async def _fetch(client: EngineClient, job_ids: list[str], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     jobs = {job["id"]: job for job in (await client.call("state"))["jobs"]}
     for job_id in job_ids:
         for image in jobs[job_id]["images"]:
-            answer = await client.call("image", job=job_id, image=image["image"])
-            path = folder / Path(answer["name"]).name  # a name, never a path that leaves the folder
-            path.write_bytes(base64.b64decode(answer["png"]))
+            path = save_image(await client.call("image", job=job_id, image=image["image"]), folder)
             print(f"fetched {path}", file=sys.stderr)

@@ -12,7 +12,7 @@ UI side: never imports torch.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -20,9 +20,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 from engines.daemon import DaemonError
 from engines.dispatcher import Event
-from engines.engine_client import EngineClient
+from engines.engine_client import EngineClient, save_image
 from engines.recorded import RecordedQueue
-from engines.registry import Registry
+from engines.registry import Registry, RegistryError
 from engines.session import RECORDED_EVENTS, VERDICT_EVENTS, Session
 from engines.spec import JobSpec
 from engines.variants import VariantSet
@@ -48,9 +48,16 @@ class LocalEngine:
     attached = False
 
     def __init__(self, registry: Registry, session: Session, **dispatcher_options: Any):
-        self.session = session
+        self.session, self.registry = session, registry
         self.queue = RecordedQueue(registry, session, **dispatcher_options)
         self.dispatcher = self.queue.dispatcher
+        self.started: Started | None = None
+
+    def models(self) -> list[str]:
+        return list(self.registry.models)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        return self.registry.describe(model)
 
     @property
     def where(self) -> str:
@@ -63,7 +70,8 @@ class LocalEngine:
     async def start(self) -> Started:
         events = self.dispatcher.subscribe()
         refused = self.queue.start()
-        return Started(events, [self.queue.recording], refused, [])
+        self.started = Started(events, [self.queue.recording], refused, [])
+        return self.started
 
     async def absorb(self, batch: list[Event]) -> list[Event]:
         return batch  # the recorder has them
@@ -93,7 +101,8 @@ class LocalEngine:
 
 
 class AttachedEngine:
-    """An engine daemon's queue, through an EngineClient. Leaving detaches: the queue goes on."""
+    """An engine daemon's queue, through an EngineClient. Leaving detaches: the queue goes on.
+    Started before the workbench is built: the models it offers are the daemon's."""
 
     attached = True
 
@@ -105,6 +114,19 @@ class AttachedEngine:
         self.session = Session(Path("."), {"models": {}, "sets": {}, "jobs": {}})  # until start
         self._paused = False
         self._daemon_folder = ""
+        self._models: dict[str, dict[str, Any]] = {}
+        self.started: Started | None = None
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        entry = self._models.get(model)
+        if entry is None:
+            raise RegistryError(f"unknown model {model!r} on {self.where}; known models: {', '.join(self._models)}")
+        if "problem" in entry:
+            raise RegistryError(entry["problem"])
+        return entry
 
     @property
     def paused(self) -> bool:
@@ -113,7 +135,7 @@ class AttachedEngine:
     async def start(self) -> Started:
         self.client = await self._connect()
         hello = self.client.hello
-        self._daemon_folder, self._paused = hello["session"], hello["paused"]
+        self._daemon_folder, self._paused, self._models = hello["session"], hello["paused"], hello["models"]
         folder = Path(self._daemon_folder)
         if self._cache is not None:
             folder = self._cache / hashlib.sha256(f"{self.where}:{self._daemon_folder}".encode()).hexdigest()[:12]
@@ -127,7 +149,8 @@ class AttachedEngine:
                     for name, worker in hello["workers"].items() if worker["pid"] and worker["state"] != "exited"]
         if self._paused:
             preface.append(Event("paused"))
-        return Started(self.client.events(), [], [], preface)
+        self.started = Started(self.client.events(), [], [], preface)
+        return self.started
 
     async def absorb(self, batch: list[Event]) -> list[Event]:
         """Fold the events into the mirror; an image's path becomes the one this machine reads."""
@@ -146,21 +169,14 @@ class AttachedEngine:
 
     async def _image(self, job_id: str, index: int, path: str) -> str:
         """The image's path in the mirror (relative to its folder), fetched there if need be."""
-        relative = os.path.relpath(os.path.join(self._daemon_folder, path), self._daemon_folder)
         if self._cache is None:
-            return relative
-        relative = f"images/{Path(path).name}"  # a name: never a path out of the cache folder
-        local = self.session.resolve(relative)
+            return os.path.relpath(os.path.join(self._daemon_folder, path), self._daemon_folder)
+        local = self.session.images_dir / Path(path).name
         if not local.is_file():
-            try:
-                answer = await self.client.call("image", job=job_id, image=index, max_side=FETCHED_PX)
-            except DaemonError:
-                return relative  # gone from the daemon's disk: drawn as missing, like a local one
-            local.parent.mkdir(parents=True, exist_ok=True)
-            partial = local.with_name(local.name + ".part")
-            partial.write_bytes(base64.b64decode(answer["png"]))
-            os.replace(partial, local)
-        return relative
+            with contextlib.suppress(DaemonError):  # gone from the daemon's disk: drawn as missing, as here
+                save_image(await self.client.call("image", job=job_id, image=index, max_side=FETCHED_PX),
+                           self.session.images_dir)
+        return os.path.relpath(local, self.session.folder)
 
     async def submit(self, spec: JobSpec) -> tuple[str, JobSpec]:
         job = await self.client.call("submit", spec=spec.to_dict())
