@@ -1,11 +1,12 @@
 """A/B sets and grids as data: the axis syntax, shared seeds, the queue order, bad input."""
 
 import dataclasses
+import json
 
 import pytest
 
 from engines.spec import JobSpec, SpecError
-from engines.variants import CONFIRM_ABOVE, MAX_JOBS, parse_axis, plan_ab, plan_grid
+from engines.variants import CONFIRM_ABOVE, MAX_JOBS, VariantSet, parse_axis, plan_ab, plan_grid
 
 BASE = JobSpec(prompt="a cat on a red sofa", model="demo", seed=100, count=3)
 
@@ -132,3 +133,12 @@ def test_grid_refusals():
 def test_a_large_grid_asks_for_confirmation():
     assert not plan_grid(BASE, {"x": f"seed=1..{CONFIRM_ABOVE}"}).needs_confirmation()
     assert plan_grid(BASE, {"x": f"seed=1..{CONFIRM_ABOVE + 1}"}).needs_confirmation()
+
+
+@pytest.mark.parametrize("plan", [lambda: plan_grid(BASE, {"x": "steps=2,3", "y": "size=64x64,64x96"}),
+                                  lambda: plan_ab([BASE, dataclasses.replace(BASE, prompt="a dog on a red sofa")])])
+def test_a_set_sent_to_a_daemon_arrives_as_the_same_set(plan):
+    """VariantSet.to_dict goes over the daemon's socket as JSON; from_dict there must queue the same
+    variants, specs and seeds, in the same order, with the same axes."""
+    variants = plan()
+    assert VariantSet.from_dict(json.loads(json.dumps(variants.to_dict()))) == variants
