@@ -111,7 +111,7 @@ class AttachedEngine:
         None: read them where the daemon wrote them."""
         self._connect, self.where, self._cache = connect, where, cache
         self.client: EngineClient | None = None
-        self.session = Session(Path("."), {"models": {}, "sets": {}, "jobs": {}})  # until start
+        self.session: Session | None = None  # the mirror, from start on
         self._paused = False
         self._daemon_folder = ""
         self._models: dict[str, dict[str, Any]] = {}
