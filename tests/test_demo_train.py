@@ -40,3 +40,17 @@ def test_an_autoencoder_that_misses_the_targets_stops_the_run_before_the_unet(tm
     assert "the autoencoder's reconstructions miss the targets (colour, background, shape, position)" in str(stopped.value)
     assert "unet step" not in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_the_loss_weighs_the_shape_its_hole_and_its_surroundings_not_the_far_background():
+    """Small rings, stars and crosses came back from an autoencoder as circles while the weight
+    covered only the shape's own pixels: the ring's hole is background colour, so it counted for 1."""
+    from engines.demo_train import train
+    from engines.demo_train.shapes import Scene
+
+    x = train.images([Scene("ring", "red", "blue", "small", "centre")], None)
+    weights = train.shape_weights(x)[0, 0]
+    assert weights[32, 32] == train.SHAPE_WEIGHT  # the hole's centre, background-coloured
+    assert weights[32, 32 + 9] == train.SHAPE_WEIGHT  # on the ring
+    assert weights[32, 32 + 11] == train.SHAPE_WEIGHT  # 2 px outside it (radius 9)
+    assert weights[32, 32 + 16] == weights[2, 2] == 1  # 7 px outside it, and a corner
