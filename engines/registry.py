@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .demo_train.shapes import COLOURS, POSITIONS, SHAPES
 from .spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
 from .yamlfile import parse_yaml, read_utf8
 
@@ -20,10 +21,14 @@ DEMO_FOLDER = Path(__file__).parent / "demo_model"
 DEMO = ModelSpec(
     name="demo",
     source=str(DEMO_FOLDER),
-    defaults={"steps": 20, "guidance": 5.0, "width": 64, "height": 64},
+    defaults={"steps": 15, "guidance": 5.0, "width": 64, "height": 64},
     memory_gb=0.1,
     roles=("preview",),
-    description="built-in tiny SD-style model; renders 64x64 offline on a CPU",
+    description=("built-in tiny SD-style model, trained on drawn shapes (engines/demo_train): "
+                 "'a [small|large] COLOUR SHAPE [on a COLOUR background][, POSITION]'; "
+                 f"shapes: {', '.join(SHAPES)}; colours: {', '.join(COLOURS)}; positions: {', '.join(POSITIONS)}. "
+                 "64x64, offline, on a CPU"),
+    example="a small red star on a blue background, top",
 )
 
 PIPELINE_FAMILIES = {

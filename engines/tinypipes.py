@@ -1,8 +1,9 @@
-"""Tiny, randomly initialised diffusers pipelines of the four families, built offline.
+"""Tiny, randomly initialised diffusers pipelines of the SDXL, SD3 and Flux families, built offline.
 
 They exercise exactly the code path real checkpoints take (same pipeline classes, same
 components, saved with ``save_pretrained`` as safetensors) and render on a CPU in well
-under a second. The demo model and the tests are built with these. Worker side: imports torch.
+under a second. The tests build them; the SD family's is the trained demo model
+(``engines.demo_train``). Worker side: imports torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from diffusers import (
     FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
-    StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -90,16 +90,6 @@ def _unet(cross_dim: int, **extra) -> UNet2DConditionModel:
     )
 
 
-def _sd():
-    return StableDiffusionPipeline(
-        unet=_unet(_TEXT_DIM), vae=_vae(4, flow=False), text_encoder=CLIPTextModel(_clip_config()),
-        tokenizer=clip_tokenizer(), scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-            timestep_spacing="trailing", steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
 def _sdxl():
     unet = _unet(
         2 * _TEXT_DIM, addition_embed_type="text_time", addition_time_embed_dim=8,
@@ -144,7 +134,7 @@ def _flux():
     )
 
 
-_BUILDERS = {"sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
+_BUILDERS = {"sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
 
 
 def build(family: str, seed: int = 0):

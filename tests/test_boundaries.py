@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers")
 # The worker side: the modules only `python -m engines.worker` (and offline builders) import.
-WORKER_SIDE = {"worker", "pipelines", "environment", "tinypipes", "build_demo", "previews", "bench_bare", "train"}
+WORKER_SIDE = {"worker", "pipelines", "environment", "tinypipes", "previews", "bench_bare", "train"}
 UI_SIDE = sorted(p.stem for p in (ROOT / "engines").glob("*.py")
                  if p.stem not in WORKER_SIDE and p.stem != "__init__")
 

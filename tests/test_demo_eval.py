@@ -7,9 +7,9 @@ from test_ab_grid import diffdeck
 from engines.demo_train.score import ATTRIBUTES
 
 
-def test_demo_eval_scores_every_attribute_and_fails_a_model_that_misses_the_targets(tmp_path):
-    result = diffdeck("demo-eval", "--per-group", "2", "--json", cwd=tmp_path)
-    assert result.returncode == 1, result.stderr  # the shipped demo's random weights draw noise
+def test_demo_eval_scores_every_attribute_and_fails_a_model_that_misses_the_targets(tmp_path, registry):
+    result = diffdeck("demo-eval", "--model", "tiny-sdxl", "--per-group", "2", "--json", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # random weights draw noise
     groups = json.loads(result.stdout)
     assert set(groups) == {"trained pairs", "held-out pairs"}
     for group in groups.values():

@@ -13,6 +13,7 @@ from PIL import Image
 from engines.dispatcher import CANCELLED, DONE, FAILED, HELD, Dispatcher
 from engines.metadata import parse_parameters, read_record
 from engines.protocol import PREVIEW_MAX_BYTES, Intervals
+from engines.registry import DEMO
 from engines.spec import JobSpec
 from engines.workers import EXITED
 
@@ -60,7 +61,7 @@ async def test_render_writes_png_whose_metadata_round_trips(dispatcher):
     assert record["model"]["family"] == "sd" and record["model"]["pipeline_class"] == "StableDiffusionPipeline"
     params = parse_parameters(Image.open(path).text["parameters"])
     assert params["Prompt"] == "a red circle" and params["Negative prompt"] == "blurry"
-    assert params["Seed"] == "1001" and params["Size"] == "64x64" and params["Steps"] == "20"
+    assert params["Seed"] == "1001" and params["Size"] == "64x64" and params["Steps"] == str(DEMO.defaults["steps"])
     assert Image.open(path).size == (64, 64)
     assert set(job.timings) >= {"queue_wait_s", "load_s", "denoise_s", "decode_s", "save_s", "total_s"}
     assert job.timings["load_s"] > 0 and job.peak_memory > 0
