@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .demo_train.shapes import COLOURS, POSITIONS, SHAPES
+from .demo_train.shapes import COLOURS, POSITIONS, SHAPES, SIZES
 from .spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
 from .yamlfile import parse_yaml, read_utf8
 
@@ -25,7 +25,7 @@ DEMO = ModelSpec(
     memory_gb=0.1,
     roles=("preview",),
     description=("built-in tiny SD-style model, trained on drawn shapes (engines/demo_train): "
-                 "'a [small|large] COLOUR SHAPE [on a COLOUR background][, POSITION]'; "
+                 f"'a [{'|'.join(SIZES)}] COLOUR SHAPE [on a COLOUR background][, POSITION]'; "
                  f"shapes: {', '.join(SHAPES)}; colours: {', '.join(COLOURS)}; positions: {', '.join(POSITIONS)}. "
                  "64x64, offline, on a CPU"),
     example="a small red star on a blue background, top",

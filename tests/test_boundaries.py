@@ -39,7 +39,7 @@ TUI = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT 
 
 
 def test_the_commands_leave_torch_diffusers_transformers_and_numpy_unloaded():
-    loaded = imported_in_fresh_python(["tui", "tui.cli"] + [f"engines.{m}" for m in UI_SIDE])
+    loaded = imported_in_fresh_python(["tui", "tui.cli", "engines.demo_train.examples"] + [f"engines.{m}" for m in UI_SIDE])
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
     assert "numpy" not in loaded, "numpy is for the worker; the commands stay light"
 

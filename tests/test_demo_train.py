@@ -51,6 +51,6 @@ def test_the_loss_weighs_the_shape_its_hole_and_its_surroundings_not_the_far_bac
     x = train.images([Scene("ring", "red", "blue", "small", "centre")], None)
     weights = train.shape_weights(x)[0, 0]
     assert weights[32, 32] == train.SHAPE_WEIGHT  # the hole's centre, background-coloured
-    assert weights[32, 32 + 9] == train.SHAPE_WEIGHT  # on the ring
-    assert weights[32, 32 + 11] == train.SHAPE_WEIGHT  # 2 px outside it (radius 9)
+    assert weights[32, 32 + 8] == train.SHAPE_WEIGHT  # on the ring (x 23 to 41)
+    assert weights[32, 32 + 11] == train.SHAPE_WEIGHT  # 2 px outside it
     assert weights[32, 32 + 16] == weights[2, 2] == 1  # 7 px outside it, and a corner
