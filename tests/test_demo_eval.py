@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from test_ab_grid import diffdeck
 
 from engines.demo_train.score import ATTRIBUTES
 
 
-def test_demo_eval_scores_every_attribute_and_fails_a_model_that_misses_the_targets(tmp_path, registry):
+@pytest.mark.usefixtures("registry")  # its models.yaml, in tmp_path, names tiny-sdxl
+def test_demo_eval_scores_every_attribute_and_fails_a_model_that_misses_the_targets(tmp_path):
     result = diffdeck("demo-eval", "--model", "tiny-sdxl", "--per-group", "2", "--json", cwd=tmp_path)
     assert result.returncode == 1, result.stderr  # random weights draw noise
     groups = json.loads(result.stdout)

@@ -46,6 +46,5 @@ def test_one_word_changed_with_the_same_seeds_changes_the_colour_drawn(tmp_path)
     its own caption asks for, so the colour follows the word, not the seed."""
     def scenes(colour):
         return [Scene("star", colour, "white", "large", "centre"), Scene("square", colour, "yellow", "small", "left")]
-    (tmp_path / "red").mkdir(), (tmp_path / "blue").mkdir()
     red, blue = checks(tmp_path / "red", scenes("red")), checks(tmp_path / "blue", scenes("blue"))
     assert all(result["colour"] for result in red + blue), (red, blue)
