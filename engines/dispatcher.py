@@ -23,9 +23,10 @@ from typing import Any, AsyncIterator
 
 import psutil
 
+from .footprint import Budget, Footprint, check_size, element_bytes
 from .identity import model_identity
 from .protocol import Intervals
-from .registry import Registry, RegistryError
+from .registry import ModelFiles, Registry, RegistryError
 from .spec import JobSpec, SpecError, draw_seeds
 from .telemetry import Telemetry, WorkerView
 from .variants import VariantSet
@@ -59,6 +60,7 @@ class Job:
     error_kind: str | None = None
     worker_crashes: int = 0
     passed_over: int = 0  # times a later job for a warm model went first
+    progress: dict[str, Any] = field(default_factory=dict)  # its last step: image, count, step, total, it_s
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
@@ -103,6 +105,7 @@ class Dispatcher:
         *,
         memory_budget_gb: float | None = None,
         idle_timeout_s: float = 600.0,
+        cancel_grace_s: float = 3.0,
         lookahead: int = 4,
         intervals: Intervals = Intervals(),
         telemetry_interval_s: float = 1.0,
@@ -113,6 +116,7 @@ class Dispatcher:
         self.registry = registry
         self.images_dir = Path(images_dir)
         self.idle_timeout_s = idle_timeout_s
+        self.cancel_grace_s = cancel_grace_s
         self.lookahead = lookahead
         self.intervals = intervals
         self.telemetry_interval_s = telemetry_interval_s
@@ -207,10 +211,23 @@ class Dispatcher:
         if files.problem:
             raise RegistryError(files.problem)
         seeds = spec.seeds or draw_seeds(spec.seed, spec.count)
-        return spec.resolved(self.registry.defaults(spec.model, files.family), files.family, seeds)
+        defaults = self.registry.defaults(spec.model, files.family)
+        job = spec.resolved(defaults, files.family, seeds)
+        check_size(job, (defaults["width"], defaults["height"]), self._footprint(spec.model, files),
+                   Budget(self.memory_budget_gb, "GPU" if self.telemetry.has_gpu else "RAM"))
+        return job
+
+    def _footprint(self, name: str, files: ModelFiles) -> Footprint | None:
+        if files.folder is None or files.family is None:
+            return None
+        model = self.registry.get(name)
+        on_gpu = self.telemetry.has_gpu and model.device != "cpu"
+        return Footprint.read(files.folder, files.family, self.registry.memory_gb(name),
+                              element_bytes(model.dtype, on_gpu))
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job, or stop a running one within one denoising step."""
+        """Cancel a queued job, or stop a running one: at the next module its worker enters,
+        or within `cancel_grace_s` by stopping the worker."""
         job = self._job(job_id)
         if job.status == QUEUED:
             self.queue.remove(job)
@@ -218,7 +235,8 @@ class Dispatcher:
         elif job.status == RUNNING:
             worker = self.workers.get(job.spec.model)
             if worker is not None and worker.job_id == job.id:
-                worker.cancel(job.id)  # the worker answers `cancelled` within one step
+                worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
+                asyncio.create_task(self._enforce_cancel(job, worker))
             else:  # still waiting for its model to load
                 self._finish(job, CANCELLED)
                 if worker is not None and not any(j.spec.model == worker.model for j in self.queue):
@@ -226,6 +244,17 @@ class Dispatcher:
         else:
             return False
         return True
+
+    async def _enforce_cancel(self, job: Job, worker: WorkerProcess) -> None:
+        """A cancel the worker has not answered within `cancel_grace_s` (one long kernel of a
+        huge render cannot be cut) stops the worker; the job still ends cancelled."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(job.finished.wait(), self.cancel_grace_s)
+            return
+        if job.status == RUNNING and worker.job_id == job.id:
+            self._finish(job, CANCELLED, step=None)
+            # No await in between: the worker is out of service before any task can give it a job.
+            await self._retire(worker, "the cancel did not land in time", grace_s=0.0)
 
     def cancel_all(self) -> int:
         targets = [j for j in self.jobs.values() if j.status in (QUEUED, RUNNING)]
@@ -260,7 +289,7 @@ class Dispatcher:
         if job.status not in (FAILED, CANCELLED, HELD):
             raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
         job.status, job.images, job.timings, job.error, job.error_kind = QUEUED, [], {}, None, None
-        job.submitted_at, job.started_at, job.passed_over = time.monotonic(), None, 0
+        job.submitted_at, job.started_at, job.passed_over, job.progress = time.monotonic(), None, 0, {}
         job.finished = asyncio.Event()
         return self._enqueue(job)
 
@@ -361,12 +390,13 @@ class Dispatcher:
         folder = self.registry.files(model).folder
         return None if folder is None else asyncio.ensure_future(asyncio.to_thread(_identity_or_none, folder))
 
-    async def _retire(self, worker: WorkerProcess, reason: str, **data: Any) -> None:
-        """Take a worker out of service and stop it; its memory is free when this returns."""
+    async def _retire(self, worker: WorkerProcess, reason: str, grace_s: float = 5.0, **data: Any) -> None:
+        """Take a worker out of service and stop it (killed after `grace_s`); its memory is free
+        when this returns."""
         if self.workers.get(worker.model) is worker:
             del self.workers[worker.model]
         self._emit("worker_evicted", None, model=worker.model, pid=worker.pid, reason=reason, **data)
-        await worker.stop()
+        await worker.stop(grace_s)
 
     async def _watch(self) -> None:
         """Telemetry at about 1 Hz, and idle workers stopped after their timeout."""
@@ -408,6 +438,8 @@ class Dispatcher:
                 del self.workers[worker.model]  # it exits by itself; the next job gets a new one
             self._fail(job, message["error"], message["kind"])
             return
+        elif kind == "step":
+            job.progress = dict(message)
         self._emit(kind, job, **message)
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:

@@ -6,6 +6,7 @@ All four families (SD 1.x/2.x, SDXL, SD3, Flux) go through the same `Model.rende
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class Cancelled(Exception):
-    """Raised from the step callback: diffusers stops at once and skips the VAE decode."""
+    """Raised from the step callback, or inside a step from the next module to run: diffusers
+    stops at once and skips the VAE decode."""
 
     def __init__(self, step: int):
         super().__init__(f"cancelled at step {step}")
@@ -67,7 +69,8 @@ class Model:
         self.folder = files.folder
         self._process = psutil.Process()
         self.pipe = self._load()
-        self.preview_factors = preview_factors(self.family, self.folder)
+        self._interrupt = Interrupt(self.pipe)
+        self.preview_factors = preview_factors(self.family, self.folder, self.pipe.vae.config.latent_channels)
         self.pipeline_class = type(self.pipe).__name__
         self._default_scheduler = self.pipe.scheduler
 
@@ -117,19 +120,24 @@ class Model:
         spec: JobSpec,
         index: int,
         on_step: Callable[[StepInfo], None],
-        on_preview: Callable[[int, int, np.ndarray], None],
+        on_preview: Callable[[int, int, Callable[[], np.ndarray]], None],
         preview_interval_s: float,
         cancelled: Callable[[], bool],
     ):
-        """Render image `index` of `spec`. Returns (PIL image, timings, peak memory bytes)."""
+        """Render image `index` of `spec`. Returns (PIL image, timings, peak memory bytes).
+        `on_preview` gets a function that makes the preview: what it raises is its own."""
         seed = spec.seeds[index]
         start = time.perf_counter()
-        state = {"prev": None, "last_preview": start, "denoised_at": start, "peak_rss": 0}
+        state = {"prev": None, "last_preview": start, "denoised_at": start, "peak_rss": 0, "steps": 0}
+
+        def check_cancelled() -> None:
+            if cancelled():
+                raise Cancelled(state["steps"])
 
         def callback(pipe, step, timestep, kwargs):
             now = time.perf_counter()
-            if cancelled():
-                raise Cancelled(step + 1)
+            state["steps"] = step + 1
+            check_cancelled()
             latents = kwargs["latents"]
             total = pipe.num_timesteps
             if step + 1 == total and self.device == "cuda":
@@ -139,17 +147,17 @@ class Model:
             on_step(StepInfo(index, step + 1, total, now - start))
             if now - state["last_preview"] >= preview_interval_s and state["prev"] is not None:
                 state["last_preview"] = now
-                x0 = _denoised_estimate(pipe.scheduler, state["prev"], latents)
-                on_preview(index, step + 1, latents_to_rgb(self._unpack(x0, spec)[0].float().cpu().numpy(),
-                                                            self.preview_factors))
+                prev = state["prev"]
+                on_preview(index, step + 1, lambda: self._preview(pipe.scheduler, prev, latents, spec))
             state["prev"] = latents.detach().clone()
             return kwargs
 
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
-            image = self.pipe(**self._call_args(spec, seed), callback_on_step_end=callback,
-                              callback_on_step_end_tensor_inputs=["latents"]).images[0]
+            with self._interrupt.checking(check_cancelled):
+                image = self.pipe(**self._call_args(spec, seed), callback_on_step_end=callback,
+                                  callback_on_step_end_tensor_inputs=["latents"]).images[0]
         except BaseException:  # cancelled, or failed: offload hooks must not stay attached
             self.pipe.maybe_free_model_hooks()
             raise
@@ -172,10 +180,43 @@ class Model:
             args["negative_prompt"] = spec.negative_prompt or None
         return args
 
+    def _preview(self, scheduler, prev: torch.Tensor, cur: torch.Tensor, spec: JobSpec) -> np.ndarray:
+        x0 = self._unpack(_denoised_estimate(scheduler, prev, cur), spec)
+        return latents_to_rgb(x0[0].float().cpu().numpy(), self.preview_factors)
+
     def _unpack(self, latents: torch.Tensor, spec: JobSpec) -> torch.Tensor:
         if self.family == "flux":
             return type(self.pipe)._unpack_latents(latents, spec.height, spec.width, self.pipe.vae_scale_factor)
         return latents
+
+
+class Interrupt:
+    """Cancellation inside a step. A large render can spend seconds or minutes in one
+    denoising step, or in the VAE decode, and the step callback only runs between steps:
+    a forward pre-hook on every module that has submodules (a block, an attention, a resnet)
+    runs the current check, so a cancel stops the pipeline at the next module it enters.
+    Leaf modules are left alone: each is a single kernel that cannot be cut anyway."""
+
+    def __init__(self, pipe):
+        self._check: Callable[[], None] | None = None
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                for module in component.modules():
+                    if next(module.children(), None) is not None:
+                        module.register_forward_pre_hook(self._hook)
+
+    @contextlib.contextmanager
+    def checking(self, check: Callable[[], None]):
+        """Run `check` (which raises to stop) whenever a module is entered, until the block ends."""
+        self._check = check
+        try:
+            yield
+        finally:
+            self._check = None
+
+    def _hook(self, module, args) -> None:
+        if self._check is not None:
+            self._check()
 
 
 def _denoised_estimate(scheduler, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:

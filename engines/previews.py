@@ -43,13 +43,33 @@ LATENT_RGB_FILE = "latent_rgb.json"  # {"factors": [[r, g, b] per latent channel
 PREVIEW_SIDE = 128  # longest side of a preview; a 1024x1024 SDXL latent is 128x128 anyway
 
 
-def preview_factors(family: str, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The model's own map from its folder's `latent_rgb.json` if it has one, else its family's."""
+def preview_factors(family: str, folder: Path | None = None,
+                    channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own map from its folder's `latent_rgb.json` if it has one, else its family's;
+    a generic one when that map is not for `channels` latent channels (a fine-tune or a small
+    model whose VAE is not its family's usual)."""
     path = folder / LATENT_RGB_FILE if folder else None
     if path is None or not path.is_file():
-        return FACTORS[family]
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return np.array(data["factors"], np.float32), np.array(data["bias"], np.float32)
+        factors = FACTORS[family]
+    else:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        factors = np.array(data["factors"], np.float32), np.array(data["bias"], np.float32)
+    if channels is not None and factors[0].shape[0] != channels:
+        return generic_factors(channels)
+    return factors
+
+
+def generic_factors(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A map for latents no published one fits: channel i drives colour i % 3 (averaged over the
+    channels that share a colour); fewer than three channels make a grey image."""
+    matrix = np.zeros((channels, 3), np.float32)
+    if channels < 3:
+        matrix[:] = 1.0 / channels
+    else:
+        for i in range(channels):
+            matrix[i, i % 3] = 1.0
+        matrix /= matrix.sum(axis=0)
+    return matrix, np.zeros(3, np.float32)
 
 
 def latents_to_rgb(latents: np.ndarray, factors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

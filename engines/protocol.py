@@ -4,7 +4,7 @@ Dispatcher -> worker:
   job       {id, spec (resolved JobSpec dict), out_dir, skip (image indices already made)}
   cancel    {id}
   shutdown  {}
-  (end of input: the Dispatcher is gone; the worker cancels its job and exits)
+  (end of input: the Dispatcher is gone; the worker cancels its job and exits within 2 s)
 
 Worker -> Dispatcher:
   hello     {pid, model, device, dtype, environment}  as soon as the process starts

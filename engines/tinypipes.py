@@ -80,23 +80,23 @@ def _vae(latent_channels: int, flow: bool) -> AutoencoderKL:
     )
 
 
-def _unet(cross_dim: int, **extra) -> UNet2DConditionModel:
+def _unet(cross_dim: int, in_channels: int, **extra) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=32,
-        in_channels=4, out_channels=4, norm_num_groups=16,
+        in_channels=in_channels, out_channels=in_channels, norm_num_groups=16,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_dim, attention_head_dim=8, **extra,
     )
 
 
-def _sdxl():
+def _sdxl(latent_channels: int = 4):
     unet = _unet(
-        2 * _TEXT_DIM, addition_embed_type="text_time", addition_time_embed_dim=8,
+        2 * _TEXT_DIM, latent_channels, addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=_TEXT_DIM + 6 * 8,
     )
     return StableDiffusionXLPipeline(
-        unet=unet, vae=_vae(4, flow=False), text_encoder=CLIPTextModel(_clip_config()),
+        unet=unet, vae=_vae(latent_channels, flow=False), text_encoder=CLIPTextModel(_clip_config()),
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection_dim=_TEXT_DIM)),
         tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
         scheduler=EulerDiscreteScheduler(
@@ -104,15 +104,15 @@ def _sdxl():
     )
 
 
-def _sd3():
+def _sd3(latent_channels: int = 16):
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=16, out_channels=16, num_layers=1,
+        sample_size=32, patch_size=1, in_channels=latent_channels, out_channels=latent_channels, num_layers=1,
         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
         joint_attention_dim=_TEXT_DIM, pooled_projection_dim=2 * _TEXT_DIM,
     )
     clip = _clip_config(projection_dim=_TEXT_DIM)
     return StableDiffusion3Pipeline(
-        transformer=transformer, vae=_vae(16, flow=True),
+        transformer=transformer, vae=_vae(latent_channels, flow=True),
         text_encoder=CLIPTextModelWithProjection(clip), tokenizer=clip_tokenizer(),
         text_encoder_2=CLIPTextModelWithProjection(clip), tokenizer_2=clip_tokenizer(),
         text_encoder_3=_t5(), tokenizer_3=t5_tokenizer(),
@@ -120,14 +120,14 @@ def _sd3():
     )
 
 
-def _flux():
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+def _flux(latent_channels: int = 16):
+    transformer = FluxTransformer2DModel(  # latents are packed in 2x2 patches
+        patch_size=1, in_channels=4 * latent_channels, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM,
         axes_dims_rope=(4, 4, 8),
     )
     return FluxPipeline(
-        transformer=transformer, vae=_vae(16, flow=True),
+        transformer=transformer, vae=_vae(latent_channels, flow=True),
         text_encoder=CLIPTextModel(_clip_config()), tokenizer=clip_tokenizer(),
         text_encoder_2=_t5(), tokenizer_2=t5_tokenizer(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
@@ -137,16 +137,17 @@ def _flux():
 _BUILDERS = {"sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
 
 
-def build(family: str, seed: int = 0):
-    """A tiny pipeline of ``family`` whose random weights depend only on ``seed``."""
+def build(family: str, seed: int = 0, latent_channels: int | None = None):
+    """A tiny pipeline of ``family`` whose random weights depend only on ``seed``; its VAE has
+    the family's usual number of latent channels unless ``latent_channels`` says otherwise."""
     torch.manual_seed(seed)
-    pipe = _BUILDERS[family]()
+    pipe = _BUILDERS[family](**({"latent_channels": latent_channels} if latent_channels else {}))
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     return pipe
 
 
-def save(family: str, folder: Path, seed: int = 0) -> Path:
-    build(family, seed).save_pretrained(folder, safe_serialization=True)
+def save(family: str, folder: Path, seed: int = 0, latent_channels: int | None = None) -> Path:
+    build(family, seed, latent_channels).save_pretrained(folder, safe_serialization=True)
     return folder

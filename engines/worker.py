@@ -3,14 +3,16 @@ jobs one at a time over JSON lines (engines.protocol) on stdin/stdout.
 
 stdout carries protocol messages and nothing else: file descriptor 1 is pointed at stderr
 at start-up, so a stray print from any library lands in the log, not on the wire.
-Commands are read on a thread of their own so that a cancel reaches a running job
-between two denoising steps.
+Commands are read on a thread of their own so that a cancel reaches a running job at the
+next module it enters (engines.pipelines.Interrupt). A worker never outlives the Dispatcher:
+it dies with the process that started it, and exits soon after its input ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import gc
 import json
 import logging
@@ -23,11 +25,12 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import diffusers
 import psutil
 import torch
+from huggingface_hub import constants as hub_constants
 
 from . import __version__
 from .compare import pixel_sha256
@@ -36,10 +39,14 @@ from .metadata import png_info
 from .pipelines import Cancelled, Model, dtype_name, pick_device, pick_dtype
 from .previews import encode_preview
 from .protocol import Intervals, ProtocolError, decode, encode
-from .registry import ModelFiles, RegistryError, inspect_folder, locate, snapshot_commit
+from .registry import ModelFiles, RegistryError, hub_cache_dir, inspect_folder, locate, snapshot_commit
 from .spec import JobSpec, ModelSpec
 
 log = logging.getLogger("diffdeck.worker")
+
+ORPHANED = 4  # exit status: the Dispatcher is gone
+ORPHAN_GRACE_S = 2.0  # after its input ends, for the running job to stop cleanly
+PR_SET_PDEATHSIG = 1
 
 
 class Wire:
@@ -69,8 +76,9 @@ class Commands:
     A cancel counts only for a job that has arrived and not yet ended, so a late one
     (the job finished as it was sent) cannot cancel a retry of the same job."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, on_end_of_input: Callable[[], None] | None = None):
         self.jobs: queue.Queue[dict | None] = queue.Queue()
+        self._on_end_of_input = on_end_of_input
         self.cancelled: set[str] = set()
         self._open: set[str] = set()
         self._lock = threading.Lock()
@@ -99,11 +107,33 @@ class Commands:
                             self.cancelled.add(message["id"])
                 elif message["type"] == "shutdown":
                     break
-            else:  # the Dispatcher is gone (killed): stop the job within a step, render no more
+            else:  # the Dispatcher is gone (killed): stop the job, render no more
                 with self._lock:
                     self.cancelled |= self._open
+                if self._on_end_of_input:
+                    self._on_end_of_input()
         finally:
             self.jobs.put(None)  # shutdown, or the Dispatcher is gone
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Have the kernel kill this worker when the process that started it dies (Linux): a
+    `kill -9` of diffdeck must not leave a worker rendering for minutes. Strictly, with the
+    thread that started it: workers are started from the Dispatcher's event loop thread.
+    `parent` is that process's pid, to catch a parent that died before the call."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(ORPHANED)
+
+
+def exit_soon(grace_s: float = ORPHAN_GRACE_S) -> None:
+    """The input ended without a shutdown: nobody reads what this worker makes. The running job
+    is cancelled already; whatever still runs after `grace_s` (a model load, one huge kernel)
+    ends with the process."""
+    timer = threading.Timer(grace_s, os._exit, (ORPHANED,))
+    timer.daemon = True
+    timer.start()
 
 
 def load_model(spec: ModelSpec, files: ModelFiles) -> Model:
@@ -111,12 +141,24 @@ def load_model(spec: ModelSpec, files: ModelFiles) -> Model:
         raise RegistryError(files.problem)
     if files.folder is None:  # a hub model not downloaded yet: fetch it, safetensors only
         log.info("downloading %s from the hub", spec.source)
-        folder = diffusers.DiffusionPipeline.download(
-            spec.source, revision=spec.revision, use_safetensors=not spec.allow_pickle)
+        try:
+            folder = diffusers.DiffusionPipeline.download(
+                spec.source, revision=spec.revision, use_safetensors=not spec.allow_pickle)
+        except OSError as e:  # the hub's and the network's errors; diffusers' own says little more
+            log.warning("could not download %s: %s", spec.source, e)
+            raise RegistryError(not_downloadable(spec.source)) from None
         files = inspect_folder(spec, Path(folder))
         if files.problem:
             raise RegistryError(files.problem)
     return Model(spec, files)
+
+
+def not_downloadable(source: str) -> str:
+    why = ("HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE
+           else "the hub could not be reached, or refused it (the worker's log says which)")
+    return (f"{source} is not in the hub cache ({hub_cache_dir()}) and cannot be downloaded: {why}; "
+            f"download it where there is network (hf download {source}) and copy the cache here, "
+            "or give a local folder as its source")
 
 
 def out_of_memory_message(error: BaseException) -> str:
@@ -188,8 +230,17 @@ class Worker:
                            total=info.total, elapsed_s=round(info.elapsed_s, 4),
                            it_s=round(info.step / info.elapsed_s, 3) if info.elapsed_s else None)
 
-        def on_preview(index, step, rgb):
-            mime, data = encode_preview(rgb)
+        previewing = [True]
+
+        def on_preview(index, step, make_rgb):
+            if not previewing[0]:
+                return
+            try:
+                mime, data = encode_preview(make_rgb())
+            except Exception:  # noqa: BLE001 - a preview is a nicety: it never fails the job
+                log.exception("%s: previews stopped for this job", job_id)
+                previewing[0] = False
+                return
             self.wire.send("preview", id=job_id, image=index, step=step, mime=mime,
                            data=base64.b64encode(data).decode())
 
@@ -251,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between step messages")
     parser.add_argument("--preview-interval", type=float, default=defaults.preview_s,
                         help="seconds between previews")
+    parser.add_argument("--parent", type=int, help="the pid of the process that started it: it dies with it")
     args = parser.parse_args(argv)
+    die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client cancels; Ctrl-C is not for us
     diffusers.utils.logging.disable_progress_bar()  # keeps the stderr tail readable
@@ -261,13 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(spec)
     dtype = dtype_name(pick_dtype(spec, files.family, device)) if files.family else None
     wire.send("hello", pid=os.getpid(), model=spec.name, device=device, dtype=dtype, environment=describe())
-    commands = Commands(sys.stdin.buffer)
+    commands = Commands(sys.stdin.buffer, on_end_of_input=exit_soon)
     started = time.perf_counter()
     try:
         model = load_model(spec, files)
     except Exception as e:  # noqa: BLE001 - reported to the Dispatcher, which tells the user
         traceback.print_exc()
-        reason = out_of_memory_message(e) if isinstance(e, torch.cuda.OutOfMemoryError) else f"{type(e).__name__}: {e}"
+        reason = (out_of_memory_message(e) if isinstance(e, torch.cuda.OutOfMemoryError)
+                  else str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}")
         wire.send("load_failed", error=f"could not load model {spec.name!r}: {reason}")
         return 2
     wire.send(

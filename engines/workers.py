@@ -70,7 +70,7 @@ class WorkerProcess:
         # job cleanly, instead of killing every worker with it.
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engines.worker", "--model", json.dumps(self.spec.to_dict()),
-            *self._intervals.to_args(),
+            *self._intervals.to_args(), "--parent", str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, limit=_LINE_LIMIT, start_new_session=True,
         )

@@ -5,6 +5,7 @@ import base64
 import io
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -264,3 +265,18 @@ async def test_progress_is_throttled_but_every_image_reports_its_last_step(regis
         job = await render(d, count=2, steps=12)
         steps = [(e.data["image"], e.data["step"]) for e in events.drain() if e.type == "step" and e.job == job.id]
     assert steps == [(0, 1), (0, 12), (1, 12)]
+
+
+async def test_cancel_lands_inside_a_step_not_at_its_end(dispatcher):
+    """512x512 on the demo takes about a second a step here: a cancel sent as step 2 begins
+    stops it at the next module the UNet enters, well before the step would end."""
+    events = dispatcher.subscribe()
+    job = dispatcher.submit(JobSpec(prompt="slow", seed=1, steps=100, width=512, height=512))
+    (*_, first) = await until(events, lambda e: e.type == "step" and e.job == job.id)
+    sent = time.monotonic()
+    dispatcher.cancel(job.id)
+    rest = await until(events, lambda e: e.type == CANCELLED)
+    latency, step_s = time.monotonic() - sent, first.data["elapsed_s"]
+    assert [e.data["step"] for e in rest if e.type == "step"] == [], "step 2 never ended"
+    assert rest[-1].data["step"] == 1
+    assert latency < 0.5 * step_s, f"the cancel took {latency:.2f} s in a step of {step_s:.2f} s"
