@@ -11,7 +11,7 @@ import asyncio
 
 from .dispatcher import RUNNING, Dispatcher, EventStream
 from .registry import Registry, RegistryError
-from .session import Session
+from .session import Session, SessionWriteError
 from .spec import SpecError
 
 
@@ -23,6 +23,7 @@ class RecordedQueue:
         self.recording: asyncio.Task | None = None
         self._recorder: EventStream | None = None
         self._closed = False
+        self._problem: str | None = None
 
     def start(self) -> list[tuple[str, str]]:
         """Start recording and rendering, and queue the session's unfinished jobs again. Returns
@@ -39,23 +40,40 @@ class RecordedQueue:
                 refused.append((job_id, str(e)))
         return refused
 
-    async def shut_down(self) -> None:
-        """Stop the workers, leaving queued and running jobs queued in the session. So the
-        recording stops before the Dispatcher cancels what it has."""
-        if self._closed:
-            return
-        self._closed = True
+    async def shut_down(self) -> str | None:
+        """Stop the workers, leaving queued and running jobs queued in the session, and compact
+        it. So the recording stops before the Dispatcher cancels what it has. Returns what could
+        not be written, in words (None when everything was): the journal (the session stopped
+        being recorded there) or session.yaml (the journal still holds everything). The workers
+        stop either way."""
+        if not self._closed:
+            self._closed = True
+            self._problem = await self._shut_down()
+        return self._problem
+
+    async def _shut_down(self) -> str | None:
         if self.recording is not None:
             self.recording.cancel()
             await asyncio.gather(self.recording, return_exceptions=True)
-        if self._recorder is not None:
-            for event in self._recorder.drain():  # emitted, not yet written
-                self.session.record_event(event)
-            self._recorder.close()
-        for job in self.dispatcher.jobs.values():
-            if job.status == RUNNING:  # stopped by the user, not crashed: queued, not counted
-                self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(), "position": 0,
-                                     "worker_crashes": job.worker_crashes})
-        await self.dispatcher.close()
+        try:
+            if self._recorder is not None:
+                for event in self._recorder.drain():  # emitted, not yet written
+                    self.session.record_event(event)
+            for job in self.dispatcher.jobs.values():
+                if job.status == RUNNING:  # stopped by the user, not crashed: queued, not counted
+                    self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(),
+                                         "position": 0, "worker_crashes": job.worker_crashes})
+        except SessionWriteError:
+            pass  # the session's write_error says it
+        finally:
+            if self._recorder is not None:
+                self._recorder.close()
+            await self.dispatcher.close()
+        if self.session.write_error is not None:
+            return str(self.session.write_error)
         if self.session.jobs:
-            await asyncio.to_thread(self.session.compact)
+            try:
+                await asyncio.to_thread(self.session.compact)
+            except SessionWriteError as e:
+                return str(e)
+        return None

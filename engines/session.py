@@ -7,28 +7,40 @@
 Saving an event costs one appended line whatever the session's size; `compact()` folds the
 journal into the snapshot. Applying an event is idempotent, so a crash between writing the
 snapshot and emptying the journal replays events the snapshot already holds, harmlessly.
-A last journal line cut short by a kill is ignored; everything before it is kept.
+A last journal line cut short by a kill is ignored; everything before it is kept, and a writer
+sets the torn bytes aside before it appends. A write that fails is taken back and stops the
+recording (SessionWriteError): the journal never holds half an event, nor an event after one.
+One process writes a session at a time: `open_for_writing` takes its lock (SessionLock).
 Every path in the record is relative to the folder. UI side: YAML and JSON only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import io
+import itertools
 import json
 import os
+import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
+from .jsontext import parse_json
 from .spec import MAX_COUNT, JobSpec
-from .yamlfile import parse_yaml, read_utf8
+from .text import visible
+from .yamlfile import load_yaml, parse_yaml, read_utf8
 
 FORMAT = 1
 DEFAULT_ROOT = Path("sessions")
 RECORD = "session.yaml"
 JOURNAL = "journal.jsonl"
+LOCK = "session.lock"
 # Dispatcher events that change the record; progress, previews and telemetry do not.
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "held")
 RECORDED_EVENTS = ("queued", "started", "image", "done", "failed", "cancelled", "held", "worker_ready", "set")
@@ -40,6 +52,15 @@ JOB_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
 
 class SessionError(Exception):
     """A session folder that cannot be read as it is. Nothing in it has been changed."""
+
+
+class SessionLocked(SessionError):
+    """Another process is writing the session; the message names it."""
+
+
+class SessionWriteError(Exception):
+    """The session folder could not be written (a full disk, a file-size limit, a read-only
+    folder). What was written before is whole; the message says what the journal holds."""
 
 
 def new_session_dir(root: Path = DEFAULT_ROOT) -> Path:
@@ -61,17 +82,22 @@ def is_session(folder: Path) -> bool:
 
 
 def summarize(folder: Path) -> dict[str, Any]:
-    """One line's worth about a session folder, for `diffdeck sessions`."""
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    row: dict[str, Any] = {"path": str(folder), "size": size}
+    """One line's worth about a session folder, for `diffdeck sessions`; for one that cannot be
+    read, why (`problem`), so that a listing goes on past it."""
+    row: dict[str, Any] = {"path": str(folder)}
     try:
+        row["size"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         session = Session.open(folder)
         jobs = session.jobs.values()
-        return {**row, "created": session.record.get("created"), "jobs": len(jobs),
+        created = session.record.get("created")  # a hand-edited date is a YAML date, not text
+        return {**row, "created": None if created is None else str(created), "jobs": len(jobs),
                 "images": sum(len(job["images"]) for job in jobs),
+                "statuses": dict(Counter(str(job["status"]) for job in jobs)),
                 "models": sorted({str(job["spec"]["model"]) for job in jobs})}
     except SessionError as e:
         return {**row, "problem": str(e)}
+    except OSError as e:
+        return {**row, "problem": f"cannot be read ({e.strerror or e})"}
     except (KeyError, TypeError, AttributeError) as e:
         return {**row, "problem": f"its record is incomplete ({type(e).__name__}: {e})"}
 
@@ -80,7 +106,11 @@ class Session:
     def __init__(self, folder: Path, record: dict[str, Any]):
         self.folder = Path(folder)
         self.record = record
-        self._journal = None
+        self._journal: int | None = None  # the journal's descriptor, opened to append at the first event
+        self._lock: SessionLock | None = None
+        self._tail_mended = False
+        self.write_error: SessionWriteError | None = None  # once set, nothing more is recorded
+        self.notices: list[str] = []  # what a writer's owner should say: a lock taken over, a torn line set aside
 
     @property
     def jobs(self) -> dict[str, dict[str, Any]]:
@@ -128,9 +158,32 @@ class Session:
             session._check(journal_file)
         return session
 
-    def _check(self, where: Path) -> None:
+    @classmethod
+    def adopt(cls, folder: Path, record: Any, where: str) -> "Session":
+        """A record from elsewhere (a daemon's) as the session of `folder`, refused as one read
+        from a file would be, with `where` named as its source. Nothing is written."""
+        session = cls(folder, _sections(record, where))
+        session._check(where)
+        return session
+
+    @classmethod
+    def open_for_writing(cls, folder: Path, writer: str, create: bool = True) -> "Session":
+        """`open`, as the session's one writer: its lock is taken first (SessionLocked names the
+        process holding it) and held until `close`; a last journal line cut short is set aside.
+        `writer` is the command, in words, shown to a second writer."""
+        lock = SessionLock.take(Path(folder), writer)
+        try:
+            session = cls.open(folder, create)
+            session._lock, session.notices = lock, list(lock.notices)
+            session._mend_journal()
+        except BaseException:
+            lock.release()
+            raise
+        return session
+
+    def _check(self, where: Path | str) -> None:
         """Refuse a record that is not shaped as diffdeck writes it, naming the first fault and
-        the file it came from. An image path must stay inside the folder (relative, never ..)."""
+        where it came from. An image path must name a file inside the folder (relative, never ..)."""
         for job_id, job in self.jobs.items():
             if not isinstance(job_id, str):
                 raise SessionError(f"{where}: the job key {job_id!r} is not a job id such as job-0001")
@@ -142,20 +195,21 @@ class Session:
             crashes = job.get("worker_crashes", 0)
             if not isinstance(crashes, int) or isinstance(crashes, bool) or crashes < 0:
                 raise SessionError(f"{where}: job {job_id!r} has worker_crashes {crashes!r}; a count was expected")
+            if not _are_measures(job):
+                raise SessionError(f"{where}: job {job_id!r} has timings or a peak memory that are not numbers")
             if not isinstance(job.get("images"), list):
                 raise SessionError(f"{where}: job {job_id!r} has no list of images")
             for image in job["images"]:
                 if not isinstance(image, dict) or not all(isinstance(image.get(k), int) for k in ("image", "seed")):
                     raise SessionError(f"{where}: job {job_id!r} has an image without its index and seed")
-                if not isinstance(image.get("timings", {}), dict) or not (
-                        image.get("peak_memory") is None or _is_count(image["peak_memory"])):
+                if not _are_measures(image):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has timings or a peak "
                                        "memory that are not numbers")
                 if image.get("rating", 0) not in range(6):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the rating "
                                        f"{image['rating']!r}; a rating is 1 to 5 stars")
                 path = image.get("path")
-                if not isinstance(path, str) or os.path.isabs(path) or os.path.normpath(path).startswith(".."):
+                if not _is_inside(path):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the path {path!r}, "
                                        "which leaves the session folder; refusing to use it")
 
@@ -175,16 +229,50 @@ class Session:
             self.record_event(event)
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Record one event: applied in memory, and one line appended to the journal. Returns it as recorded."""
+        """Record one event: applied in memory, and one line appended to the journal. Returns it as
+        recorded. SessionWriteError when the line cannot be written; from then on every append
+        raises it: the record in memory holds an event the journal does not."""
+        if self.write_error is not None:
+            raise SessionWriteError(*self.write_error.args)
         if event["type"] == "image":
             event = {**event, "path": os.path.relpath(Path(event["path"]).resolve(), self.folder.resolve())}
         self.apply(event)
-        if self._journal is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._journal = open(self.folder / JOURNAL, "a", encoding="utf-8")
-        self._journal.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._journal.flush()  # in the OS once written: a kill -9 of diffdeck loses nothing
+        self._write_line(json.dumps(event, separators=(",", ":")).encode() + b"\n")
         return event
+
+    def _write_line(self, line: bytes) -> None:
+        """One line at the journal's end, in the OS when this returns (a kill -9 of diffdeck loses
+        nothing). A write that fails part way takes back the part it wrote, so no event is ever
+        appended after half a line, and the session stops recording."""
+        journal, end = self.folder / JOURNAL, None
+        try:
+            if self._journal is None:
+                self._mend_journal()
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            end = os.fstat(self._journal).st_size
+            rest = memoryview(line)
+            while rest:
+                rest = rest[os.write(self._journal, rest):]
+        except OSError as e:
+            if end is not None:
+                with contextlib.suppress(OSError):  # else the next writer sets the torn line aside
+                    os.ftruncate(self._journal, end)
+            self._close_journal()
+            self.write_error = SessionWriteError(f"could not write {journal} ({e.strerror or e}); the session is "
+                                                 "no longer recorded (what was recorded before is kept)")
+            raise SessionWriteError(*self.write_error.args) from None
+
+    def _mend_journal(self) -> None:
+        """Before this process first writes the journal: a last line cut short is moved aside."""
+        if self._tail_mended:
+            return
+        aside = _set_torn_tail_aside(self.folder / JOURNAL)
+        self._tail_mended = True
+        if aside:
+            path, size = aside
+            self.notices.append(f"{self.folder / JOURNAL} ended in a line cut short (by a kill or a failed "
+                                f"write); its {size} bytes were moved to {path}")
 
     def apply(self, event: dict[str, Any]) -> None:
         kind, job_id = event["type"], event.get("job")
@@ -293,23 +381,162 @@ class Session:
         return self.folder / relative
 
     def compact(self) -> None:
-        """Fold the journal into session.yaml (written atomically), then empty the journal."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / (RECORD + ".part")
-        with open(partial, "w", encoding="utf-8") as f:
-            _dump_record(self.record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, self.folder / RECORD)
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        (self.folder / JOURNAL).write_text("")
+        """Fold the journal into session.yaml (written atomically), then empty the journal.
+        SessionWriteError when session.yaml cannot be written (a full disk, a read-only folder):
+        then nothing has changed and the journal still holds everything. A session that stopped
+        recording is not compacted: its record in memory holds what the journal does not."""
+        if self.write_error is not None:
+            raise SessionWriteError(*self.write_error.args)
+        text = io.StringIO()
+        _dump_record(self.record, text)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_whole(self.folder / RECORD, text.getvalue().encode())
+            self._close_journal()
+            (self.folder / JOURNAL).write_bytes(b"")
+        except OSError as e:
+            raise SessionWriteError(f"could not write {self.folder / RECORD} ({e.strerror or e}); nothing is lost: "
+                                    "the journal still holds everything") from None
 
     def close(self) -> None:
+        """Done writing: the journal closed and the session's lock, if this process took it, let go."""
+        self._close_journal()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _close_journal(self) -> None:
         if self._journal is not None:
-            self._journal.close()
+            os.close(self._journal)
             self._journal = None
+
+
+class SessionLock:
+    """One writer per session folder. `session.lock` says who holds it (pid, host, command,
+    since) and is held with flock for the writer's life: however the writer ends, even by kill -9,
+    the kernel lets go of it, and the next writer takes it over. Removed when let go."""
+
+    def __init__(self, path: Path, fd: int, made: list[Path], notices: list[str]):
+        self.path, self._fd, self._made, self.notices = path, fd, made, notices
+
+    @classmethod
+    def take(cls, folder: Path, writer: str) -> "SessionLock":
+        """The lock of `folder` (made if need be), or SessionLocked naming the process that holds it."""
+        made = list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
+        path = folder / LOCK
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = _locked(path)
+        except OSError as e:
+            raise SessionError(f"{folder} cannot be written: {e.strerror or e}") from None
+        if fd is None:
+            raise SessionLocked(f"{folder} is being written by {_holder_text(_holder(path))}; one writer at a time: "
+                                "wait for it to finish, or write another session")
+        previous, here = _holder(fd), socket.gethostname()
+        notices = []
+        if previous.get("host", here) != here:  # the kernel cannot tell whether a process there lives
+            os.close(fd)
+            raise SessionLocked(f"{folder} is being written by {_holder_text(previous)}, as its {LOCK} says; "
+                                f"if that process is no longer running, remove {path}")
+        if previous:
+            notices.append(f"{folder}: taking over the lock of {_holder_text(previous)}, which is no longer running")
+        holder = {"pid": os.getpid(), "host": here, "command": writer, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with contextlib.suppress(OSError):  # the flock is what counts; a full disk only leaves it unnamed
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return cls(path, fd, made, notices)
+
+    def release(self) -> None:
+        """Let go: the file removed first, so that whoever opens it next makes a new one."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        for folder in self._made:  # made for a writer that wrote nothing (bad input): gone again
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _locked(path: Path) -> int | None:
+    """A descriptor of `path` holding its flock, or None while another holds it. A file removed
+    by its holder between our open and our flock is not the lock any more: open it again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _holder(lock: Path | int) -> dict[str, Any]:
+    """What a lock file says of its holder; {} when it says nothing readable."""
+    try:
+        data = os.pread(lock, 4096, 0) if isinstance(lock, int) else lock.read_bytes()[:4096]
+        holder = json.loads(data)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    if "pid" not in holder:
+        return "another process (its lock does not say which)"
+    return visible(f"pid {holder['pid']} on {holder.get('host', '?')} ({holder.get('command', '?')}) "
+                   f"since {holder.get('since', '?')}")
+
+
+def _set_torn_tail_aside(journal: Path) -> tuple[Path, int] | None:
+    """A journal whose last line was cut short (a kill, a failed write): the torn bytes are moved
+    to journal.torn-<time> beside it and the journal rewritten without them, atomically, so that
+    the next event starts a line of its own. Returns where they went and how many there were."""
+    try:
+        with open(journal, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return None
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return None
+            f.seek(0)
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    keep = data[: data.rfind(b"\n") + 1]
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 2
+    aside = journal.with_name(f"journal.torn-{stamp}")
+    while aside.exists():
+        aside, n = journal.with_name(f"journal.torn-{stamp}-{n}"), n + 1
+    try:
+        _write_whole(aside, data[len(keep):])
+        _write_whole(journal, keep)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+        raise SessionWriteError(f"{journal} ends in a line cut short, which could not be set aside "
+                                f"({e.strerror or e}); nothing was written") from None
+    return aside, len(data) - len(keep)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """`path` holding `data`, whole or not at all: written beside it, flushed to the disk, then
+    renamed over it. On failure the partial file is removed and the OSError raised."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
 
 
 def _set_problem(entry: Any) -> str | None:
@@ -344,6 +571,22 @@ def _set_problem(entry: Any) -> str | None:
     return None
 
 
+def _is_inside(path: Any) -> bool:
+    """Whether `path` names a file inside the session folder: relative, never through .., not the folder."""
+    if not isinstance(path, str) or os.path.isabs(path):
+        return False
+    normal = os.path.normpath(path)
+    return normal != "." and not normal.startswith("..")
+
+
+def _are_measures(entry: dict[str, Any]) -> bool:
+    """Whether a job's or an image's timings are seconds by name and its peak memory bytes, as
+    the views that print them with a number format need."""
+    timings, peak = entry.get("timings", {}), entry.get("peak_memory")
+    return isinstance(timings, dict) and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                             for t in timings.values()) and (peak is None or _is_count(peak))
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -361,16 +604,22 @@ def _dump_record(record: dict[str, Any], out: TextIO) -> None:
 
 def _read_record(path: Path) -> dict[str, Any]:
     text = read_utf8(path, SessionError)
-    record = _load_as_written(text) or parse_yaml(text, path, SessionError)
+    return _sections(_load_as_written(text) or parse_yaml(text, path, SessionError), path)
+
+
+def _sections(record: Any, where: Path | str) -> dict[str, Any]:
+    """A record with the sections every reader relies on (format, models, sets, jobs), or a
+    SessionError naming `where`."""
     if not isinstance(record, dict) or not isinstance(record.get("jobs"), dict):
-        raise SessionError(f"{path} is not a diffdeck session record (no 'jobs:' mapping)")
+        raise SessionError(f"{where} is not a diffdeck session record (no 'jobs:' mapping)")
     if record.get("format") != FORMAT:
-        raise SessionError(f"{path} is in session format {record.get('format')!r}; "
+        raise SessionError(f"{where} is in session format {record.get('format')!r}; "
                            f"this diffdeck reads format {FORMAT}")
     record.setdefault("models", {})
     record.setdefault("sets", {})  # sessions from before A/B sets
-    if not isinstance(record["sets"], dict):
-        raise SessionError(f"{path}: 'sets:' is not a mapping of set ids to sets")
+    for section in ("models", "sets"):
+        if not isinstance(record[section], dict):
+            raise SessionError(f"{where}: '{section}:' is not a mapping of names to entries")
     return record
 
 
@@ -382,9 +631,9 @@ def _load_as_written(text: str) -> dict[str, Any] | None:
         return None
     header, marker, sets = header.partition("\nsets:\n")
     try:
-        record = yaml.safe_load(header)
-    except yaml.YAMLError:
-        return None  # parse_yaml names the line
+        record = load_yaml(header)
+    except (yaml.YAMLError, RecursionError):
+        return None  # parse_yaml names the line, or says it is nested too deeply
     if not isinstance(record, dict) or "jobs" in record or (marker and "sets" in record):
         return None
     record["jobs"] = _json_lines(jobs)
@@ -399,7 +648,7 @@ def _json_lines(section: str) -> dict[str, Any] | None:
     for line in section.rstrip("\n").split("\n"):  # ASCII only (JSON escapes the rest): no other line breaks
         try:
             key, value = line.split(": ", 1) if line.startswith('  "') else (None, None)
-            entries[json.loads(key)] = json.loads(value)
+            entries[parse_json(key)] = parse_json(value)
         except (ValueError, TypeError):
             return None
     return entries
@@ -410,13 +659,16 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _read_journal(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    lines = path.read_bytes().split(b"\n")
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise SessionError(f"{path} cannot be read: {e.strerror or e}") from None
     events = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
+            event = parse_json(line)
         except ValueError:
             if number == len(lines):  # the last line, cut short by a kill: the event never happened
                 break
