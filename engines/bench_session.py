@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .compare import Tolerance
 from .dispatcher import Dispatcher
 from .registry import Registry
-from .replay import describe_differences, replay
+from .replay import Check, check_environment, replay
 from .session import Session
 from .spec import JobSpec
 
@@ -93,10 +94,10 @@ async def _render_then_replay(registry: Registry, folder: Path, jobs: int, count
     session.compact()
 
     start = time.perf_counter()
-    describe_differences(session, registry, ["demo"])
+    environment = check_environment(session, registry, ["demo"])
     environment_s = time.perf_counter() - start
-    results = await replay(registry, session, list(session.jobs), Session.open(folder / "replay"), True, 40.0, 2,
-                           lambda result: None)
+    results = await replay(registry, session, list(session.jobs), Session.open(folder / "replay"),
+                           Check(Tolerance(), environment.drift), lambda result: None)
     replay_s = time.perf_counter() - start
     kinds = [r.verdict.kind if r.verdict else "not rendered" for r in results]
     if kinds != ["identical"] * (jobs * count):

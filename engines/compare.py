@@ -29,9 +29,21 @@ def file_pixel_sha256(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # identical | near-identical | different | missing (no recorded image)
-    psnr_db: float | None = None  # None: identical pixels
+    # identical | near-identical | different | missing (no recorded image) | altered (the recorded
+    # image's pixels no longer match the SHA-256 in its record)
+    kind: str
+    psnr_db: float | None = None  # None: identical pixels, or not compared
     phash_distance: int = 0
+    max_difference: int = 0  # the largest difference of one channel of one pixel, 0..255
+    note: str | None = None  # why, where the kind alone does not say
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close near-identical is: the last-bit noise of other float kernels, never a visible change."""
+    min_psnr_db: float = 60.0
+    max_difference: int = 2
+    max_phash_distance: int = 2
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -61,11 +73,19 @@ def measure(a: Image.Image, b: Image.Image) -> tuple[float, int]:
     return psnr(a, b), bin(dhash(a) ^ dhash(b)).count("1")
 
 
-def compare(recorded: str | Path, new: str | Path, min_psnr_db: float, max_phash_distance: int) -> Verdict:
-    """Identical pixels, or near-identical within both tolerances, or different."""
+def max_difference(a: Image.Image, b: Image.Image) -> int:
+    """The largest difference of one channel of one pixel (255 for images of different sizes)."""
+    if a.size != b.size:
+        return 255
+    return max(high for _, high in ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getextrema())
+
+
+def compare(recorded: str | Path, new: str | Path, tolerance: Tolerance) -> Verdict:
+    """Identical pixels, or near-identical within every bound of the tolerance, or different."""
     with Image.open(recorded) as a, Image.open(new) as b:
         if pixel_sha256(a) == pixel_sha256(b):
             return Verdict("identical")
-        db, distance = measure(a, b)
-    near = db >= min_psnr_db and distance <= max_phash_distance
-    return Verdict("near-identical" if near else "different", round(db, 2), distance)
+        (db, distance), largest = measure(a, b), max_difference(a, b)
+    near = (db >= tolerance.min_psnr_db and largest <= tolerance.max_difference
+            and distance <= tolerance.max_phash_distance)
+    return Verdict("near-identical" if near else "different", round(db, 2), distance, largest)

@@ -1,16 +1,17 @@
-"""Replay a session: say what differs from the recorded environment, render the recorded jobs
-again with their recorded seeds into `replay-<n>/` inside the session, and with `check`
-compare every image with the one on record. UI side: a client of the Dispatcher.
+"""Replay a session: say what differs from the recorded environment and which of that can move
+pixels by float noise (the drift factors), render the recorded jobs again with their recorded
+seeds into a new `replay-<n>/` folder, and with a check judge every image against its record.
+UI side: a client of the Dispatcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .compare import Verdict, compare
+from .compare import Tolerance, Verdict, compare, file_pixel_sha256
 from .dispatcher import Dispatcher, Job
 from .identity import model_identity
 from .probe import probe_environment
@@ -27,14 +28,43 @@ class ImageResult:
     seed: int
     recorded: str
     replayed: str | None
-    verdict: Verdict | None  # None: not checked, or not rendered
+    verdict: Verdict | None  # None: not checked, or (the record intact) not rendered
 
 
-def replay_folder(session: Path) -> Path:
+@dataclass(frozen=True)
+class Check:
+    """How a replay judges its images: the near-identical bounds, and per model the drift factors
+    named before rendering. Near-identical passes only for a model with a drift factor."""
+    tolerance: Tolerance
+    drift: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class EnvironmentCheck:
+    differences: list[str]  # "model: where: recorded -> now", everything that differs
+    drift: dict[str, list[str]]  # per model, what of that decides bit-exactness
+
+
+# What decides whether a render repeats bit for bit. A difference in one of these from the record
+# is a drift factor; Python, the platform string, the other libraries and diffdeck's own version
+# are reported but are not (a change there that moves pixels is a change to find, not noise).
+DRIFT_FIELDS = ("cpu", "cuda", "cudnn", "gpus", "driver")
+DRIFT_LIBRARIES = ("torch", "diffusers", "transformers", "numpy")
+
+
+def new_replay_folder(root: Path) -> Path:
+    """Make the next free `replay-<n>/` in root (root too, if need be) before anything renders."""
     n = 1
-    while (session / f"replay-{n}").exists():
-        n += 1
-    return session / f"replay-{n}"
+    while True:
+        folder = root / f"replay-{n}"
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            n += 1
+        except OSError as e:
+            raise SessionError(f"cannot write the replay into {root}: {e.strerror or e}; "
+                               "name a folder that can be written with --into DIR") from None
 
 
 def select_jobs(session: Session, selector: str | None) -> list[str]:
@@ -49,21 +79,40 @@ def select_jobs(session: Session, selector: str | None) -> list[str]:
     return wanted
 
 
-def describe_differences(session: Session, registry: Registry, models: list[str]) -> list[str]:
+def check_environment(session: Session, registry: Registry, models: list[str]) -> EnvironmentCheck:
     """What differs, for each model, between what it was rendered with and what is here now:
-    the environment (Python, libraries, CUDA, GPUs) and the model itself (revision, weight
-    hashes, pipeline class, scheduler config)."""
+    the environment (Python, libraries, CPU, CUDA, GPUs) and the model itself (revision, weight
+    hashes, pipeline class, scheduler config); and of that, the drift factors."""
     environment = probe_environment()
     if environment is None:
-        return ["this machine's environment could not be read (is torch installed?)"]
-    lines = []
+        unread = "this machine's environment could not be read (is torch installed?)"
+        return EnvironmentCheck([unread], {model: [unread] for model in models})
+    lines, drift = [], {}
     for model in models:
         record = session.record["models"].get(model) or {}
         folder = registry.files(model).folder
         now = {"environment": environment, "model": model_identity(folder) if folder else None}
         then = {"environment": record.get("environment"), "model": record.get("identity")}
         lines += [f"{model}: {d}" for d in differences(then, now)]
-    return lines
+        drift[model] = drift_factors(record.get("environment"), environment)
+    return EnvironmentCheck(lines, drift)
+
+
+def drift_factors(recorded: Any, current: dict[str, Any]) -> list[str]:
+    """What differs between a recorded environment and this one of what decides bit-exactness;
+    a record without the CPU (made before diffdeck recorded it) leaves that unknown."""
+    if not isinstance(recorded, dict):
+        return ["environment not recorded"]
+    fields = [field for field in DRIFT_FIELDS if field != "cpu" or "cpu" in recorded]
+    unknown = [] if "cpu" in recorded else ["CPU not recorded"]
+    return unknown + differences(_decisive(recorded, fields), _decisive(current, fields))
+
+
+def _decisive(environment: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    versions = environment.get("versions")
+    versions = versions if isinstance(versions, dict) else {}
+    return {**{field: environment.get(field) for field in fields},
+            "versions": {name: versions.get(name) for name in DRIFT_LIBRARIES}}
 
 
 def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
@@ -74,8 +123,7 @@ def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if recorded == current else [f"{prefix.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
-async def replay(registry: Registry, session: Session, job_ids: list[str], target: Session,
-                 check: bool, min_psnr_db: float, max_phash_distance: int,
+async def replay(registry: Registry, session: Session, job_ids: list[str], target: Session, check: Check | None,
                  on_result: Callable[[ImageResult], None]) -> list[ImageResult]:
     results = []
     async with Dispatcher(registry, target.images_dir, first_job_number=target.next_job_number()) as dispatcher:
@@ -87,8 +135,7 @@ async def replay(registry: Registry, session: Session, job_ids: list[str], targe
                 recorded, job = session.jobs[job_id], await dispatcher.wait(replayed[job_id].id)
                 new = {image["image"]: image for image in job.images}
                 for image in sorted(recorded["images"], key=lambda i: i["image"]):
-                    result = _result(session, job_id, image, new.get(image["image"]), check,
-                                     min_psnr_db, max_phash_distance)
+                    result = _result(session, job_id, image, new.get(image["image"]), check)
                     results.append(result)
                     on_result(result)
         finally:
@@ -114,15 +161,35 @@ def _queue(dispatcher: Dispatcher, session: Session, job_ids: list[str]) -> dict
     return replayed
 
 
-def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[str, Any] | None, check: bool,
-            min_psnr_db: float, max_phash_distance: int) -> ImageResult:
+def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[str, Any] | None,
+            check: Check | None) -> ImageResult:
     recorded_path = session.resolve(recorded["path"])
     result = ImageResult(job_id, recorded["image"], recorded["seed"], str(recorded_path),
                          new["path"] if new else None, None)
-    if check and new is not None:
-        result.verdict = (compare(recorded_path, new["path"], min_psnr_db, max_phash_distance)
-                          if recorded_path.is_file() else Verdict("missing"))
+    if check:
+        drift = check.drift.get(session.jobs[job_id]["spec"]["model"], [])
+        result.verdict = judge(recorded_path, recorded.get("pixel_sha256"), result.replayed, check.tolerance, drift)
     return result
+
+
+def judge(recorded: Path, recorded_sha256: str | None, new: str | None, tolerance: Tolerance,
+          drift: list[str]) -> Verdict | None:
+    """The recorded image against its record first, whatever the replay gave; then the replay
+    against it, where near-identical needs a drift factor. None: intact but not rendered."""
+    if not recorded.is_file():
+        return Verdict("missing")
+    try:
+        pixels = file_pixel_sha256(recorded)
+    except OSError:  # PIL's "cannot identify image file" is one
+        return Verdict("altered", note="the recorded file is not a readable image")
+    if recorded_sha256 not in (None, pixels):
+        return Verdict("altered", note="its pixels no longer match the SHA-256 in the record")
+    if new is None:
+        return None
+    verdict = compare(recorded, new, tolerance)
+    if verdict.kind == "near-identical" and not drift:
+        return replace(verdict, kind="different", note="nothing that decides bit-exactness differs from the record")
+    return verdict
 
 
 def result_dict(result: ImageResult) -> dict[str, Any]:
