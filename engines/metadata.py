@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-from PIL.PngImagePlugin import PngInfo
+from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 from . import __version__
-from .spec import JobSpec
+from .jsontext import parse_json
+from .spec import MAX_SIDE, JobSpec, SpecError
 
 PARAMETERS_KEY = "parameters"
 RECORD_KEY = "diffdeck"
@@ -88,17 +88,27 @@ class MetadataError(ValueError):
 
 def read_record(path: str | Path) -> dict[str, Any]:
     """The diffdeck record stored in a PNG written by diffdeck."""
-    try:
-        with Image.open(path) as image:
-            text = getattr(image, "text", {}).get(RECORD_KEY)
-    except (OSError, UnidentifiedImageError) as e:
-        raise MetadataError(f"{path} is not a readable image ({e})") from None
+    text = _png_text(path).get(RECORD_KEY)
     if text is None:
         raise MetadataError(f"{path} has no diffdeck record; was it made by diffdeck?")
     try:
-        return json.loads(text)
-    except ValueError:
-        raise MetadataError(f"{path}: its diffdeck record is not valid JSON") from None
+        return parse_json(text)
+    except ValueError as e:
+        raise MetadataError(f"{path}: its diffdeck record is not valid JSON ({e})") from None
+
+
+def _png_text(path: str | Path) -> dict[str, str]:
+    """A PNG's text chunks. Some come after the pixels, which PIL decodes to reach them: a file
+    that claims more pixels than diffdeck ever makes is refused before that, and so is one that
+    is not a PNG, is broken, or holds text past PIL's limits (zTXt that inflates, say)."""
+    try:
+        with PngImageFile(path) as image:  # PNG alone; the size check is this one, not PIL's warning
+            if image.width * image.height <= MAX_SIDE * MAX_SIDE:
+                return dict(image.text)
+            problem = f"it claims {image.width}x{image.height} pixels, more than a diffdeck image has"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's words for a broken PNG
+        problem = str(e)
+    raise MetadataError(f"{path} is not a readable image ({problem})")
 
 
 def image_job(path: str | Path) -> JobSpec:
@@ -106,9 +116,13 @@ def image_job(path: str | Path) -> JobSpec:
     record = read_record(path)
     try:
         seed = record["seed"]
-        return JobSpec.from_dict({**record["spec"], "count": 1, "seed": seed, "seeds": [seed]})
+        job = JobSpec.from_dict({**record["spec"], "count": 1, "seed": seed, "seeds": [seed]})
+        job.validate()
+        return job
     except (KeyError, TypeError) as e:
         raise MetadataError(f"{path}: its diffdeck record is incomplete ({e})") from None
+    except SpecError as e:
+        raise MetadataError(f"{path}: its diffdeck record holds a job that cannot run ({e})") from None
 
 
 _FIELD = re.compile(r'\s*(\w[\w \-/]*): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MAX_SIDE = 4096
 MAX_STEPS = 1000
 MAX_COUNT = 64
+MAX_PROMPT = 10_000  # characters; T5 in SD3 and Flux reads 512 tokens, CLIP 77: this is ample
 SEED_RANGE = 2**32
 
 # Short scheduler names. Each maps to a diffusers class and the config overrides it needs.
@@ -56,6 +57,8 @@ def parse_size(text: str) -> tuple[int, int]:
     parts = str(text).lower().replace(" ", "").split("x")
     if len(parts) != 2 or not all(p.isascii() and p.isdecimal() for p in parts):
         raise SpecError("size", f"{text!r} is not WIDTHxHEIGHT, for example 512x512")
+    if any(len(p) > 9 for p in parts):  # no side is near this long, and int() refuses thousands of digits
+        raise SpecError("size", f"a side of {max(map(len, parts))} digits is more than {MAX_SIDE} pixels")
     return int(parts[0]), int(parts[1])
 
 
@@ -104,10 +107,12 @@ class JobSpec:
         _check(self.prompt.strip() != "", "prompt", "is empty; describe the image to render")
         _check(isinstance(self.negative_prompt, str), "negative_prompt", "must be text")
         for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            _check(len(text) <= MAX_PROMPT, name, f"is {len(text):,} characters long; at most {MAX_PROMPT:,} are taken")
             _check("\x00" not in text, name, "contains a NUL character")
             bad = _undecodable_at(text)
             _check(bad is None, name, f"is not valid UTF-8: an undecodable byte at character {bad}; "
                    "check the encoding of your terminal (locale) or prompt file")
+        _check(isinstance(self.model, str), "model", f"must be a model's name, not a {type(self.model).__name__}")
         _check(bool(self.model), "model", "is empty; name a model from `diffdeck models`")
         _check(_is_int(self.count) and 1 <= self.count <= MAX_COUNT, "count",
                f"must be a whole number from 1 to {MAX_COUNT}, got {self.count!r}")
