@@ -19,6 +19,9 @@ The hello carries the session's whole record (jobs, sets, picks, ratings), so a 
 what happened before it attached and follow the events from there, and the daemon's models with
 their defaults (engines.registry.Registry.menu), which may not be the client's.
 
+A message longer than PAGE characters (a large session's hello, a whole image) goes as pages of
+its JSON text, each line well under LINE_LIMIT: {"part": "..."} lines, then {"last": "..."}.
+
 A client of another protocol version gets {"error": ...} naming both versions, then the line
 closes. UI side: never imports torch.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -47,14 +51,17 @@ from . import __version__
 from .dispatcher import QUEUED, RUNNING, Event, EventStream, Job
 from .recorded import RecordedQueue
 from .registry import RegistryError
-from .session import SessionError
+from .session import SessionError, SessionWriteError
 from .spec import JobSpec, SpecError
 from .variants import VariantSet
 from .telemetry import WorkerView
 
 PROTOCOL = 1
-LINE_LIMIT = 2**24  # an image record with its metadata is a few kB; a thumbnail well under a MB
+LINE_LIMIT = 2**24  # what a reader takes as one line; a longer message goes as pages
+PAGE = 2**20  # characters of JSON a line (at most twice as many once quoted: no more than 2 MiB)
+MESSAGE_LIMIT = 2**30  # characters of one message, all its pages together
 MAX_BACKLOG = 50_000  # events; previews, steps and telemetry make a few a second
+MAX_WHOLE = 2**31 - 1  # what a whole-number argument may be (a position, an image, stars, pixels)
 
 
 class DaemonError(Exception):
@@ -99,20 +106,30 @@ def place() -> Place:
 
 
 def own_folder(folder: Path) -> None:
-    """Make `folder` (0700), or check that the one there is a real folder of this user's."""
+    """Make `folder` (0700), or check that the one there is a real folder of this user's that
+    nobody else may write in: whoever may could remove the socket and put theirs there."""
     try:
         folder.mkdir(parents=True, mode=0o700)
     except FileExistsError:
         info = folder.lstat()
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             raise DaemonError(f"{folder} is not a folder of this user's; set DIFFDECK_SOCKET to a path of your own") from None
+        if info.st_mode & 0o022:
+            raise DaemonError(f"{folder} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+                              f"make it yours alone (chmod 700 {folder}) or set DIFFDECK_SOCKET to a path "
+                              "in a folder of your own") from None
 
 
 def hold_lock(where: Place) -> int:
     """The daemon's lock, held for its life (the returned descriptor): one daemon per socket,
     and none resumes a session another is still writing."""
     own_folder(where.socket.parent)
-    fd = os.open(where.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(where.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # a link there is never followed
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise DaemonError(f"cannot take the daemon's lock {where.lock}: {why}; not touching it "
+                          "(remove it, or set DIFFDECK_SOCKET elsewhere)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -122,13 +139,43 @@ def hold_lock(where: Place) -> int:
 
 
 def encode(message: dict[str, Any]) -> bytes:
+    """A message as protocol lines: one line, or pages of its text when it is longer than PAGE."""
+    text = json.dumps(message, separators=(",", ":"))
+    if len(text) <= PAGE:
+        return text.encode() + b"\n"
+    pages = [text[start:start + PAGE] for start in range(0, len(text), PAGE)]
+    return b"".join(_line({"part": page}) for page in pages[:-1]) + _line({"last": pages[-1]})
+
+
+def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, its pages joined; None at the end of the stream. ValueError for a line
+    that is not a JSON object, or past LINE_LIMIT, or pages past MESSAGE_LIMIT."""
+    pages, size = [], 0
+    while line := await reader.readline():
+        message = _read(line)
+        page = message.get("part", message.get("last"))
+        if page is None:
+            if pages:
+                raise ValueError("a message sent in pages was cut short")
+            return message
+        if not isinstance(page, str) or (size := size + len(page)) > MESSAGE_LIMIT:
+            raise ValueError(f"a message sent in pages was not text, or longer than {MESSAGE_LIMIT:,} characters")
+        pages.append(page)
+        if "last" in message:
+            return _read("".join(pages).encode())
+    if pages:
+        raise ValueError("a message sent in pages was cut short")
+    return None
 
 
 def job_state(job: Job) -> dict[str, Any]:
     return {"id": job.id, "status": job.status, "spec": job.spec.to_dict(), "images": job.images,
             "timings": job.timings, "peak_memory": job.peak_memory, "error": job.error,
-            "worker_crashes": job.worker_crashes}
+            "worker_crashes": job.worker_crashes, "progress": job.progress}
 
 
 def event_message(event: Event) -> dict[str, Any]:
@@ -152,9 +199,11 @@ class Daemon:
         self.dispatcher = engine.dispatcher
         self._stop, self._now = asyncio.Event(), asyncio.Event()
         self._connections: dict[asyncio.StreamWriter, EventStream] = {}
+        self.failure: str | None = None  # why it stopped of itself: its session could not be written
 
-    async def serve(self) -> None:
-        """Serve until `stop` is called; then shut down, leaving unfinished jobs queued in the session."""
+    async def serve(self) -> int:
+        """Serve until `stop` is called; then shut down, leaving unfinished jobs queued in the
+        session. Returns the exit status: 1 when the session could not be written, else 0."""
         _take_socket_path(self.where.socket)
         previous = os.umask(0o177)  # the socket is born 0600: no moment where another user may connect
         try:
@@ -181,12 +230,16 @@ class Daemon:
             for writer, events in list(self._connections.items()):  # before the shut-down's cancellations
                 events.close()
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    writer.write(encode({"error": "the daemon stopped; unfinished jobs stay queued in its session"}))
+                    writer.write(encode({"error": f"the daemon stopped: {self.failure}" if self.failure else
+                                                  "the daemon stopped; unfinished jobs stay queued in its session"}))
                     writer.close()
-            await self.engine.shut_down()
+            problem = await self.engine.shut_down()
+            if problem and problem != self.failure:  # compacting its session: the journal holds it all
+                print(f"diffdeck serve: {problem}", flush=True)
             self.where.socket.unlink(missing_ok=True)
-            if not self.engine.session.unfinished():
+            if not self.failure and not self.engine.session.unfinished():
                 self.where.state.unlink(missing_ok=True)
+        return 1 if self.failure else 0
 
     def stop(self, now: bool = False) -> None:
         if now:
@@ -195,8 +248,16 @@ class Daemon:
 
     def _recording_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
-            print(f"diffdeck serve: the session is no longer recorded ({task.exception()}); stopping", flush=True)
-            self.stop(now=True)
+            error = task.exception()
+            self._fail(str(error) if isinstance(error, SessionWriteError) else
+                       f"the session is no longer recorded ({error})")
+
+    def _fail(self, why: str) -> None:
+        """The session cannot be written: say so once, and stop at once; nothing renders unrecorded."""
+        if self.failure is None:
+            self.failure = why
+            print(f"diffdeck serve: {why}; stopping", flush=True)
+        self.stop(now=True)
 
     def state(self) -> dict[str, Any]:
         d = self.dispatcher
@@ -214,7 +275,7 @@ class Daemon:
             if uid is not None and uid != os.getuid():
                 writer.write(encode({"error": f"this diffdeck daemon belongs to uid {os.getuid()}; uid {uid} refused"}))
                 return
-            hello = _read(await reader.readline()).get("hello")
+            hello = (await read_message(reader) or {}).get("hello")
             if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
                 theirs = hello.get("protocol") if isinstance(hello, dict) else None
                 writer.write(encode({"error": f"this daemon speaks diffdeck protocol {PROTOCOL} (diffdeck {__version__}); "
@@ -225,8 +286,8 @@ class Daemon:
                                            "models": self.dispatcher.registry.menu()}}))
             forward = asyncio.create_task(_forward(events, writer))
             try:
-                while line := await reader.readline():
-                    writer.write(encode(self._answer(_read(line))))
+                while (request := await read_message(reader)) is not None:
+                    writer.write(encode(self._answer(request)))
             finally:
                 forward.cancel()
         except (ConnectionError, ValueError, RecursionError) as e:  # gone mid-line, garbage, a line past the limit
@@ -248,6 +309,9 @@ class Daemon:
             return {"id": request.get("id"), "result": self._call(call, args)}
         except KeyError as e:
             return {"id": request.get("id"), "error": f"{call!r} needs the argument {e}"}
+        except SessionWriteError as e:  # a pick or a rating
+            self._fail(str(e))
+            return {"id": request.get("id"), "error": str(e)}
         except (SpecError, RegistryError, SessionError, ValueError, TypeError, OSError) as e:
             return {"id": request.get("id"), "error": str(e)}
 
@@ -263,7 +327,7 @@ class Daemon:
         if call == "cancel_all":
             return d.cancel_all()
         if call == "move":
-            d.move(args["job"], int(args["position"]))
+            d.move(args["job"], _whole(args, "position"))
             return None
         if call == "retry":
             return job_state(d.retry(args["job"], bool(args.get("force"))))
@@ -276,18 +340,20 @@ class Daemon:
         if call == "state":
             return self.state()
         if call == "pick":
-            return self._pass_on(self.engine.session.pick(args["set"], int(args["image"]), args["left"],
+            return self._pass_on(self.engine.session.pick(args["set"], _whole(args, "image"), args["left"],
                                                           args["right"], args["winner"]))
         if call == "rate":
-            return self._pass_on(self.engine.session.rate(args["job"], int(args["image"]), int(args["stars"])))
+            return self._pass_on(self.engine.session.rate(args["job"], _whole(args, "image"), _whole(args, "stars")))
         if call == "image":
             if args["job"] not in d.jobs:
                 raise ValueError(f"no job {args['job']!r} in this daemon")
-            return image_png(d.jobs[args["job"]], int(args["image"]), args.get("max_side"), self.engine.session.resolve)
+            max_side = None if args.get("max_side") is None else _whole(args, "max_side")
+            return image_png(d.jobs[args["job"]], _whole(args, "image"), max_side, self.engine.session.resolve)
         if call == "stop":
             queued = sum(job.status == QUEUED for job in d.jobs.values())
+            running = [job_state(job) for job in d.jobs.values() if job.status == RUNNING]
             self.stop(bool(args.get("now")))
-            return {"queued_left": queued}
+            return {"queued_left": queued, "running": running}
         raise ValueError(f"unknown call {call!r}")
 
     def _pass_on(self, said: dict[str, Any]) -> None:
@@ -317,8 +383,23 @@ def image_png(job: Job, index: int, max_side: int | None, resolve) -> dict[str, 
     return {"name": path.name, "png": base64.b64encode(data).decode("ascii")}
 
 
+def _whole(args: dict[str, Any], key: str) -> int:
+    """A whole-number argument as JSON gives it; never true, 2.5, 1e400 (inf), NaN or "3"."""
+    value = args[key]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_WHOLE:
+        return value
+    if isinstance(value, (list, dict)):
+        what = "a list" if isinstance(value, list) else "an object"
+    else:  # as JSON wrote it: true, 2.5, Infinity, NaN, null, "3"; or an integer past the bound
+        what = "a larger one" if isinstance(value, int) and not isinstance(value, bool) else json.dumps(value)[:40]
+    raise ValueError(f"{key} must be a whole number of at most {MAX_WHOLE:,}, not {what}")
+
+
 def _read(line: bytes) -> dict[str, Any]:
-    message = json.loads(line)
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise ValueError(f"not a line of JSON: {line[:80]!r}") from None
     if not isinstance(message, dict):
         raise ValueError("a line must be one JSON object")
     return message
@@ -339,15 +420,42 @@ async def _forward(events: EventStream, writer: asyncio.StreamWriter) -> None:
 
 
 def _take_socket_path(path: Path) -> None:
-    """With the lock held, a socket left at `path` is a dead daemon's: remove it. Anything else
-    there is not ours to touch."""
+    """With the lock held, a socket of ours left at `path` that nobody listens on is a dead
+    daemon's: remove it. Anything else there is not ours to touch."""
     try:
         info = path.lstat()
     except FileNotFoundError:
         return
+    elsewhere = "set DIFFDECK_SOCKET elsewhere"
     if not stat.S_ISSOCK(info.st_mode):
-        raise DaemonError(f"{path} exists and is not a socket; not touching it (set DIFFDECK_SOCKET elsewhere)")
+        raise DaemonError(f"{path} exists and is not a socket; not touching it ({elsewhere})")
+    if info.st_uid != os.getuid():
+        raise DaemonError(f"{path} is a socket of uid {info.st_uid}, not yours; not touching it ({elsewhere})")
+    listener = _listener_at(path)
+    if listener:
+        raise DaemonError(f"{path} is in use: {listener} listens on it; not replacing it "
+                          f"(stop it, or {elsewhere})")
     path.unlink()
+
+
+def _listener_at(path: Path) -> str | None:
+    """Who listens on the socket at `path`, in words; None when nobody does (a dead one's socket)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        except OSError as e:
+            return f"something this user cannot connect to ({e.strerror or e})"
+        try:
+            probe.sendall(encode({"hello": {"protocol": PROTOCOL}}))
+            answer = json.loads(probe.makefile("rb").readline(LINE_LIMIT))
+            if isinstance(answer, dict) and {"hello", "error", "part"} & answer.keys():
+                return "a diffdeck daemon"
+        except (OSError, ValueError):
+            pass
+        return "a program that is not a diffdeck daemon"
 
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:

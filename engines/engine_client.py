@@ -11,12 +11,11 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .daemon import LINE_LIMIT, PROTOCOL, DaemonError, encode, peer_uid, socket_path
+from .daemon import LINE_LIMIT, PROTOCOL, DaemonError, encode, peer_uid, read_message, socket_path
 from .dispatcher import Event
 
 
@@ -67,21 +66,16 @@ class EngineClient:
     async def _handshake(self) -> "EngineClient":
         try:
             self._writer.write(encode({"hello": {"protocol": PROTOCOL}}))
-            line = await self._reader.readline()
+            answer = await read_message(self._reader)
+            if answer is None:
+                raise ConnectionError("it closed")
         except (ConnectionError, ValueError) as e:
             await self.close()
-            raise DaemonError(f"the connection broke before the daemon answered: {e}") from None
-        if not line:
-            await self.close()
-            raise DaemonError("the connection closed before the daemon answered")
-        try:
-            answer = json.loads(line)
-            error, self.hello = answer.get("error"), answer.get("hello")
-        except (ValueError, AttributeError):
-            error = f"the first line that came back was not a diffdeck daemon's: {line[:80]!r}"
+            raise DaemonError(f"no diffdeck daemon answered: {e}") from None
+        error, self.hello = answer.get("error"), answer.get("hello")
         if error or not isinstance(self.hello, dict):
             await self.close()
-            raise DaemonError(error or f"the first line that came back was not a diffdeck daemon's: {line[:80]!r}")
+            raise DaemonError(str(error or f"what answered is not a diffdeck daemon: {str(answer)[:80]}"))
         self._reading = asyncio.create_task(self._read())
         return self
 
@@ -116,8 +110,7 @@ class EngineClient:
     async def _read(self) -> None:
         reason = "the daemon closed the connection"
         try:
-            while line := await self._reader.readline():
-                message = json.loads(line)
+            while (message := await read_message(self._reader)) is not None:
                 if "event" in message:
                     self._events.put(Event(**message["event"]))
                 elif message.get("id") in self._pending:
@@ -139,13 +132,21 @@ class EngineClient:
             self._events.end()
 
 
-def save_image(answer: dict[str, Any], folder: Path) -> Path:
-    """An image as the daemon's `image` call sends it, written whole into `folder` under its own
-    name (a name: never a path that leaves the folder)."""
+def save_image(answer: dict[str, Any], folder: Path, name: str | None = None) -> Path:
+    """An image as the daemon's `image` call sends it, written whole into `folder` under `name`,
+    else its own name (a file name: never a path that leaves the folder). DaemonError for an
+    answer that is not an image's."""
+    try:
+        name = Path(name or answer["name"]).name
+        data = base64.b64decode(answer["png"], validate=True)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DaemonError(f"the daemon's answer is not an image ({type(e).__name__}: {e})") from None
+    if name in ("", ".", ".."):
+        raise DaemonError(f"the daemon named an image {name!r}, which is not a file name")
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / Path(answer["name"]).name
+    path = folder / name
     partial = path.with_name(path.name + ".part")
-    partial.write_bytes(base64.b64decode(answer["png"]))
+    partial.write_bytes(data)
     os.replace(partial, path)
     return path
 
