@@ -150,6 +150,10 @@ def parse_models_file(path: Path) -> dict[str, ModelSpec]:
     data = parse_yaml(read_utf8(path, RegistryError), path, RegistryError) or {}
     if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
         raise RegistryError(f"{path}: expected a mapping with a 'models:' section of named entries")
+    stray = [str(key) for key in data if key != "models"]
+    if stray:  # most often entries written without the section above them, which would go unread
+        raise RegistryError(f"{path}: the top-level key {stray[0]!r} is not known; models go under 'models:', "
+                            "as in models.example.yaml")
     models = {}
     for name, entry in (data.get("models") or {}).items():
         models[str(name)] = _model_from_entry(path, str(name), entry)

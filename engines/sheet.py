@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +104,10 @@ def contact_sheet(session: Session, set_id: str) -> list[Path]:
 
 
 def _save(sheet: Image.Image, path: Path) -> Path:
-    """Atomically, through a temporary file of its own: two exports at once do not collide."""
-    fd, part = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    """Atomically, through a temporary file of its own: two exports at once do not collide. Made
+    as any file is (0666 less the umask), so a sheet is as readable as the images beside it."""
+    part = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             sheet.save(f, format="PNG")

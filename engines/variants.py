@@ -155,7 +155,6 @@ def plan_grid(base: JobSpec, axes: dict[str, str]) -> VariantSet:
     if unknown:
         raise SpecError(unknown[0], f"is not a grid axis; the axes are {', '.join(AXES)}")
     base = _with_seeds(base)
-    base.validate()
     given = [axis for axis in AXES if (axes.get(axis) or "").strip()]
     if not given:
         raise SpecError("x", "the grid has no axis; give one, for example steps=10..30 step 10")
@@ -295,7 +294,9 @@ def _number_label(value: Any) -> str:
 
 
 def _with_seeds(spec: JobSpec) -> JobSpec:
-    """The spec with its seed list drawn now, once, so every variant shares it."""
+    """The spec with its seed list drawn now, once, so every variant shares it. Checked first:
+    a count below one draws no seeds."""
+    spec.validate()
     seeds = spec.seeds or draw_seeds(spec.seed, spec.count)
     return dataclasses.replace(spec, seeds=seeds, seed=seeds[0])
 

@@ -30,11 +30,16 @@ def serve(cwd: Path, *args: str) -> subprocess.Popen:
         time.sleep(0.05)
 
 
-def state() -> dict:
+def call(name: str, **args):
+    """One call of the daemon's protocol, on a connection of its own."""
     async def ask():
         async with await EngineClient.connect() as client:
-            return await client.call("state")
+            return await client.call(name, **args)
     return asyncio.run(ask())
+
+
+def state() -> dict:
+    return call("state")
 
 
 def until_done(job_id: str, timeout: float = 120) -> dict:

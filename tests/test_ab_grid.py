@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -30,7 +31,8 @@ def test_ab_on_the_command_line_shares_seeds_and_each_image_rerenders_alone(tmp_
     assert a["seeds"] == b["seeds"] == [40, 41]
     assert {k for k in a if a[k] != b[k]} == {"prompt"}
     assert [p["image"] for p in summary["pairs"]] == [0, 1] and all(p["left"] == "A" for p in summary["pairs"])
-    assert (tmp_path / summary["sheets"][0]).is_file()
+    sheet, image = tmp_path / summary["sheets"][0], tmp_path / images[0]["path"]
+    assert stat.S_IMODE(sheet.stat().st_mode) == stat.S_IMODE(image.stat().st_mode), "readable as the images are"
 
     for image in images:  # image i of each variant, alone, from its own record: the same pixels
         again = diffdeck("render", "--from", image["path"], "--session", "again", "--json", cwd=tmp_path)

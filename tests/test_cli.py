@@ -15,6 +15,8 @@ from PIL import Image
 
 from engines.compare import file_pixel_sha256
 from engines.metadata import read_record
+from engines.session import Session
+from engines.spec import JobSpec
 
 
 def diffdeck(*args, cwd, env=None):
@@ -114,6 +116,14 @@ def test_ctrl_c_cancels_the_running_job(tmp_path):
     assert "job-0001 cancelled" in text(err) and out == b""
 
 
+def test_render_refuses_a_size_far_past_the_model_with_one_line(tmp_path):
+    result = diffdeck("render", "a red circle", "--size", "4096x4096", cwd=tmp_path)
+    assert result.returncode == 2
+    assert text(result.stderr).startswith("diffdeck: error: size: 4096x4096 is 4,096 times the area model 'demo' ")
+    assert text(result.stderr).count("\n") == 1 and "try 1024x1024 or smaller" in text(result.stderr)
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
+
+
 def test_models_lists_the_registry(tmp_path):
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(
         {"models": {"sd-turbo": {"source": "stabilityai/sd-turbo", "roles": ["preview"]}}}))
@@ -167,3 +177,96 @@ def test_render_from_a_foreign_file_is_one_clear_line(tmp_path, make, message):
 def test_render_needs_a_prompt_or_an_image(tmp_path):
     result = diffdeck("render", cwd=tmp_path)
     assert result.returncode == 2 and "prompt: is missing" in text(result.stderr)
+
+
+def one_line_error(result, *says) -> str:
+    """A refusal as the CLI gives one: exit 2, one line naming what is wrong, no traceback."""
+    stderr = text(result.stderr)
+    assert result.returncode == 2, stderr
+    assert stderr.startswith("diffdeck: error: ") and len(stderr.strip().splitlines()) == 1, stderr
+    assert all(part in stderr for part in says), stderr
+    return stderr
+
+
+@pytest.mark.parametrize("args", [["ab", "a red circle", "a blue circle", "--count", "0"],
+                                  ["ab", "a red circle", "--vary", "steps=2,3", "--count", "-1"],
+                                  ["grid", "a red circle", "--x", "steps=2,3", "--count", "0"]])
+def test_a_set_with_a_count_below_one_is_refused_as_render_refuses_it(tmp_path, args):
+    one_line_error(diffdeck(*args, "--session", "s", cwd=tmp_path), "count: must be a whole number from 1")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["rendr", "a red circle"], "unknown command 'rendr'; did you mean render?"),
+    (["sesions"], "unknown command 'sesions'; did you mean sessions?"),
+    (["sessions/2026120-1259"], "no session at sessions/2026120-1259; diffdeck --new sessions/2026120-1259"),
+])
+def test_a_mistyped_command_or_session_is_refused_and_creates_nothing(tmp_path, args, says):
+    (tmp_path / "sessions").mkdir()
+    one_line_error(diffdeck(*args, cwd=tmp_path), says)
+    assert list((tmp_path / "sessions").iterdir()) == []
+
+
+def test_help_lists_the_workbench_options_too(tmp_path):
+    result = diffdeck("--help", cwd=tmp_path)
+    out = text(result.stdout)
+    assert result.returncode == 0
+    assert all(option in out for option in ("--images", "--new", "--engine", "--remote", "render", "queue")), out
+
+
+def test_render_from_an_image_refuses_options_that_would_change_it(tmp_path):
+    one_line_error(diffdeck("render", "--from", "x.png", "--steps", "5", "--seed", "3", cwd=tmp_path),
+                   "--seed, --steps cannot apply", "renders the image as it was recorded")
+
+
+def test_a_models_file_without_a_models_section_is_named(tmp_path):
+    (tmp_path / "models.yaml").write_text("sd-turbo:\n  source: stabilityai/sd-turbo\n")
+    one_line_error(diffdeck("models", cwd=tmp_path), "models.yaml", "'sd-turbo'", "under 'models:'")
+
+
+def test_an_unquoted_axis_is_told_to_quote_it(tmp_path):
+    one_line_error(diffdeck("grid", "a red circle", "--x", "steps=10..30", "step", "5", cwd=tmp_path),
+                   "unrecognized arguments: step 5", '--x "steps=10..30 step 5"')
+
+
+def test_vary_with_the_wrong_number_of_values_counts_in_words(tmp_path):
+    one_line_error(diffdeck("ab", "a", "b", "--vary", "steps=4", cwd=tmp_path), "gives 1 value for 2 variants")
+
+
+def test_sessions_counts_jobs_by_status_and_survives_a_closed_pipe(tmp_path):
+    session = Session.open(tmp_path / "sessions" / "s")
+    for number, status in enumerate(("queued", "failed", "held"), start=1):
+        job = f"job-{number:04d}"
+        session.append({"type": "queued", "job": job, "spec": JobSpec(prompt="x", seed=1).to_dict(),
+                        "position": 0, "worker_crashes": 0})
+        if status != "queued":
+            session.append({"type": status, "job": job, "error": "it broke", "kind": "error", "worker_crashes": 0})
+    out = text(diffdeck("sessions", cwd=tmp_path).stdout)
+    assert "3 jobs (1 queued, 1 failed, 1 held)" in out, out
+    rows = json.loads(diffdeck("sessions", "--json", cwd=tmp_path).stdout)
+    assert rows[0]["statuses"] == {"queued": 1, "failed": 1, "held": 1}
+
+    proc = subprocess.Popen([sys.executable, "-m", "tui", "sessions", "--json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc.stdout.close()  # `| head` that has read all it wants
+    assert "Traceback" not in text(proc.stderr.read())
+    assert proc.wait(timeout=60) == 141
+
+
+def test_bench_keys_measures_and_reports(tmp_path):
+    """The keystroke benchmark's whole path, with a handful of keys rather than hundreds."""
+    result = diffdeck("bench", "keys", "--keys", "3", cwd=tmp_path)
+    out = text(result.stdout)
+    assert result.returncode == 0, text(result.stderr)
+    assert re.search(r"idle: median [\d.]+ ms", out) and re.search(r"busy: median [\d.]+ ms", out), out
+    assert re.search(r"busy/idle median ratio [\d.]+ \(the worker rendering at [\d.]+ it/s", out), out
+
+
+def test_a_hub_model_not_in_the_cache_offline_gets_a_short_hint(tmp_path):
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"turbo": {"source": "stabilityai/sd-turbo"}}}))
+    result = diffdeck("render", "x", "--model", "turbo", "--session", "s", cwd=tmp_path,
+                      env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    stderr = text(result.stderr)
+    assert result.returncode == 1, stderr
+    assert "stabilityai/sd-turbo is not in the hub cache" in stderr and "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr

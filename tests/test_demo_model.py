@@ -5,9 +5,10 @@ that a model drawing the wrong colour or ignoring the caption would not meet."""
 import asyncio
 
 from engines.demo_train.evaluate import render_and_check
+from engines.demo_train.score import check
 from engines.demo_train.shapes import Scene
 from engines.dispatcher import Dispatcher
-from engines.registry import load_registry
+from engines.registry import DEMO, DEMO_FOLDER, load_registry
 
 SCENES = [
     Scene("circle", "red", "blue", "large", "centre"),
@@ -48,3 +49,17 @@ def test_one_word_changed_with_the_same_seeds_changes_the_colour_drawn(tmp_path)
         return [Scene("star", colour, "white", "large", "centre"), Scene("square", colour, "yellow", "small", "left")]
     red, blue = checks(tmp_path / "red", scenes("red")), checks(tmp_path / "blue", scenes("blue"))
     assert all(result["colour"] for result in red + blue), (red, blue)
+
+
+def test_the_demo_folder_renders_with_plain_diffusers_and_no_dtype_given():
+    """What the README says it is: a Stable Diffusion pipeline folder that diffusers loads and
+    calls as it stands, every component in one dtype."""
+    import diffusers
+    import torch
+
+    pipe = diffusers.DiffusionPipeline.from_pretrained(DEMO_FOLDER)
+    scene = Scene("circle", "red", "blue", "large", "centre")
+    image = pipe(scene.caption(), num_inference_steps=DEMO.defaults["steps"], guidance_scale=DEMO.defaults["guidance"],
+                 generator=torch.Generator().manual_seed(7)).images[0]
+    assert image.size == (DEMO.defaults["width"], DEMO.defaults["height"])
+    assert check(image, scene)["colour"] and check(image, scene)["background"]

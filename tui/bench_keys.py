@@ -52,7 +52,7 @@ async def _bench(registry: Registry, keys: int, folder: Path) -> tuple[list[floa
         busy = await _type(pilot, keys)
         running = app.board.running()
         rate = running.it_s if running and running.it_s else 0.0
-        app.dispatcher.cancel_all()
+        await app.engine.call("cancel_all")
         await pilot.press("ctrl+q")
     return idle, busy, rate
 

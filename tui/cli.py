@@ -1,6 +1,6 @@
 """The `diffdeck` command line: the workbench (`diffdeck [SESSION]`), and the headless commands
 render, ab, grid, resume, replay, sessions, models, doctor, bench, demo-eval; and the engine
-daemon's serve, status, stop, attach (tui.daemon_cli).
+daemon's serve, status, stop, queue, logs, attach, fetch (tui.daemon_cli).
 
 The commands are clients of the Dispatcher, as the workbench is. Never imports torch; anything
 that needs it runs in a subprocess. Textual loads only when the workbench opens.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import difflib
 import json
 import os
 import signal
@@ -19,30 +20,34 @@ import sys
 from pathlib import Path
 
 from engines import __version__
+from engines.compare import Tolerance
 from engines.daemon import DaemonError
-from engines.dispatcher import Dispatcher, Job
+from engines.dispatcher import CANCELLED, FAILED, HELD, QUEUED, RUNNING, Dispatcher, Job
 from engines.metadata import MetadataError, image_job
 from engines.pairs import set_differences
 from engines.probe import probe_environment
 from engines.registry import Registry, RegistryError, load_registry
-from engines.replay import ImageResult, describe_differences, replay, replay_folder, result_dict, select_jobs
-from engines.session import (DEFAULT_ROOT, Session, SessionError, is_session, new_session_dir,
+from engines.replay import Check, ImageResult, check_environment, new_replay_folder, replay, result_dict, select_jobs
+from engines.session import (DEFAULT_ROOT, Session, SessionError, SessionWriteError, is_session, new_session_dir,
                              summarize)
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+from engines.text import visible
 from engines.sheet import contact_sheet
 from engines.telemetry import Telemetry
 from engines.variants import (AXIS_FIELDS, CONFIRM_ABOVE, VariantSet, one_axis_per_field, parse_axis, plan_ab,
                               plan_grid)
 from tui.config import IMAGE_MODES, ConfigError, load_config
 from tui.daemon_cli import add_commands as add_daemon_commands
-from tui.daemon_cli import add_engine_options, daemon_connection, render_attached
-from tui.follow import exit_status, follow_jobs
+from tui.daemon_cli import (add_engine_options, daemon_connection, render_attached, this_command,
+                            warn_of_a_daemon_holding)
+from tui.follow import counted, exit_status, follow_jobs
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="diffdeck", description="A terminal workbench for local diffusion models. "
-        "`diffdeck [SESSION] [--images MODE]` opens the workbench; the commands below run headless.")
+        prog="diffdeck", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_workbench_help(),
+        description="A terminal workbench for local diffusion models.\n`diffdeck [SESSION]` opens the "
+                    "workbench (its options at the end); the commands below run headless.")
     parser.add_argument("--version", action="version", version=f"diffdeck {__version__}")
     models_help = "models.yaml to use (default: $DIFFDECK_MODELS, ./models.yaml, then the user config dir)"
     parser.add_argument("--models", metavar="FILE", help=models_help)
@@ -52,14 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     job = argparse.ArgumentParser(add_help=False)  # what every rendering command takes
-    job.add_argument("--model", default="demo", help="a model from `diffdeck models` (default: demo)")
-    job.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    # No defaults: an option left out is None and the spec takes JobSpec's own; render --from refuses any given.
+    job.add_argument("--model", help="a model from `diffdeck models` (default: demo)")
+    job.add_argument("--negative", metavar="TEXT", help="negative prompt")
     job.add_argument("--seed", type=int, help="first seed; image i uses seed+i (default: random, recorded)")
-    job.add_argument("--count", type=int, default=1, help="number of images (default: 1)")
+    job.add_argument("--count", type=int, help="number of images (default: 1)")
     job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     job.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     job.add_argument("--size", metavar="WxH", help="image size, for example 512x768 (default: the model's)")
-    job.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+    job.add_argument("--scheduler",
                      help=f"{DEFAULT_SCHEDULER} (the model's own), or one of: {', '.join(SCHEDULERS)}")
     job.add_argument("--session", type=Path, metavar="DIR",
                      help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
@@ -103,10 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("session", type=Path, help="a session folder")
     replay.add_argument("--check", action="store_true", help="compare every image with the recorded one")
     replay.add_argument("--jobs", metavar="IDS", help="job ids separated by commas (default: all finished jobs)")
-    replay.add_argument("--min-psnr", type=float, default=40.0, metavar="DB",
-                        help="near-identical needs at least this PSNR (default: 40)")
-    replay.add_argument("--max-phash", type=int, default=2, metavar="BITS",
-                        help="near-identical allows at most this perceptual-hash distance (default: 2)")
+    replay.add_argument("--into", type=Path, metavar="DIR",
+                        help="write replay-N/ into this folder (default: into the session replayed)")
+    near = Tolerance()
+    replay.add_argument("--min-psnr", type=float, default=near.min_psnr_db, metavar="DB",
+                        help=f"near-identical needs at least this PSNR (default: {near.min_psnr_db:g})")
+    replay.add_argument("--max-difference", type=int, default=near.max_difference, metavar="LEVELS",
+                        help="near-identical allows no channel of any pixel to differ by more than this, "
+                             f"of 255 (default: {near.max_difference})")
+    replay.add_argument("--max-phash", type=int, default=near.max_phash_distance, metavar="BITS",
+                        help=f"near-identical allows at most this perceptual-hash distance "
+                             f"(default: {near.max_phash_distance})")
     replay.add_argument("--json", action="store_true", help="one JSON object per image, then a summary")
     replay.set_defaults(run=cmd_replay)
 
@@ -138,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
     bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
+    bench.add_argument("--keys", type=_at_least_one, default=200, metavar="N",
+                       help="keys: keystrokes idle, then as many while rendering (default: 200)")
     bench.set_defaults(run=cmd_bench)
     add_daemon_commands(commands, common)
     return parser
@@ -146,30 +161,70 @@ def build_parser() -> argparse.ArgumentParser:
 def build_workbench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdeck", description="Open the workbench (the terminal UI).",
                                      epilog="Commands: diffdeck COMMAND --help; see `diffdeck --help`.")
-    parser.add_argument("session", type=Path, nargs="?",
+    parser.add_argument("session", type=Path, nargs="?", metavar="SESSION",
                         help=f"a session folder to open or resume (default: a new one under ./{DEFAULT_ROOT}/)")
+    parser.add_argument("--new", action="store_true", help="SESSION does not exist yet: start it there")
     parser.add_argument("--models", metavar="FILE", help="models.yaml to use")
     parser.add_argument("--images", choices=IMAGE_MODES,
                         help="how to draw images: auto (ask the terminal), kitty, sixel, halfcell, off")
     add_engine_options(parser, fetch=False)
+    parser.set_defaults(run=run_workbench)
     return parser
+
+
+def _workbench_help() -> str:
+    """The workbench's usage and options, for the end of `diffdeck --help`."""
+    workbench = build_workbench_parser()
+    workbench.description = workbench.epilog = None
+    return "the workbench:\n" + workbench.format_help()
+
+
+class UsageError(Exception):
+    """The command line itself is wrong: a mistyped command, words that belong to no option."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
-        if _names_a_command(argv, parser):
-            args = parser.parse_args(argv)
-            return args.run(args)
-        return run_workbench(build_workbench_parser().parse_args(argv))
-    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError, DaemonError) as e:
-        print(f"diffdeck: error: {e}", file=sys.stderr)
+        args, extra = (parser if _names_a_command(argv, parser) else build_workbench_parser()).parse_known_args(argv)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}{_quoting_hint(argv, extra)}")
+        for folder in (getattr(args, "session", None), getattr(args, "folder", None)):  # `fetch DIR`'s too
+            _check_session_folder(folder)
+        status = args.run(args)
+        sys.stdout.flush()  # here, so that a reader gone (`| head`) is caught below, not at exit
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 128 + signal.SIGPIPE
+    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError, DaemonError, UsageError) as e:
+        print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)  # it may quote a file, a PNG, a daemon
         return 2
+    except SessionWriteError as e:  # a full disk, say: not bad input, and what was recorded is kept
+        print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)
+        return 1
+
+
+def _check_session_folder(folder: Path | None) -> None:
+    """A session folder named on the command line is a folder this user may write, or can be made
+    as one: refused at once otherwise, before anything renders only to find nowhere to go."""
+    if folder is None:
+        return
+    try:
+        nearest = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    except OSError as e:  # a folder on the way that this user may not look into
+        raise SessionError(f"{folder} cannot be reached: {e.strerror or e}") from None
+    if not nearest.is_dir():
+        raise SessionError(f"{nearest} is not a folder; a session is a folder of its own")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise SessionError(f"{folder} is not writable" if nearest == folder else
+                           f"{folder} cannot be made: {nearest} is not writable")
 
 
 def _names_a_command(argv: list[str], parser: argparse.ArgumentParser) -> bool:
-    """Whether argv is for a command (or for help): else it opens the workbench."""
+    """Whether argv is for a command (or for help): else it opens the workbench. A first word
+    that is no command and no file, but close to a command's name, is a mistyped command."""
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     words = iter(argv)
     for word in words:
@@ -178,11 +233,25 @@ def _names_a_command(argv: list[str], parser: argparse.ArgumentParser) -> bool:
         if word in ("--models", "--images", "--engine", "--remote"):
             next(words, None)
         elif not word.startswith("-"):
+            close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
+            if word not in commands and close and "--new" not in argv and not Path(word).exists():
+                raise UsageError(f"unknown command {word!r}; did you mean {close[0]}? (diffdeck --help lists them)")
             return word in commands
     return False
 
 
+def _quoting_hint(argv: list[str], extra: list[str]) -> str:
+    """For words left over after a grid axis, such as `--x steps=10..30 step 5`: how to quote it."""
+    at = argv.index(extra[0]) if extra[0] in argv else 0
+    if at < 2 or argv[at - 2] not in ("--x", "--y", "--page", "--vary"):
+        return ""
+    return f'; an axis with spaces is one argument, quoted: {argv[at - 2]} "{" ".join([argv[at - 1], *extra])}"'
+
+
 def run_workbench(args: argparse.Namespace) -> int:
+    if args.session is not None and not args.session.exists() and not args.new:  # a typo must not start afresh
+        raise SessionError(f"no session at {args.session}; diffdeck --new {args.session} starts one there "
+                           "(diffdeck sessions lists the sessions there are)")
     from textual.theme import BUILTIN_THEMES
 
     from tui.app import Workbench  # Textual loads only for the workbench, not for the commands
@@ -202,7 +271,8 @@ def run_workbench(args: argparse.Namespace) -> int:
         if args.session is not None and args.session.is_dir() and any(args.session.iterdir()) \
                 and not is_session(args.session):
             raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
-        engine = LocalEngine(load_registry(args.models), Session.open(args.session or new_session_dir()))
+        engine = LocalEngine(load_registry(args.models),
+                             Session.open_for_writing(args.session or new_session_dir(), this_command()))
     asked, tmux_blocks = args.images or config.images, tmux_blocks_graphics()
 
     async def run() -> int:
@@ -212,7 +282,11 @@ def run_workbench(args: argparse.Namespace) -> int:
                             hint=terminal_hint(asked, tmux_blocks))
             await app.run_async()
         finally:
-            await engine.shut_down()
+            problem = await engine.shut_down()
+            engine.session.close()
+        if problem:  # the workbench has said it already, if it was on the screen when it happened
+            print(f"diffdeck: {visible(problem)}", file=sys.stderr)
+        print(visible(app.farewell()))
         return app.return_code or 0
     return asyncio.run(run())
 
@@ -224,6 +298,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.from_image:
         if args.prompts:
             raise SpecError("prompt", "give a prompt or --from IMAGE.png, not both")
+        given = _given_job_options(args)
+        if given:
+            raise SpecError("--from", f"renders the image as it was recorded, so {', '.join(given)} cannot apply; "
+                                      "to change it, render its prompt with those options")
         specs = [image_job(args.from_image)]
     elif not args.prompts:
         raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
@@ -234,15 +312,30 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SpecError("--fetch", "copies images from a daemon; this render is local (--engine daemon, or --remote HOST)")
     if connect:
         return asyncio.run(render_attached(connect, specs, args.json, args.fetch))
-    session = Session.open(args.session or new_session_dir())
+    session = _open_for_writing(args.session or new_session_dir())
     return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
+
+
+def _open_for_writing(folder: Path, create: bool = True) -> Session:
+    """The session this command writes, its lock taken (a second writer is refused, naming this
+    one); what opening it had to mend is said on stderr."""
+    session = Session.open_for_writing(folder, this_command(), create)
+    for notice in session.notices:
+        print(f"diffdeck: {visible(notice)}", file=sys.stderr)
+    return session
 
 
 def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
     width, height = parse_size(args.size) if args.size else (None, None)
-    return JobSpec(prompt=prompt, model=args.model, negative_prompt=args.negative, seed=args.seed,
-                   steps=args.steps, guidance=args.guidance, width=width, height=height,
-                   scheduler=args.scheduler, count=args.count)
+    given = {"model": args.model, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
+             "guidance": args.guidance, "width": width, "height": height, "scheduler": args.scheduler,
+             "count": args.count}
+    return JobSpec(prompt=prompt, **{name: value for name, value in given.items() if value is not None})
+
+
+def _given_job_options(args: argparse.Namespace) -> list[str]:
+    return [f"--{name}" for name in ("model", "negative", "seed", "count", "steps", "guidance", "size", "scheduler")
+            if getattr(args, name) is not None]
 
 
 # A/B sets and grids
@@ -258,7 +351,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     n = len(args.prompts) if len(args.prompts) > 1 else len(axes[0].values) if axes else 1
     for axis in axes:
         if len(axis.values) != n:
-            raise SpecError("--vary", f"{axis.text} gives {len(axis.values)} values for {n} variants; "
+            raise SpecError("--vary", f"{axis.text} gives {counted(len(axis.values), 'value')} for {n} variants; "
                                       "give one per variant (for every combination, use diffdeck grid)")
     prompts = args.prompts if len(args.prompts) > 1 else args.prompts * n
     specs = [dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes for k, v in axis.changes(i, 1).items()}})
@@ -274,11 +367,11 @@ def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
     """Say how large the set is, ask when it is large, render it into a session, then measure
     A against each other variant (A/B) and write the contact sheet."""
     registry = load_registry(args.models)
-    print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {variants.describe()}", file=sys.stderr)
+    print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {visible(variants.describe())}", file=sys.stderr)
     if variants.needs_confirmation() and not args.yes and not _confirm(f"queue {len(variants.variants)} jobs?"):
         raise SpecError("grid", f"{len(variants.variants)} jobs is more than {CONFIRM_ABOVE}; "
                                 "nothing queued (confirm, or pass --yes)")
-    session = Session.open(args.session or new_session_dir())
+    session = _open_for_writing(args.session or new_session_dir())
     queued: list[str] = []
 
     def queue(dispatcher: Dispatcher) -> list[Job]:
@@ -311,9 +404,10 @@ def _confirm(question: str) -> bool:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    session = Session.open(args.session, create=False)
+    session = _open_for_writing(args.session, create=False)
     pending = session.unfinished()
     if not pending:
+        session.close()
         print(f"{args.session}: nothing was queued or running; nothing to resume", file=sys.stderr)
         return 0
 
@@ -326,10 +420,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 jobs.append(dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"]))
             except (SpecError, RegistryError) as e:  # left queued in the session, for another day
                 refused.append(job_id)
-                print(f"{job_id}: not resumed: {e}", file=sys.stderr)
+                print(visible(f"{job_id}: not resumed: {e}"), file=sys.stderr)
                 continue
             kept = len(job["images"])
-            print(f"{job_id}: {jobs[-1].status}" + (f", keeping {kept} image(s) already made" if kept else ""),
+            print(visible(f"{job_id}: {jobs[-1].status}") + (f", keeping {kept} image(s) already made" if kept else ""),
                   file=sys.stderr)
         return jobs
 
@@ -341,8 +435,19 @@ def _run_session(registry: Registry, session: Session, queue_jobs, as_json: bool
     try:
         return asyncio.run(_render(registry, session, queue_jobs, as_json))
     finally:
-        if session.jobs:  # bad input leaves no session folder behind
+        _finish(session)
+
+
+def _finish(session: Session) -> None:
+    """Compact a session this command wrote, and let go of it. A compaction that cannot be
+    written is said in one line: the journal still holds everything."""
+    try:
+        if session.jobs and session.write_error is None:  # bad input leaves no session folder behind
             session.compact()
+    except SessionWriteError as e:
+        print(f"diffdeck: warning: {visible(str(e))}", file=sys.stderr)
+    finally:
+        session.close()
 
 
 async def _render(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
@@ -352,6 +457,7 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
                           first_set_number=session.next_set_number()) as dispatcher:
         events = dispatcher.subscribe()
         jobs = {job.id: job.spec.model for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
+        await warn_of_a_daemon_holding(jobs.values())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
         try:
@@ -371,41 +477,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
     models = sorted({session.jobs[j]["spec"]["model"] for j in job_ids})
     for name in models:
         registry.get(name)
-    differences = describe_differences(session, registry, models)
+    asyncio.run(warn_of_a_daemon_holding(models))
+    target = _open_for_writing(new_replay_folder(args.into or args.session))
+    environment = check_environment(session, registry, models)
     say = (lambda text: None) if args.json else print
-    say("environment: " + ("as recorded" if not differences else "differs from the record:"))
-    for line in differences:
-        say(f"  {line}")
-    target = Session.open(replay_folder(args.session))
+    say("environment: " + ("as recorded" if not environment.differences else "differs from the record:"))
+    for line in environment.differences:
+        say(f"  {visible(line)}")  # recorded in the session: anything may be there
+    if args.check:
+        factors = [f"  {model}: {visible(factor)}" for model, named in environment.drift.items() for factor in named]
+        say("drift factors (near-identical pixels pass for these models):" if factors
+            else "drift factors: none, so only identical pixels pass")
+        for line in factors:
+            say(line)
+    check = Check(Tolerance(args.min_psnr, args.max_difference, args.max_phash),
+                  environment.drift) if args.check else None
 
     def report(result: ImageResult) -> None:
         if args.json:
             print(json.dumps(result_dict(result)), flush=True)
             return
         verdict = result.verdict
-        detail = "" if verdict is None or verdict.psnr_db is None else (
-            f" (PSNR {verdict.psnr_db} dB, perceptual-hash distance {verdict.phash_distance})")
+        details = [] if verdict is None or verdict.psnr_db is None else [
+            f"PSNR {verdict.psnr_db} dB", f"largest difference {verdict.max_difference}/255",
+            f"perceptual-hash distance {verdict.phash_distance}"]
+        details += [verdict.note] if verdict and verdict.note else []
+        detail = f" ({', '.join(details)})" if details else ""
         outcome = verdict.kind if verdict else ("rendered" if result.replayed else "not rendered")
-        print(f"{result.job} image {result.image} seed {result.seed}: {outcome}{detail}", flush=True)
+        print(f"{visible(result.job)} image {result.image} seed {result.seed}: {outcome}{detail}", flush=True)
 
     try:
-        results = asyncio.run(replay(registry, session, job_ids, target, args.check, args.min_psnr,
-                                     args.max_phash, report))
+        results = asyncio.run(replay(registry, session, job_ids, target, check, report))
     finally:
-        if target.jobs:
-            target.compact()
+        _finish(target)
     counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind)
-              for kind in ("identical", "near-identical", "different", "missing")}
+              for kind in ("identical", "near-identical", "different", "altered", "missing")}
     not_rendered = sum(1 for r in results if r.replayed is None)
     summary = {"images": len(results), **counts, "not_rendered": not_rendered, "replay": str(target.folder),
-               "environment_differences": differences}
+               "environment_differences": environment.differences, "drift_factors": environment.drift}
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
         print(f"{len(results)} images replayed into {target.folder}"
               + (": " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) if args.check else "")
               + (f"; {not_rendered} not rendered" if not_rendered else ""))
-    ok = not_rendered == 0 and (not args.check or counts["different"] + counts["missing"] == 0)
+    ok = not_rendered == 0 and (not args.check or counts["different"] + counts["altered"] + counts["missing"] == 0)
     return 0 if ok else 1
 
 
@@ -421,13 +537,19 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         if "problem" in row:
-            print(f"{row['path']}  unreadable: {row['problem']}")
+            print(visible(f"{row['path']}  unreadable: {row['problem']}"))
         else:
-            print(f"{row['path']}  {row['created']}  {row['jobs']} jobs  {row['images']} images  "
-                  f"{row['size'] / 1e6:.1f} MB  {', '.join(row['models'])}")
+            not_done = ", ".join(f"{row['statuses'][status]} {status}" for status in NOT_DONE
+                                   if status in row["statuses"])
+            print(visible(f"{row['path']}  {row['created']}  {counted(row['jobs'], 'job')}"
+                          + (f" ({not_done})" if not_done else "")
+                          + f"  {counted(row['images'], 'image')}  {row['size'] / 1e6:.1f} MB  {', '.join(row['models'])}"))
     if not rows:
         print(f"no sessions under {args.root}")
     return 0
+
+
+NOT_DONE = (QUEUED, RUNNING, FAILED, HELD, CANCELLED)  # the statuses `sessions` counts, in this order
 
 
 # models
@@ -451,14 +573,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     table = [("NAME", "FAMILY", "OFFLINE", "SOURCE")] + [
         (r["name"], r["family"] or "?", "yes" if r["offline"] else "no", r["source"]) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    for row in table:  # models.yaml says what is in them
+        print(visible("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]))
     for r in rows:
         if r["description"]:
             example = f' For example: "{r["example"]}"' if r["example"] else ""
-            print(f"  {r['name']}: {r['description']}.{example}")
+            print(visible(f"  {r['name']}: {r['description']}.{example}"))
         if r["problem"]:
-            print(f"  {r['name']}: {r['problem']}")
+            print(visible(f"  {r['name']}: {r['problem']}"))
     return 0
 
 
@@ -483,7 +605,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         registry = load_registry(args.models)
         print(f"models: {len(registry.models)} ({registry.path or 'built-in demo only'})")
     except RegistryError as e:
-        print(f"models: {e}")
+        print(f"models: {visible(str(e))}")
     return 0
 
 
@@ -543,7 +665,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "keys":
         from tui.bench_keys import run_keys_bench
 
-        return run_keys_bench(load_registry(args.models))
+        return run_keys_bench(load_registry(args.models), args.keys)
     if args.what == "sessions":
         from engines.bench_session import run_session_bench
 

@@ -1,5 +1,5 @@
-"""The commands around the engine daemon: `diffdeck serve`, `status`, `stop`, `attach --stdio`,
-`fetch` (a copy of its session), and rendering through a daemon (`diffdeck render --engine
+"""The commands around the engine daemon: `diffdeck serve`, `status`, `stop`, `queue`, `logs`,
+`attach --stdio`, `fetch` (a copy of its session), and rendering through a daemon (`diffdeck render --engine
 daemon`, `--remote HOST`).
 
 Never imports torch: the daemon's workers do.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -18,19 +19,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from engines.daemon import Daemon, DaemonError, Place, hold_lock, place, socket_path
+from engines.dispatcher import FINISHED
 from engines.engine_client import EngineClient, save_image
 from engines.recorded import RecordedQueue
 from engines.registry import load_registry
-from engines.session import Session, SessionError, new_session_dir
+from engines.session import Session, SessionError, is_session, new_session_dir
 from engines.spec import JobSpec, SpecError
+from engines.text import visible
 
-from .follow import exit_status, follow_jobs
+from .follow import Progress, counted, exit_status, follow_jobs
 
 ENGINES = ("auto", "local", "daemon")
 START_TIMEOUT_S = 60.0
+WATCH_S = 1.0  # status --watch: seconds between two drawings
+HOLDING_PROBE_S = 5.0  # how long a render waits to learn what a daemon holds
 
 Connect = Callable[[], Awaitable[EngineClient]]
 
@@ -40,15 +45,36 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--foreground", action="store_true", help="stay in this terminal (for systemd or a tmux pane)")
     serve.add_argument("--session", type=Path, metavar="DIR",
                        help="session to write (default: the last daemon's, if it left jobs unfinished, else a new one)")
+    serve.add_argument("--new-session", action="store_true",
+                       help="start a new session even when the last daemon's left jobs unfinished or cannot be read")
     serve.set_defaults(run=cmd_serve)
 
     status = commands.add_parser("status", help="the daemon's workers, queue and memory")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help=f"draw it again every {WATCH_S:g} s, until ctrl+c")
     status.set_defaults(run=cmd_status)
 
     stop = commands.add_parser("stop", help="stop the daemon after the running job (queued jobs stay queued)")
     stop.add_argument("--now", action="store_true", help="at once: the running job is queued again for next time")
     stop.set_defaults(run=cmd_stop)
+
+    queue = commands.add_parser("queue", help="pause, resume, cancel or retry the daemon's jobs",
+                                description="The daemon's queue, as the workbench's queue keys have it. "
+                                            "(diffdeck resume SESSION is another thing: it renders what a "
+                                            "session folder had left queued.)")
+    queue.add_argument("action", choices=("pause", "resume", "cancel", "retry"),
+                       help="pause: start no new job after the running one; resume: go on; cancel: queued or "
+                            "running jobs; retry: failed, cancelled or held jobs, with their seeds")
+    queue.add_argument("jobs", nargs="*", metavar="JOB", help="job ids, such as job-0003 (cancel, retry)")
+    queue.add_argument("--all", action="store_true", help="cancel every queued and running job")
+    queue.add_argument("--force", action="store_true", help="retry a held job too (it stopped its worker twice)")
+    queue.add_argument("--remote", metavar="HOST", help="the daemon on HOST, over ssh")
+    queue.set_defaults(run=cmd_queue)
+
+    logs = commands.add_parser("logs", help="the daemon's log")
+    logs.add_argument("-f", "--follow", action="store_true", help="then what it writes next, until ctrl+c")
+    logs.add_argument("-n", "--lines", type=int, default=40, metavar="N", help="the last N lines (default: 40)")
+    logs.set_defaults(run=cmd_logs)
 
     fetch = commands.add_parser("fetch", help="copy the daemon's session here: its record and its images, whole")
     fetch.add_argument("folder", type=Path, metavar="DIR", help="a new folder for the copy")
@@ -79,18 +105,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.foreground:
         if _answers():
             raise DaemonError(f"a diffdeck daemon is already running on {socket_path()} (diffdeck status)")
-        state = start_daemon(args.models, args.session)
+        state = start_daemon(args.models, args.session, args.new_session)
         print(f"diffdeck daemon running (pid {state['pid']}) on {socket_path()}, session {state['session']}; "
               f"log: {place().log}; diffdeck status shows it, diffdeck stop stops it")
         return 0
     where = place()
     lock = hold_lock(where)  # before the session is chosen: no two daemons resume one session
+    session = None
     try:
         registry = load_registry(args.models)
+        folder = args.session or (None if args.new_session else _session_to_resume(where)) or new_session_dir()
         # absolute: the daemon's paths are read by clients in other folders, or on other machines
-        session = Session.open((args.session or _session_to_resume(where) or new_session_dir()).resolve())
+        session = Session.open_for_writing(folder.resolve(), this_command())
+        for notice in session.notices:
+            print(f"diffdeck serve: {notice}", flush=True)
         return asyncio.run(_serve(Daemon(RecordedQueue(registry, session), where)))
     finally:
+        if session is not None:
+            session.close()
         os.close(lock)
 
 
@@ -98,33 +130,52 @@ async def _serve(daemon: Daemon) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.stop, True)
-    await daemon.serve()
-    return 0
+    return await daemon.serve()
+
+
+def this_command() -> str:
+    """The command this process runs, in words: what a session's lock shows a second writer."""
+    return shlex.join(["diffdeck", *sys.argv[1:]])
 
 
 def _session_to_resume(where: Place) -> Path | None:
-    """After a crash (kill -9, say), the last daemon's session, so its queue resumes. One that
-    cannot be read is left alone, and the daemon starts a new one."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, SessionError):
+    """After a crash (kill -9, say), the last daemon's session, if it left jobs unfinished, so its
+    queue resumes. One that cannot be read is named (SessionError) and no new one is started in
+    its place, which would abandon its jobs: `serve --new-session` does that when asked."""
+    try:
         folder = Path(json.loads(where.state.read_text())["session"])
-        if folder.is_dir() and Session.open(folder, create=False).unfinished():
-            return folder
-    return None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SessionError(f"{where.state} should name the last daemon's session and cannot be read "
+                           f"({getattr(e, 'strerror', None) or e}); diffdeck serve --session DIR or --new-session "
+                           "says which to write") from None
+    if folder.is_dir() and not is_session(folder):
+        return None  # killed before it recorded anything: no jobs to abandon
+    try:
+        session = Session.open(folder, create=False)
+    except (SessionError, OSError) as e:
+        raise SessionError(f"the last daemon's session cannot be resumed: {e}; nothing was started in its place "
+                           "(mend it, or diffdeck serve --new-session starts a new one)") from None
+    return folder if session.unfinished() else None
 
 
-def start_daemon(models: str | None, session: Path | None = None) -> dict[str, Any]:
+def start_daemon(models: str | None, session: Path | None = None, new_session: bool = False) -> dict[str, Any]:
     """Start `diffdeck serve --foreground` in a process session of its own (the terminal's ctrl+c
     and hang-up do not reach it); its state once it answers."""
     log = place().log
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     command = [sys.executable, "-m", "tui", "serve", "--foreground", *(["--models", models] if models else []),
-               *(["--session", str(session.resolve())] if session else [])]
+               *(["--session", str(session.resolve())] if session else []), *(["--new-session"] if new_session else [])]
     with open(log, "ab") as out:
+        start = out.tell()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DaemonError(f"the daemon exited at start (status {process.returncode}); see {log}")
+            said = log.read_bytes()[start:].decode(errors="replace").strip().splitlines()
+            why = said[-1].removeprefix("diffdeck: error: ") if said else f"see {log}"
+            raise DaemonError(f"the daemon exited at start (status {process.returncode}): {why}")
         with contextlib.suppress(DaemonError):
             state = asyncio.run(_state())
             if state["pid"] == process.pid:
@@ -147,48 +198,153 @@ def _answers() -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch and args.json:
+        raise SpecError("--watch", "draws the status for a person to read; a program calls status --json when it wants")
     try:
+        if args.watch:
+            return asyncio.run(_watch_status())
         state = asyncio.run(_state())
     except DaemonError as e:
-        print(f"diffdeck: {e}", file=sys.stderr)
+        print(f"diffdeck: {visible(str(e))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # how a watch ends
+        return 0
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
-    print(f"daemon pid {state['pid']} (diffdeck {state['version']}), session {state['session']}, "
-          f"{state['clients'] - 1} other client(s) attached" + (", queue paused" if state["paused"] else ""))
-    for name, worker in state["workers"].items():
-        busy = f", rendering {worker['job']}" if worker["job"] and worker["state"] == "busy" else ""
-        print(f"  worker {name}: {worker['state']} (pid {worker['pid']}, about {worker['memory_gb']:.1f} GB){busy}")
-    telemetry = state["telemetry"]
-    for gpu in telemetry["gpus"] or []:
-        print(f"  GPU {gpu['index']} {gpu['name']}: {gpu['memory_used'] / 2**30:.1f} of "
-              f"{gpu['memory_total'] / 2**30:.1f} GiB used")
-    if not telemetry["gpus"]:
-        print(f"  no GPU figures: {telemetry['gpu_problem']}; RAM {telemetry['ram_used'] / 2**30:.1f} "
-              f"of {telemetry['ram_total'] / 2**30:.1f} GiB used")
-    jobs = {job["id"]: job for job in state["jobs"]}
-    running = [job for job in state["jobs"] if job["status"] == "running"]
-    for job in running + [jobs[job_id] for job_id in state["queue"]]:
-        print(f"  {job['id']} {job['status']:8} {job['spec']['model']}: {job['spec']['prompt']}")
-    done = sum(job["status"] == "done" for job in state["jobs"])
-    print(f"  {len(state['queue'])} queued, {len(running)} running, {done} done since the daemon started")
+    for line in status_lines(state):
+        print(visible(line))  # every word here is the daemon's
     return 0
 
 
+async def _watch_status() -> int:
+    """The status drawn again every WATCH_S over one connection, until ctrl+c or the daemon stops."""
+    async with await EngineClient.connect() as client:
+        home = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""  # on a terminal, in place; else one after another
+        while True:
+            client.events().drain()  # the state says it all; events would only pile up
+            try:
+                state = await client.call("state")
+            except DaemonError as e:
+                print(f"diffdeck: {visible(str(e))}", file=sys.stderr)
+                return 0
+            print(home + "\n".join(visible(line) for line in status_lines(state)) + ("" if home else "\n"), flush=True)
+            await asyncio.sleep(WATCH_S)
+
+
+def status_lines(state: dict[str, Any]) -> list[str]:
+    lines = [f"daemon pid {state['pid']} (diffdeck {state['version']}), session {state['session']}, "
+             f"{state['clients'] - 1} other client(s) attached" + (", queue paused" if state["paused"] else "")]
+    for name, worker in state["workers"].items():
+        busy = f", rendering {worker['job']}" if worker["job"] and worker["state"] == "busy" else ""
+        lines.append(f"  worker {name}: {worker['state']} (pid {worker['pid']}, about {worker['memory_gb']:.1f} GB){busy}")
+    telemetry = state["telemetry"]
+    for gpu in telemetry["gpus"] or []:
+        lines.append(f"  GPU {gpu['index']} {gpu['name']}: {gpu['memory_used'] / 2**30:.1f} of "
+                     f"{gpu['memory_total'] / 2**30:.1f} GiB used")
+    if not telemetry["gpus"]:
+        lines.append(f"  no GPU figures: {telemetry['gpu_problem']}; RAM {telemetry['ram_used'] / 2**30:.1f} "
+                     f"of {telemetry['ram_total'] / 2**30:.1f} GiB used")
+    jobs = {job["id"]: job for job in state["jobs"]}
+    running = [job for job in state["jobs"] if job["status"] == "running"]
+    for job in running + [jobs[job_id] for job_id in state["queue"]]:
+        lines.append(f"  {job['id']} {job['status']:8} {job['spec']['model']}: {job['spec']['prompt']}"
+                     + (f" ({where_it_is(job)})" if job["status"] == "running" else ""))
+    done = sum(job["status"] == "done" for job in state["jobs"])
+    lines.append(f"  {len(state['queue'])} queued, {len(running)} running, {done} done since the daemon started")
+    return lines
+
+
+def where_it_is(job: dict[str, Any]) -> str:
+    """How far a running job has come: 'image 1/2, step 12/40', or that its model loads."""
+    p = job.get("progress")
+    return f"image {p['image'] + 1}/{p['count']}, step {p['step']}/{p['total']}" if p else "its model loading"
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
-    async def stop() -> dict[str, Any]:
+    async def stop() -> int:
+        """Stop the daemon and follow it until it has: what stays queued in its session."""
         async with await EngineClient.connect() as client:
             answer = await client.call("stop", now=args.now)
-            async for _event in client.events():  # until the daemon closes the connection as it exits
-                pass
-            return answer
+            running = {job["id"]: job for job in answer.get("running", [])}
+            if running and not args.now:
+                print(visible(f"diffdeck: waiting for {', '.join(f'{j} ({where_it_is(job)})' for j, job in running.items())}"
+                              " to finish; diffdeck stop --now interrupts it (it stays queued)"), file=sys.stderr, flush=True)
+            progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+            async for event in client.events():  # until the daemon closes the connection as it exits
+                if event.job in running and progress:
+                    progress.show(event)
+                if event.job in running and event.type in FINISHED:
+                    del running[event.job]
+            if progress:
+                progress.clear()
+            return answer["queued_left"] + len(running)  # a running job cut short is queued again
     try:
-        answer = asyncio.run(stop())
+        left = asyncio.run(stop())
     except DaemonError as e:
-        print(f"diffdeck: {e}", file=sys.stderr)
+        print(f"diffdeck: {visible(str(e))}", file=sys.stderr)
         return 1
-    print(f"diffdeck daemon stopped; {answer['queued_left']} queued job(s) stay queued in its session for next time")
+    print("diffdeck daemon stopped; " + (f"{counted(left, 'job')} {'stays' if left == 1 else 'stay'} queued in its "
+                                         "session for next time" if left else "nothing was left queued"))
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    if args.all and args.action != "cancel":
+        raise SpecError("--all", "is for cancel: every queued and running job")
+    if args.action in ("pause", "resume") and args.jobs:
+        raise SpecError("queue", f"{args.action} is for the whole queue; it takes no job ids")
+    if args.action in ("cancel", "retry") and not (args.jobs or args.all):
+        raise SpecError("queue", f"{args.action} needs job ids, such as job-0003 (diffdeck status lists them)"
+                                 + (", or --all" if args.action == "cancel" else ""))
+    return asyncio.run(_queue(remote_connection(args.remote) if args.remote else EngineClient.connect, args))
+
+
+async def _queue(connect: Connect, args: argparse.Namespace) -> int:
+    """What the workbench's queue keys do, for the daemon's queue: each job refused is named, the others go ahead."""
+    async with await connect() as client:
+        if args.action in ("pause", "resume"):
+            await client.call(args.action)
+            print("diffdeck: the daemon's queue " + ("is paused: the running job finishes, no other starts "
+                                                     "(diffdeck queue resume)" if args.action == "pause" else "goes on"))
+            return 0
+        if args.all:
+            print(f"diffdeck: {counted(await client.call('cancel_all'), 'job')} cancelled")
+            return 0
+        status = 0
+        for job_id in args.jobs:
+            try:
+                if args.action == "cancel":
+                    said = "cancelled" if await client.call("cancel", job=job_id) else "had finished; nothing to cancel"
+                else:
+                    await client.call("retry", job=job_id, force=args.force)
+                    said = "queued again"
+                print(visible(f"{job_id} {said}"))
+            except DaemonError as e:
+                print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)
+                status = 2
+        return status
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The daemon's log: its last lines, and with --follow what it writes next, until ctrl+c."""
+    log = place().log
+    try:
+        stream = open(log, "rb")
+    except FileNotFoundError:
+        raise DaemonError(f"no daemon log at {log} yet (diffdeck serve writes it)") from None
+    with stream:
+        for line in collections.deque(stream, maxlen=args.lines):
+            print(visible(line.decode(errors="replace").rstrip("\n")))  # prompts and errors are in it
+        sys.stdout.flush()
+        try:
+            while args.follow:
+                partial = b""
+                while not (partial := partial + stream.readline()).endswith(b"\n"):
+                    time.sleep(0.2)  # written a piece at a time: a line is shown whole
+                print(visible(partial.decode(errors="replace").rstrip("\n")), flush=True)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -203,17 +359,17 @@ async def _fetch_session(connect: Connect, folder: Path) -> int:
     """The daemon's session as of now, written as a session folder of this machine's: open it,
     replay it, resume it here."""
     async with await connect() as client:
-        session = Session(folder, client.hello["record"])
+        session = Session.adopt(folder, client.hello.get("record"), "the daemon's session record")
         missing = 0
         for job_id, job in session.jobs.items():
             for image in job["images"]:
+                path = session.images_dir / Path(os.path.normpath(image["path"])).name  # adopt kept it inside
+                image["path"] = str(path.relative_to(folder))  # where the record says it is here, fetched or not
                 try:
-                    path = save_image(await client.call("image", job=job_id, image=image["image"]), session.images_dir)
+                    save_image(await client.call("image", job=job_id, image=image["image"]), session.images_dir, path.name)
                 except DaemonError as e:
-                    print(f"diffdeck: {job_id} image {image['image']}: {e}", file=sys.stderr)
+                    print(visible(f"diffdeck: {job_id} image {image['image']}: {e}"), file=sys.stderr)
                     missing += 1
-                    continue
-                image["path"] = str(path.relative_to(folder))
         session.compact()
     images = sum(len(job["images"]) for job in session.jobs.values())
     print(f"fetched {len(session.jobs)} job(s) and {images - missing} image(s) into {folder}"
@@ -278,6 +434,31 @@ def daemon_connection(args: argparse.Namespace) -> Connect | None:
     return EngineClient.connect
 
 
+async def warn_of_a_daemon_holding(models: Iterable[str]) -> None:
+    """Before an engine of this process loads `models`: say so if a running daemon holds any of
+    them warm already, for each would then take its memory twice."""
+    warning = await daemon_holding(models)
+    if warning:
+        print(visible(f"diffdeck: warning: {warning} (without --session, or with --engine daemon, it renders "
+                      "there)"), file=sys.stderr)
+
+
+async def daemon_holding(models: Iterable[str]) -> str | None:
+    """Which of `models` a running daemon holds loaded, in words; None when it holds none (or
+    none runs, or none answers in time)."""
+    try:
+        async with await asyncio.wait_for(EngineClient.connect(), HOLDING_PROBE_S) as client:
+            state = await asyncio.wait_for(client.call("state"), HOLDING_PROBE_S)
+    except (DaemonError, asyncio.TimeoutError):
+        return None
+    held = sorted(set(models) & {name for name, worker in state["workers"].items()
+                                 if worker["state"] not in ("stopping", "exited")})
+    if not held:
+        return None
+    return (f"the engine daemon (pid {state['pid']}) holds {', '.join(held)} loaded already; rendering it here "
+            "loads another copy, in twice the memory")
+
+
 def remote_connection(host: str) -> Connect:
     """`ssh HOST diffdeck attach --stdio`, the two commands as $DIFFDECK_SSH and $DIFFDECK_REMOTE say."""
     ssh = shlex.split(os.environ.get("DIFFDECK_SSH", "ssh"))
@@ -293,21 +474,23 @@ async def render_attached(connect: Connect, specs: list[JobSpec], as_json: bool,
         for spec in specs:
             job = await client.call("submit", spec=spec.to_dict())
             jobs[job["id"]] = job["spec"]["model"]
-        print(f"diffdeck: {', '.join(jobs)} queued on the daemon (session {client.hello['session']}); "
-              "ctrl+c detaches, the renders go on", file=sys.stderr)
+        print(visible(f"diffdeck: {', '.join(jobs)} queued on the daemon (session {client.hello['session']}); "
+                      "ctrl+c detaches, the renders go on"), file=sys.stderr)
         following = asyncio.create_task(follow_jobs(client.events(), jobs, as_json))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, following.cancel)
         try:
             ended = await following
         except asyncio.CancelledError:
-            print(f"diffdeck: detached; {', '.join(jobs)} go on in the daemon (diffdeck status)", file=sys.stderr)
+            print(visible(f"diffdeck: detached; {', '.join(jobs)} {'goes' if len(jobs) == 1 else 'go'} on in the daemon "
+                          "(diffdeck status)"), file=sys.stderr)
             return 0
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         unseen = [job_id for job_id in jobs if job_id not in ended]
         if unseen:
-            print(f"diffdeck: error: {client.closed_because}; not seen finishing: {', '.join(unseen)}", file=sys.stderr)
+            print(visible(f"diffdeck: error: {client.closed_because}; not seen finishing: {', '.join(unseen)}"),
+                  file=sys.stderr)
             return 1
         if fetch:
             await _fetch(client, list(jobs), fetch)
@@ -319,4 +502,4 @@ async def _fetch(client: EngineClient, job_ids: list[str], folder: Path) -> None
     for job_id in job_ids:
         for image in jobs[job_id]["images"]:
             path = save_image(await client.call("image", job=job_id, image=image["image"]), folder)
-            print(f"fetched {path}", file=sys.stderr)
+            print(visible(f"fetched {path}"), file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 from typing import Any, TextIO
 
 from engines.dispatcher import CANCELLED, DONE, FINISHED
+from engines.text import visible
 
 
 async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) -> dict[str, tuple[str, str | None]]:
@@ -45,21 +46,26 @@ async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) 
     return ended
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 job', '2 jobs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def exit_status(ended: dict[str, tuple[str, str | None]]) -> int:
     status = 0
     for job_id, (how, error) in ended.items():
         if how == CANCELLED:
-            print(f"diffdeck: {job_id} cancelled", file=sys.stderr)
+            print(visible(f"diffdeck: {job_id} cancelled"), file=sys.stderr)
             status = status or 130
         elif how != DONE:
-            print(f"diffdeck: error: {job_id} {how}: {error}", file=sys.stderr)
+            print(visible(f"diffdeck: error: {job_id} {how}: {error}"), file=sys.stderr)
             status = 1
     return status
 
 
 def _print_image(data: dict[str, Any], job_id: str, model: str, job_timings: dict[str, float], as_json: bool) -> None:
     if not as_json:
-        print(data["path"], flush=True)
+        print(visible(data["path"]), flush=True)
         return
     record = {"path": data["path"], "seed": data["seed"], "model": model, "job": job_id, "image": data["image"],
               "timings": {**job_timings, **data["timings"]}, "peak_memory": data["peak_memory"]}
@@ -82,7 +88,7 @@ class Progress:
                              f"  {d['it_s'] or 0:.1f} it/s"),
         }.get(event.type)
         if text:
-            self.stream.write("\r" + text()[: self.width].ljust(self.width))
+            self.stream.write("\r" + visible(text())[: self.width].ljust(self.width))
             self.stream.flush()
 
     def clear(self) -> None:

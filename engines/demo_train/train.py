@@ -255,6 +255,14 @@ def write_latent_rgb(folder: Path, seed: int) -> None:
     (folder / LATENT_RGB_FILE).write_text(json.dumps({"factors": rows[:4], "bias": rows[4]}) + "\n")
 
 
+def load_text_encoder_in_float32(folder: Path) -> None:
+    """transformers records the dtype a text encoder was saved in (half) as the one it loads in,
+    where diffusers loads the UNet and autoencoder in float32: a plain `from_pretrained(folder)`
+    would mix the two. A worker passes its own dtype to every component either way."""
+    config = folder / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "dtype": "float32"}, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to save the pipeline in")
@@ -303,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
         pipe.save_pretrained(folder, safe_serialization=True)
+        load_text_encoder_in_float32(folder)
         log(f"saved {folder}")
 
     torch.manual_seed(args.seed + 4)

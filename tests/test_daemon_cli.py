@@ -1,0 +1,107 @@
+"""The daemon's queue from the command line, as a user on a GPU box over ssh runs it: a real
+`diffdeck serve` with a real worker, and the CLI in processes of its own."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_ab_grid import diffdeck
+from test_cli import diffdeck as cli_run
+from test_cli import one_line_error
+
+from daemons import PROMPT, call, state
+
+from engines.daemon import place
+from engines.session import Session
+
+
+def job(job_id: str) -> dict:
+    return next(j for j in state()["jobs"] if j["id"] == job_id)
+
+
+def until(condition, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "it did not happen"
+        time.sleep(0.1)
+    return value
+
+
+def cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tui", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_waits_for(tmp_path, daemon):
+    render = cli("render", PROMPT, "--steps", "1000", "--size", "128x128", "--seed", "1", "--engine", "daemon",
+                 cwd=tmp_path)
+    assert "job-0001 queued on the daemon" in render.stderr.readline()
+    until(lambda: job("job-0001")["progress"])  # rendering
+    render.send_signal(signal.SIGINT)
+    assert "detached; job-0001 goes on in the daemon" in render.communicate(timeout=60)[1]
+
+    paused = diffdeck("queue", "pause", cwd=tmp_path)
+    assert paused.returncode == 0 and "queue is paused" in paused.stdout and state()["paused"]
+    call("submit", spec={"prompt": PROMPT, "model": "demo", "steps": 4, "seed": 2})  # job-0002, held back
+    cancelled = diffdeck("queue", "cancel", "job-0002", "job-0099", cwd=tmp_path)
+    assert cancelled.returncode == 2 and "job-0002 cancelled" in cancelled.stdout, cancelled.stderr
+    assert "no job 'job-0099'" in cancelled.stderr and job("job-0002")["status"] == "cancelled"
+    retried = diffdeck("queue", "retry", "job-0002", cwd=tmp_path)
+    assert retried.returncode == 0 and "job-0002 queued again" in retried.stdout
+    status = diffdeck("status", cwd=tmp_path).stdout
+    assert re.search(r"job-0001 running .*\(image 1/1, step \d+/1000\)", status), status
+    assert "1 queued, 1 running" in status, status
+
+    watch = cli("status", "--watch", cwd=tmp_path)
+    frames = 0
+    while frames < 2:  # drawn, then drawn again
+        frames += watch.stdout.readline().startswith("daemon pid")
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=30) == 0 and "Traceback" not in watch.stderr.read()
+
+    local = diffdeck("render", PROMPT, "--steps", "1", "--session", "here", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    assert f"warning: the engine daemon (pid {daemon.pid}) holds demo loaded already" in local.stderr
+
+    session = Path(state()["session"])
+    stopping = cli("stop", cwd=tmp_path)
+    assert re.search(r"waiting for job-0001 \(image 1/1, step \d+/1000\) to finish; diffdeck stop --now",
+                     stopping.stderr.readline())
+    now = diffdeck("stop", "--now", cwd=tmp_path)
+    assert now.returncode == 0 and "2 jobs stay queued in its session" in now.stdout, now.stdout + now.stderr
+    assert "2 jobs stay queued in its session" in stopping.communicate(timeout=60)[0]
+    assert daemon.wait(timeout=60) == 0
+    assert [job_id for job_id, _ in Session.open(session, create=False).unfinished()] == ["job-0001", "job-0002"]
+
+
+def test_logs_shows_the_daemons_last_lines_and_follows_what_it_writes(tmp_path):
+    log = place().log
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("one\ntwo\nthree \x1b]0;title\x07\n")
+    shown = diffdeck("logs", "-n", "2", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout == "two\nthree \u241b]0;title\u2407\n"
+
+    follow = cli("logs", "-f", "-n", "1", cwd=tmp_path)
+    assert follow.stdout.readline() == "three \u241b]0;title\u2407\n"
+    with open(log, "a") as out:
+        out.write("fo")
+        out.flush()
+        time.sleep(0.5)  # half a line written: it waits for the rest
+        out.write("ur\n")
+    assert follow.stdout.readline() == "four\n"
+    follow.send_signal(signal.SIGINT)
+    assert follow.wait(timeout=30) == 0 and "Traceback" not in follow.stderr.read()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["queue", "cancel"], "queue: cancel needs job ids, such as job-0003 (diffdeck status lists them), or --all"),
+    (["queue", "retry", "--all"], "--all: is for cancel"),
+    (["queue", "pause", "job-0001"], "queue: pause is for the whole queue; it takes no job ids"),
+    (["status", "--watch", "--json"], "--watch: draws the status for a person to read"),
+])
+def test_a_queue_command_that_cannot_mean_anything_is_one_line_before_any_daemon_is_asked(tmp_path, args, says):
+    one_line_error(cli_run(*args, cwd=tmp_path), says)
