@@ -35,7 +35,7 @@ def wait_for(socket, text, timeout=90):
 def test_render_in_tmux_then_quit(tmp_path):
     socket = f"diffdeck-test-{os.getpid()}"
     diffdeck = Path(sys.executable).parent / "diffdeck"
-    command = f"cd {tmp_path} && {diffdeck} mysession --images halfcell; echo EXITED $?; sleep 30"
+    command = f"cd {tmp_path} && {diffdeck} --new mysession --images halfcell; echo EXITED $?; sleep 30"
     env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
     subprocess.run(["tmux", "-L", socket, "-f", "/dev/null", "new-session", "-d", "-s", "dd", "-x", "100", "-y", "30",
                     command], env=env, check=True, timeout=10)
@@ -48,7 +48,8 @@ def test_render_in_tmux_then_quit(tmp_path):
         assert "a green ring" in shown and "Traceback" not in shown
         wait_for(socket, "last job-0001")  # the timing panel has the breakdown
         tmux("send-keys", "-t", "dd", "C-q", socket=socket)
-        wait_for(socket, "EXITED 0", timeout=30)
+        shown = wait_for(socket, "EXITED 0", timeout=30)
+        assert "diffdeck: session mysession; reopen it with: diffdeck mysession\nEXITED 0" in shown, shown
     finally:
         tmux("kill-server", socket=socket)
     job = Session.open(tmp_path / "mysession").jobs["job-0001"]

@@ -54,7 +54,7 @@ def statuses(app):
 def cell(app, job_id, column):
     """What the queue shows for a job; None until its row is drawn (redraws are coalesced)."""
     try:
-        return app.query_one(QueueView).get_cell(job_id, column)
+        return str(app.query_one(QueueView).get_cell(job_id, column))
     except CellDoesNotExist:
         return None
 
@@ -142,7 +142,7 @@ async def test_the_queue_reorders_and_runs_in_its_new_order(tmp_path):
         await until(pilot, lambda: app.board.queue[0] == "job-0003", what="moved to front")
         await pilot.press("home", "d")  # the cursor follows job-0003; down one place
         await until(pilot, lambda: app.board.queue == ["job-0001", "job-0003", "job-0002"], what="moved down")
-        assert [app.query_one(QueueView).get_row_at(i)[5] for i in range(3)] == ["first", "third", "second"]
+        assert [str(app.query_one(QueueView).get_row_at(i)[4]) for i in range(3)] == ["first", "third", "second"]
         events = app.engine.dispatcher.subscribe()
         await pilot.press("p")  # resume
         await until(pilot, lambda: all(s == "done" for s in statuses(app).values()), what="all done")
@@ -181,7 +181,7 @@ async def test_reopening_a_session_resumes_its_queue_and_shows_its_images(tmp_pa
         assert cell(app, "job-0001", "status") == "done"
         await pilot.press("f4", "enter")
         await until(pilot, lambda: type(app.screen).__name__ == "ImageScreen", timeout=10, what="the image view")
-        rows = dict(app.screen.query_one("#parameters").get_row_at(i) for i in range(3))
+        rows = dict(map(str, app.screen.query_one("#parameters").get_row_at(i)) for i in range(3))
         assert rows["prompt"] == "left over"
         await pilot.press("escape", "ctrl+q")
 
@@ -234,10 +234,10 @@ async def test_the_prompt_editor_shows_what_the_chosen_model_draws(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         prompt, model = app.query_one("#prompt", TextArea), app.query_one("#model", Select)
         model.value = "foxes"
-        await until(pilot, lambda: prompt.placeholder == "prompt, for example: a red fox in the snow",
+        await until(pilot, lambda: str(prompt.placeholder) == "prompt, for example: a red fox in the snow",
                     what="the model's example in the empty prompt")
-        assert model.tooltip == "draws foxes in the snow"
+        assert str(model.tooltip) == "draws foxes in the snow"
         model.value = "plain"  # a models.yaml entry without an example or a description
-        await until(pilot, lambda: prompt.placeholder == "prompt", what="the placeholder to follow the model")
+        await until(pilot, lambda: str(prompt.placeholder) == "prompt", what="the placeholder to follow the model")
         assert model.tooltip is None
         await pilot.press("ctrl+q")

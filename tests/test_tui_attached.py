@@ -11,7 +11,8 @@ from pathlib import Path
 from daemons import PROMPT, state, stop, until_done
 from PIL import Image
 from test_ab_grid import diffdeck
-from test_tui import SIZE, type_prompt, until
+from test_tui import SIZE, make_app, type_prompt, until
+from test_tui_workbench import screen_text
 from textual.widgets import Select, TextArea
 
 from engines.engine_client import EngineClient
@@ -86,6 +87,22 @@ async def test_the_workbench_on_a_remote_engine_fetches_thumbnails_over_the_ssh_
             assert image.is_relative_to(cache) and Image.open(image).size == (64, 64)
             far = Path((await asyncio.to_thread(state))["session"])
             assert app.session.folder != far and app.session.jobs["job-0001"]["status"] in ("running", "done")
+            assert f"session {far.name} · engine: gpubox" in str(app.query_one("#title").render()), \
+                "the title names the far side's session, not the cache folder it is mirrored in"
             await pilot.press("ctrl+q")
+        assert app.farewell() == (f"diffdeck: detached; the engine daemon's session {far.name} goes on. "
+                                  "diffdeck --remote gpubox attaches again")
     finally:
         await asyncio.to_thread(diffdeck, "stop", cwd=tmp_path)
+
+
+async def test_a_local_workbench_warns_of_a_daemon_holding_its_model_warm(daemon, tmp_path):
+    """A workbench on a session of its own renders in its own workers: a model a running daemon
+    holds warm would take its memory twice, and the workbench says so."""
+    warm = diffdeck("render", PROMPT, "--steps", "1", "--engine", "daemon", cwd=tmp_path)
+    assert warm.returncode == 0, warm.stderr
+    app = make_app(tmp_path / "mine")
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: "holds demo loaded already" in screen_text(app), timeout=30,
+                    what="the warning of a second copy")
+        assert f"daemon (pid {daemon.pid})" in screen_text(app)

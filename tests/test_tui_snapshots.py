@@ -1,5 +1,6 @@
 """SVG snapshots of the workbench layout: the committed example session on a GPU box (NVML
-stood in for by FakeNVML, the one thing that cannot exist here), at 120x40 and 80x24.
+stood in for by FakeNVML, the one thing that cannot exist here), at 120x40 and 80x24: the main
+screen, the compare view and the image view.
 Deterministic: recorded timings, one telemetry sample, no cursor blink, no clock.
 Update with `pytest tests/test_tui_snapshots.py --snapshot-update` after a deliberate change."""
 
@@ -65,5 +66,21 @@ async def open_compare(pilot):
     await pilot.pause(0.3)
 
 
-def test_compare_view(snap_compare, tmp_path):
-    assert snap_compare(example(tmp_path, "demo-ab"), terminal_size=(120, 40), run_before=open_compare)
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+def test_compare_view(snap_compare, tmp_path, size):
+    assert snap_compare(example(tmp_path, "demo-ab"), terminal_size=size, run_before=open_compare)
+
+
+async def open_image(pilot):
+    """The newest image, larger, beside every parameter it was made with."""
+    await settle(pilot)
+    await pilot.press("f4", "enter")
+    while type(pilot.app.screen).__name__ != "ImageScreen" or any(
+            i.image is None for i in pilot.app.screen.query(pilot.app.image_class)):
+        await pilot.pause(0.05)
+    await pilot.pause(0.3)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+def test_image_view(snap_compare, example_app, size):
+    assert snap_compare(example_app, terminal_size=size, run_before=open_image)

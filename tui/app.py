@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from textual import on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.theme import Theme
@@ -28,17 +29,21 @@ from textual.widgets import Footer, Static
 
 from engines.daemon import DaemonError
 from engines.registry import RegistryError
-from engines.session import VERDICT_EVENTS, Session
+from engines.session import VERDICT_EVENTS, Session, SessionWriteError
 from engines.sheet import SheetError, contact_sheet
 from engines.spec import JobSpec, SpecError
+from engines.text import visible
 from engines.variants import VariantSet, plan_ab
 from themes import STYLESHEET
 
 from .board import Board
 from .comparison import Comparison
-from .config import Config
+from .config import Config, ConfigError, save_setting
+from .daemon_cli import daemon_holding
+from .history import HistoryError, history_file, load_history, save_history
 from .engine_link import AttachedEngine, LocalEngine
 from .images import thumbnail
+from .plain import plain
 from .screens.compare import CompareScreen
 from .screens.grid_dialog import GridDialog
 from .screens.grid_view import GridView
@@ -47,7 +52,7 @@ from .screens.image_view import ImageScreen
 from .widgets.gallery import Gallery, Thumb
 from .widgets.gpu_panel import PRESSURE_COLOURS, GpuPanel
 from .widgets.prompt_editor import PromptEditor
-from .widgets.queue_view import QueueView
+from .widgets.queue_view import QueueView, queue_title
 
 REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
 LARGE_PX = 512
@@ -57,19 +62,22 @@ class Workbench(App):
     CSS_PATH = STYLESHEET
     TITLE = "diffdeck"
     AUTO_FOCUS = "#prompt"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # the stylesheet lays out 80x24 as its own size
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
         Binding("f1", "help", "Keys", id="help"),
         Binding("f2", "focus('prompt')", "Prompt", id="focus_prompt"),
         Binding("f3", "focus('queue')", "Queue", id="focus_queue"),
         Binding("f4", "focus_gallery", "Gallery", id="focus_gallery"),
         Binding("f5", "compare", "Compare", id="compare"),
-        Binding("f10", "detach", "Detach", id="detach"),
+        Binding("f10", "detach", "Detach", id="detach", show=False),  # the title says so when attached
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
     def __init__(self, engine: LocalEngine | AttachedEngine, config: Config, themes: list[Theme], *,
-                 image_class: Any = None, hint: str | None = None):
-        """An AttachedEngine comes started (its models are the daemon's); a LocalEngine starts on mount."""
+                 image_class: Any = None, hint: str | None = None, history: Path | None = None):
+        """An AttachedEngine comes started (its models are the daemon's); a LocalEngine starts on mount.
+        `history`: the prompt history's file (tui.history; by default under $XDG_STATE_HOME)."""
         super().__init__()
         self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
         self.engine, self.config, self.themes = engine, config, themes
@@ -80,18 +88,35 @@ class Workbench(App):
         self.pinned: list[tuple[str, int]] = []
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
         self._following: asyncio.Task | None = None
+        self._busy = False  # jobs queued or running at the last redraw: its end is announced
+        self._theme_applied = False  # the config's theme: only a change after it is saved
+        self.history_file: Path | None = history or history_file()
+        try:
+            self._history = load_history(self.history_file)
+        except HistoryError as e:
+            self._history, self.history_file = [], None  # not written over
+            self._history_problem: str | None = str(e)
+        else:
+            self._history_problem = None
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A toast. Never markup, whatever the caller asks: notifications carry errors, prompts,
+        paths, the daemon's words; their control characters are shown, not sent to the terminal."""
+        super().notify(visible(message, newlines=True), title=visible(title), severity=severity, timeout=timeout,
+                       markup=False)
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return dict(PRESSURE_COLOURS)
 
     def compose(self) -> ComposeResult:
-        yield Static(self._title_text(), id="title")
-        with Horizontal(id="main"):
-            with Vertical(id="left"):
-                yield PromptEditor(self.engine.models(), self.first_model, id="editor")
-                yield QueueView(id="queue")
-            with Vertical(id="right"):
+        yield Static(plain(self._title_text()), id="title")
+        with Vertical(id="main"):  # two rows, each split on its own: the queue wants width, the editor height
+            with Horizontal(id="top"):
+                yield PromptEditor(self.engine.models(), self.first_model, self._history, id="editor")
                 yield GpuPanel(id="gpu")
+            with Horizontal(id="bottom"):
+                yield QueueView(id="queue")
                 yield Gallery(self.image_class, id="gallery")
         if self.hint:
             yield Static(self.hint, id="hint")
@@ -104,12 +129,13 @@ class Workbench(App):
 
     def _title_text(self) -> str:
         engine = f" · engine: {self.engine.where} (F10 detaches; the queue goes on)" if self.engine.attached else ""
-        return f"diffdeck · session {self.session.folder.name}{engine}"
+        return f"diffdeck · session {self.engine.session_name}{engine}"
 
     async def on_mount(self) -> None:
         for theme in self.themes:
             self.register_theme(theme)
         self.theme = self.config.theme
+        self._theme_applied = True
         self.set_keymap(self.config.keys)
         started = self.engine.started or await self.engine.start()
         self.board.load(self.session.jobs, self.session.folder, self.session.sets)
@@ -124,19 +150,58 @@ class Workbench(App):
         for job_id, error in started.refused:
             self.board.not_resumed(job_id, error)
             self.notify(f"{job_id} not resumed: {error}", severity="error", timeout=10)
+        for notice in self.session.notices:  # a lock taken over, a torn journal line set aside
+            self.notify(notice, severity="warning", timeout=20)
+        if self._history_problem:
+            self.notify(self._history_problem, severity="warning", timeout=20)
+        if not self.engine.attached:
+            self.run_worker(self._warn_if_a_daemon_holds(), group="probe")
         self._show_model(self.first_model)
         self._redraw()
 
+    async def _warn_if_a_daemon_holds(self) -> None:
+        """An engine daemon running beside this workbench's own engine: its warm models would load
+        here a second time, in twice the memory."""
+        warning = await daemon_holding(self.engine.models())
+        if warning:
+            self.notify(f"{warning}; diffdeck without a session attaches to the daemon instead",
+                        severity="warning", timeout=20)
+
     async def action_quit(self) -> None:
+        self.query_one("#title", Static).update(plain(self._leaving_text()))
         await self._shut_down()
         self.exit()
 
+    def farewell(self) -> str:
+        """What the terminal is left with: where the session is, and the command that goes back to it."""
+        if self.engine.attached:
+            again = f"diffdeck --remote {shlex.quote(self.engine.where)}" if self.engine.remote else "diffdeck"
+            return (f"diffdeck: detached; the engine daemon's session {self.engine.session_name} goes on. "
+                    f"{again} attaches again")
+        left = sum(job["status"] in ("queued", "running") for job in self.session.jobs.values())
+        queued = f" ({left} job{'s' * (left != 1)} queued, resumed when it opens)" if left else ""
+        folder = shlex.quote(str(self.session.folder))
+        return f"diffdeck: session {folder}{queued}; reopen it with: diffdeck {folder}"
+
+    def _leaving_text(self) -> str:
+        """What quitting waits for, shown while it does (a running job stops within a step, then
+        each worker process exits)."""
+        if self.engine.attached:
+            return f"detaching from the engine on {self.engine.where}; its queue goes on…"
+        running = self.board.running()
+        waits = [f"{running.id} to stop at its next step"] if running else []
+        if self.board.warm:
+            waits.append(f"the worker{'s' * (len(self.board.warm) > 1)} ({', '.join(self.board.warm)}) to exit")
+        return f"quitting: waiting for {' and '.join(waits)}…" if waits else "quitting…"
+
     async def action_detach(self) -> None:
         """Leave an engine daemon's queue running (as quitting does), with a key that says so."""
+        if not self.engine.attached:
+            self.notify("F10 detaches from an engine daemon (diffdeck serve) and leaves its queue running; this "
+                        "workbench runs its own engine, which stops with it. ctrl+q quits; what is queued stays "
+                        "queued in the session", severity="warning", timeout=10)
+            return
         await self.action_quit()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return self.engine.attached if action == "detach" else True  # a local engine stops with the workbench
 
     async def on_unmount(self) -> None:
         await self._shut_down()  # however the app ends, the workers do not outlive it
@@ -152,6 +217,9 @@ class Workbench(App):
     def _task_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
+            if isinstance(error, SessionWriteError):
+                self._cannot_record()
+                return
             if isinstance(error, DaemonError):
                 self.notify(f"{error}. Its queue goes on there: quit, and open diffdeck again to attach",
                             title="the connection to the engine daemon is gone", severity="error", timeout=60)
@@ -182,7 +250,33 @@ class Workbench(App):
         self.query_one(GpuPanel).show(self.board)
         self.query_one(Gallery).show(self.board, self.marks)
         paused = " · queue paused (p in the queue resumes)" if self.board.paused else ""
-        self.query_one("#title", Static).update(self._title_text() + paused)
+        self.query_one("#title", Static).update(plain(self._title_text() + paused))
+        self.query_one(QueueView).border_title = queue_title(self.board)
+        busy = bool(self.board.queue) or self.board.running() is not None
+        if self._busy and not busy:
+            self._queue_emptied()
+        self._busy = busy
+
+    def _queue_emptied(self) -> None:
+        """The terminal bell or an OSC 9 notification (config.yaml `notify:`), for whoever looked away."""
+        if self.config.notify == "off" or self._driver is None:
+            return
+        done = sum(row.status == "done" for row in self.board.jobs.values())
+        name = visible(self.engine.session_name)  # nothing in it may end the escape sequence
+        self._driver.write("\a" if self.config.notify == "bell" else
+                           f"\x1b]9;diffdeck: the queue is empty ({done} jobs done in {name})\a")
+
+    def _accepted(self, spec: JobSpec) -> None:
+        """The editor's job was queued: it remembers the prompt, and the history is saved."""
+        editor = self.query_one(PromptEditor)
+        editor.accepted(spec)
+        if self.history_file is None:
+            return
+        try:
+            save_history(self.history_file, editor.history)
+        except HistoryError as e:
+            self.history_file = None  # said once
+            self.notify(str(e), severity="warning")
 
     def _show_warm_models(self) -> None:
         labels = {name: f"{name} · {state}" for name, (state, _pid) in self.board.warm.items()}
@@ -201,7 +295,7 @@ class Workbench(App):
     async def _submit(self, event: PromptEditor.Submitted) -> None:
         queued = await self._from_editor(lambda: self.engine.submit(event.spec))
         if queued is not None:
-            self.query_one(PromptEditor).accepted(queued[1])
+            self._accepted(queued[1])
 
     @on(PromptEditor.VariantsSubmitted)
     async def _submit_variants(self, event: PromptEditor.VariantsSubmitted) -> None:
@@ -212,7 +306,7 @@ class Workbench(App):
         queued = await self._from_editor(queue)
         if queued is not None:
             variants, set_id = queued
-            self.query_one(PromptEditor).accepted(variants.base)
+            self._accepted(variants.base)
             self.notify(f"{set_id}: A/B, {variants.describe()}; F5 compares them")
 
     async def _from_editor(self, queue: Callable[[], Awaitable[Any]]) -> Any:
@@ -240,7 +334,7 @@ class Workbench(App):
             event.dialog.refused(str(e))
             return
         event.dialog.dismiss()
-        self.query_one(PromptEditor).accepted(event.variants.base)
+        self._accepted(event.variants.base)
         self.notify(f"{set_id}: grid, {event.variants.describe()}; F5 shows it")
 
     @on(PromptEditor.ModelChanged)
@@ -325,7 +419,8 @@ class Workbench(App):
         self.call_from_thread(self._show_large, job_id, image, picture)
 
     def _show_large(self, job_id: str, image: dict[str, Any], picture: Any) -> None:
-        screen = ImageScreen(job_id, self.board.jobs[job_id].spec, image, picture, self.image_class)
+        in_session = {**image, "path": os.path.relpath(image["path"], self.session.folder)}  # the title names it
+        screen = ImageScreen(job_id, self.board.jobs[job_id].spec, in_session, picture, self.image_class)
         self.push_screen(screen, lambda choice: self._image_choice(job_id, image, choice))
 
     async def _image_choice(self, job_id: str, image: dict[str, Any], choice: str | None) -> None:
@@ -395,7 +490,15 @@ class Workbench(App):
             await verdict
         except DaemonError as e:
             self.notify(f"not recorded: {e}", severity="error")
+        except SessionWriteError:
+            self._cannot_record()
+            return
         await self._said_of_images()
+
+    def _cannot_record(self) -> None:
+        """The session's disk refused a write: nothing may render unrecorded, so the workbench
+        stops its workers and ends; `diffdeck` prints why on the terminal."""
+        self.exit(return_code=1)
 
     async def _said_of_images(self) -> None:
         self.marks = self.session.image_marks()
@@ -428,9 +531,9 @@ class Workbench(App):
         self.query_one(f"#{widget_id}").focus()
 
     def action_focus_gallery(self) -> None:
-        thumbs = self.query(Thumb)
-        if thumbs:
-            thumbs.last().focus()
+        newest = self.query_one(Gallery).newest()
+        if newest is not None:
+            newest.focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(list(self.key_rows())))
@@ -438,7 +541,7 @@ class Workbench(App):
     def key_rows(self) -> Iterable[tuple[str, str, str, str]]:
         keymap = self.config.keys
         for where, owner in (("everywhere", Workbench), ("prompt", PromptEditor), ("queue", QueueView),
-                             ("gallery", Thumb), ("image", ImageScreen), ("compare", CompareScreen),
+                             ("gallery", Thumb), ("gallery", Gallery), ("image", ImageScreen), ("compare", CompareScreen),
                              ("grid", GridView), ("grid axes", GridDialog)):
             for binding in owner.BINDINGS:
                 yield where, keymap.get(binding.id, binding.key), binding.description or binding.action, binding.id
@@ -457,5 +560,15 @@ class Workbench(App):
         yield SystemCommand("Cancel all", "Every queued and running job",
                             lambda: self.post_message(QueueView.Command("cancel_all", None)))
         for theme in self.themes:
-            yield SystemCommand(f"Theme: {theme.name}", "Switch the colour theme",
+            yield SystemCommand(f"Theme: {theme.name}", "Switch the colour theme (saved in config.yaml)",
                                 lambda name=theme.name: setattr(self, "theme", name))
+
+    def watch_theme(self, theme: str) -> None:
+        """A theme chosen here (the palette) is kept for next time, in config.yaml."""
+        if not self._theme_applied or theme == self.config.theme or self.config.file is None:
+            return
+        self.config.theme = theme
+        try:
+            save_setting(self.config.file, "theme", theme)
+        except (ConfigError, OSError) as e:
+            self.notify(f"theme {theme} not saved: {e}", severity="warning")

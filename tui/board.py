@@ -52,6 +52,11 @@ class JobRow:
             return None
         return max(0, self.steps_total - self.steps_done) / self.it_s
 
+    def steps_left(self) -> int:
+        """Steps still to render: a job resumed with some images kept renders only the rest."""
+        per_image = self.total or int(self.spec.get("steps") or 0)
+        return max(0, self.steps_total - len(self.images) * per_image)
+
 
 @dataclass
 class Board:
@@ -66,6 +71,7 @@ class Board:
     last_done: str | None = None
     set_ids: list[str] = field(default_factory=list)  # A/B sets and grids, oldest first
     variant_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # job id -> (set id, variant label)
+    step_s: dict[str, float] = field(default_factory=dict)  # model -> seconds a step, as its last job took
 
     def load(self, jobs: dict[str, dict[str, Any]], folder: Path, sets: dict[str, dict[str, Any]]) -> None:
         """The jobs of a reopened session, as recorded; image paths made absolute as events have them."""
@@ -80,6 +86,7 @@ class Board:
             (self.queue if job["status"] in ("queued", "running") else self.history).append(job_id)
             if job["status"] == "done":
                 self.last_done = job_id
+                self._measure(self.jobs[job_id])
 
     def apply(self, event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
@@ -98,6 +105,28 @@ class Board:
 
     def running(self) -> JobRow | None:
         return next((row for row in self.jobs.values() if row.status == "running"), None)
+
+    def queue_eta(self) -> tuple[float, int]:
+        """Seconds until the queue is empty, at each model's measured rate (the running job's own
+        rate for it), and how many jobs are on models not measured yet (not counted in it). Model
+        loads are not counted."""
+        seconds, unmeasured = 0.0, 0
+        running = self.running()
+        rows = ([running] if running else []) + [self.jobs[job_id] for job_id in self.queue]
+        for row in rows:
+            eta = row.eta_s()
+            step_s = self.step_s.get(str(row.spec.get("model")))
+            if eta is None and step_s is None:
+                unmeasured += 1
+            else:
+                seconds += eta if eta is not None else step_s * row.steps_left()
+        return seconds, unmeasured
+
+    def _measure(self, row: JobRow) -> None:
+        """A done job's render time per step (decode and save included) stands for its model's rate."""
+        render_s, steps = row.render_s(), len(row.images) * int(row.spec.get("steps") or 0)
+        if render_s and steps:
+            self.step_s[str(row.spec.get("model"))] = render_s / steps
 
     # events
 
@@ -147,6 +176,7 @@ class Board:
         row.status, row.timings, row.peak_memory = "done", {**row.timings, **data["timings"]}, data["peak_memory"]
         row.it_s, row.preview = None, None
         self.last_done = job_id
+        self._measure(row)
 
     def _finish(self, status: str, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]

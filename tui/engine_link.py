@@ -64,6 +64,10 @@ class LocalEngine:
         return ""
 
     @property
+    def session_name(self) -> str:
+        return self.session.folder.name
+
+    @property
     def paused(self) -> bool:
         return self.dispatcher.paused
 
@@ -96,8 +100,9 @@ class LocalEngine:
     async def rate(self, job_id: str, image: int, stars: int) -> None:
         self.session.rate(job_id, image, stars)
 
-    async def shut_down(self) -> None:
-        await self.queue.shut_down()
+    async def shut_down(self) -> str | None:
+        """Stop the workers; what could not be written to the session, in words (None: nothing)."""
+        return await self.queue.shut_down()
 
 
 class AttachedEngine:
@@ -131,6 +136,15 @@ class AttachedEngine:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def remote(self) -> bool:
+        return self._cache is not None
+
+    @property
+    def session_name(self) -> str:
+        """The daemon's session's name (the mirror's folder is named after a hash of where it is)."""
+        return Path(self._daemon_folder).name
 
     async def start(self) -> Started:
         self.client = await self._connect()
@@ -199,6 +213,7 @@ class AttachedEngine:
     async def rate(self, job_id: str, image: int, stars: int) -> None:
         await self.client.call("rate", job=job_id, image=image, stars=stars)
 
-    async def shut_down(self) -> None:
+    async def shut_down(self) -> str | None:
         if self.client is not None:
             await self.client.close()
+        return None  # the daemon writes its session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from textual.theme import Theme
@@ -10,6 +11,7 @@ from textual.theme import Theme
 from .config import ConfigError, read_yaml
 
 THEME_FIELDS = {f.name for f in dataclasses.fields(Theme)}
+THEME_NAME = re.compile(r"[\w.-]+")  # shown in the command palette, which reads markup
 
 
 def load_theme(path: Path) -> Theme:
@@ -19,6 +21,9 @@ def load_theme(path: Path) -> Theme:
         raise ConfigError(f"{path}: {unknown[0]!r} is not a theme field; fields are {', '.join(sorted(THEME_FIELDS))}")
     if "name" not in data or "primary" not in data:
         raise ConfigError(f"{path}: a theme needs at least a name and a primary colour")
+    if not isinstance(data["name"], str) or not THEME_NAME.fullmatch(data["name"]):
+        raise ConfigError(f"{path}: a theme's name is letters, digits, '-', '_' and '.', "
+                          f"as in diffdeck-dark; not {data['name']!r}")
     try:
         theme = Theme(**data)
         theme.to_color_system()  # parses every colour now, not at the first redraw

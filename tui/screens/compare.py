@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 from PIL import Image
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -24,6 +23,7 @@ from engines.session import TIE
 
 from ..comparison import LEFT, RIGHT, Comparison, Side
 from ..images import thumbnail
+from ..plain import plain
 
 LARGE_PX = 512
 
@@ -104,21 +104,21 @@ class CompareScreen(Screen):
         where = f"{c.set_id} · {c.kind}" if c.set_id else "pinned images"
         pair = f" · image {c.index + 1}/{c.count}" if c.set_id else ""
         self.query_one("#compare-title", Static).update(
-            f"{where}{pair} · {sides[0].label} | {sides[1].label} · {c.wins_text()}")
+            plain(f"{where}{pair} · {sides[0].label} | {sides[1].label} · {c.wins_text()}"))
         winner = c.pick()
         for which, side in enumerate(sides):
             panel = self.query_one(f"#side-{which}")
             panel.set_class(which == self.rating_side, "-rating")
             panel.set_class(winner == side.job, "-winner")
             changes = "" if c.set_id is None else _changes(c, which)
-            panel.query_one(".side-label", Static).update(f"{side.label}{changes}")
-            panel.query_one(".side-caption", Static).update(_caption(side, winner))
+            panel.query_one(".side-label", Static).update(plain(f"{side.label}{changes}"))
+            panel.query_one(".side-caption", Static).update(plain(_caption(side, winner)))
             self._show_image(which, side)
         table = self.query_one(DataTable)
         table.clear()
         for name, left, right, differs in c.parameter_rows():
             style = "bold $accent" if differs else "dim"
-            table.add_row(Text(name, style="dim"), *(Text(v, style=_rich(style, self)) for v in (left, right)))
+            table.add_row(plain(name, style="dim"), *(plain(v, style=_rich(style, self)) for v in (left, right)))
         self._measure(sides)
 
     def _show_image(self, which: int, side: Side) -> None:
@@ -131,12 +131,12 @@ class CompareScreen(Screen):
             if self.image_class:
                 widget.image = None
             else:
-                widget.update(f"not rendered ({side.status})")
+                widget.update(plain(f"not rendered ({side.status})"))
             return
         if self.image_class:
             self._decode(which, side.image["path"])
         else:
-            widget.update(side.image["path"])
+            widget.update(plain(side.image["path"]))
 
     @work(thread=True, group="compare-decode", exit_on_error=False)
     def _decode(self, which: int, path: str) -> None:
@@ -168,7 +168,7 @@ class CompareScreen(Screen):
     @on(Measured)
     def _measured(self, event: Measured) -> None:
         if event.paths == tuple(path or "" for path in self._drawn):  # not a pair already left behind
-            self.query_one("#measures", Static).update(event.text)
+            self.query_one("#measures", Static).update(plain(event.text))
 
     # actions
 

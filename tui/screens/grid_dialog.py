@@ -15,6 +15,8 @@ from textual.widgets import Input, Static
 from engines.spec import JobSpec, SpecError
 from engines.variants import AXES, AXIS_FIELDS, VariantSet, plan_grid
 
+from ..plain import plain
+
 PLACEHOLDERS = {"x": "x: steps=4, 8, 16   or   steps=10..30 step 5",
                 "y": "y: model=demo, other   or   cat -> dog, fox",
                 "page": "page (optional): cfg=5, 7"}
@@ -22,6 +24,7 @@ PLACEHOLDERS = {"x": "x: steps=4, 8, 16   or   steps=10..30 step 5",
 
 class GridDialog(ModalScreen[None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Close", id="close_grid_dialog")]
+    AUTO_FOCUS = "#axis-x"  # what is typed right after ctrl+g is the x axis
 
     class Queue(Message):
         def __init__(self, dialog: "GridDialog", variants: VariantSet):
@@ -36,8 +39,8 @@ class GridDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="grid-dialog"):
-            yield Static(f"grid over: {self.base.prompt[:60]!r} on {self.base.model} · fields: "
-                         f"{', '.join(AXIS_FIELDS)}", id="grid-base")
+            yield Static(plain(f"grid over: {self.base.prompt[:60]!r} on {self.base.model} · fields: "
+                               f"{', '.join(AXIS_FIELDS)}"), id="grid-base")
             for axis in AXES:
                 yield Input(placeholder=PLACEHOLDERS[axis], id=f"axis-{axis}")
             yield Static("give at least the x axis", id="grid-count")
@@ -73,5 +76,5 @@ class GridDialog(ModalScreen[None]):
 
     def _say(self, text: str, error: bool = False) -> None:
         count = self.query_one("#grid-count", Static)
-        count.update(text)
+        count.update(plain(text))
         count.set_class(error, "-error")

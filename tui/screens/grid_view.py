@@ -15,6 +15,7 @@ from textual.widgets import Footer, Label, Static
 
 from ..comparison import Comparison
 from ..images import thumbnail
+from ..plain import plain
 from .compare import CompareScreen
 
 
@@ -25,7 +26,7 @@ class Cell(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield self.image_class() if self.image_class else Static("▒" * 64, classes="no-image")
-        yield Label(self.caption)
+        yield Label(plain(self.caption))
 
 
 class GridView(Screen):
@@ -73,16 +74,16 @@ class GridView(Screen):
         c = self.comparison
         page = f" · page {self.page + 1}/{len(self.pages)}: {self.axis_names[2]}={self.pages[self.page]}" \
             if len(self.pages) > 1 else ""
-        self.query_one("#grid-title", Static).update(f"{c.set_id} · grid{page} · {c.wins_text()}")
+        self.query_one("#grid-title", Static).update(plain(f"{c.set_id} · grid{page} · {c.wins_text()}"))
         focused = self.focused.position if isinstance(self.focused, Cell) else None
         grid = self.query_one("#grid-cells", Grid)
         await grid.remove_children()
         grid.styles.grid_size_columns = len(self.x_labels) + 1
         x_name = self.axis_names[0]
-        widgets: list[Any] = [Label(""), *(Label(f"{x_name}={x}", classes="axis") for x in self.x_labels)]
+        widgets: list[Any] = [Label(""), *(Label(plain(f"{x_name}={x}"), classes="axis") for x in self.x_labels)]
         for y, y_label in enumerate(self.y_labels):
             y_text = f"{self.axis_names[1]}={y_label}" if len(self.axis_names) > 1 else ""
-            widgets.append(Label(y_text, classes="axis"))
+            widgets.append(Label(plain(y_text), classes="axis"))
             for x in range(len(self.x_labels)):
                 position = self._position((x, y, self.page))
                 widgets.append(self._cell(position) if position is not None else Label("—"))

@@ -9,9 +9,12 @@ from textual.widgets import DataTable, Static
 
 from engines.registry import user_config_dir
 
+from ..plain import plain
+
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", id="close_help")]
+    AUTO_FOCUS = "#help-keys"  # scrolls at once
 
     def __init__(self, rows: list[tuple[str, str, str, str]]):
         """rows: (where, keys, what, binding id)."""
@@ -19,8 +22,9 @@ class HelpScreen(ModalScreen[None]):
         self.rows = rows
 
     def compose(self) -> ComposeResult:
-        yield Static(f"Keys — remap any by its id under keys: in {user_config_dir() / 'config.yaml'}", id="help-title")
+        yield Static(plain(f"Keys — remap any by its id under keys: in {user_config_dir() / 'config.yaml'}"),
+                     id="help-title")
         table = DataTable(cursor_type="row", id="help-keys")
         table.add_columns("where", "keys", "what", "id")
-        table.add_rows(self.rows)
+        table.add_rows([tuple(map(plain, row)) for row in self.rows])  # keys come from config.yaml
         yield table

@@ -11,6 +11,8 @@ from textual.containers import Horizontal
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
+from ..plain import plain
+
 class ImageScreen(ModalScreen[str | None]):
     """Dismissed with what the user chose: "requeue", "copy_prompt", "pin", or None."""
 
@@ -20,6 +22,7 @@ class ImageScreen(ModalScreen[str | None]):
         Binding("c", "dismiss('copy_prompt')", "Copy prompt", id="copy_prompt"),
         Binding("a", "dismiss('pin')", "Pin for A/B", id="pin_image"),
     ]
+    AUTO_FOCUS = "#parameters"  # a long prompt scrolls
 
     def __init__(self, job_id: str, spec: dict[str, Any], image: dict[str, Any], picture: Any, image_class: Any):
         """`picture`: the image, already decoded and scaled (off the event loop)."""
@@ -31,10 +34,10 @@ class ImageScreen(ModalScreen[str | None]):
             if self.image_class:
                 yield self.image_class(self.picture, id="large")
             else:
-                yield Static(self.image["path"], id="large")
+                yield Static(plain(self.image["path"]), id="large")
             table = DataTable(cursor_type="none", show_header=False, id="parameters")
             table.add_columns("", "")
-            table.add_rows(parameter_rows(self.job_id, self.spec, self.image))
+            table.add_rows([(name, plain(value)) for name, value in parameter_rows(self.job_id, self.spec, self.image)])
             yield table
         yield Footer()
 

@@ -15,6 +15,7 @@ from textual.widgets import Label, Static
 
 from ..board import Board
 from ..images import decode_preview, thumbnail
+from ..plain import plain
 
 LIVE = -1  # the image index of the running job's live preview
 
@@ -41,7 +42,7 @@ class Thumb(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield self.image_class() if self.image_class else Static("▒" * 64, classes="no-image")
-        yield Label(self._caption_text())
+        yield Label(plain(self._caption_text()))
 
     def _caption_text(self) -> str:
         return " ".join(filter(None, (self.caption, self.said, self.variant)))
@@ -54,7 +55,7 @@ class Thumb(Vertical, can_focus=True):
         """What the user said of it (rating, picks won), after the caption."""
         self.said = text
         for label in self.query(Label):  # none before it is composed: compose shows it then
-            label.update(self._caption_text())
+            label.update(plain(self._caption_text()))
 
     def action_open(self) -> None:
         if self.image != LIVE:
@@ -65,6 +66,14 @@ class Thumb(Vertical, can_focus=True):
 
 
 class Gallery(VerticalScroll):
+    """Arrow keys move between thumbnails as they are laid out; left from the first column goes
+    back to the queue beside it."""
+
+    BINDINGS = [Binding("left", "step(-1, 0)", "Image to the left (or the queue)", id="gallery_left", show=False),
+                Binding("right", "step(1, 0)", "Image to the right", id="gallery_right", show=False),
+                Binding("up", "step(0, -1)", "Image above", id="gallery_up", show=False),
+                Binding("down", "step(0, 1)", "Image below", id="gallery_down", show=False)]
+
     class Decoded(Message):
         def __init__(self, key: tuple[str, int], picture: PILImage.Image):
             super().__init__()
@@ -76,6 +85,24 @@ class Gallery(VerticalScroll):
         self._thumbs: dict[tuple[str, int], Thumb] = {}
         self._preview_of: dict[str, bytes] = {}
         self._marks: dict[tuple[str, int], str] = {}
+
+    def newest(self) -> Thumb | None:
+        """The newest finished image's thumbnail (the live preview only when there is none)."""
+        thumbs = list(self.query(Thumb))
+        return next((t for t in reversed(thumbs) if t.image != LIVE), thumbs[-1] if thumbs else None)
+
+    def action_step(self, across: int, down: int) -> None:
+        thumbs = list(self.query(Thumb))
+        if not isinstance(self.screen.focused, Thumb) or self.screen.focused not in thumbs:
+            return
+        columns = self.styles.grid_size_columns or 1
+        here = thumbs.index(self.screen.focused)
+        if across < 0 and here % columns == 0:
+            self.app.action_focus("queue")
+            return
+        there = here + across + down * columns
+        if 0 <= there < len(thumbs):
+            thumbs[there].focus()
 
     def show(self, board: Board, marks: dict[tuple[str, int], str]) -> None:
         """`marks`: what the user said of an image, short (rating, picks won)."""

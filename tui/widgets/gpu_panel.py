@@ -11,6 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from engines.text import visible
+
 from ..board import Board, JobRow, pressure
 
 GIB = 2**30
@@ -23,7 +25,14 @@ class GpuPanel(Vertical):
         yield Static(id="workers")
         yield Static(id="timing")
 
+    board: Board | None = None
+
+    def on_resize(self) -> None:
+        if self.board is not None:  # the bars are drawn to the width
+            self.show(self.board)
+
     def show(self, board: Board) -> None:
+        self.board = board
         sample = board.telemetry
         if sample is None:
             self.query_one("#devices", Static).update("waiting for the first sample…")
@@ -76,7 +85,7 @@ def devices_text(sample: dict, colours: dict[str, str], width: int) -> Text:
         out.append_text(memory_bar(sample.get("ram_used", 0), sample.get("ram_total", 0), "RAM", colours, width))
         return out
     for gpu in gpus:
-        out.append(f"GPU {gpu['index']} {gpu['name']}\n", style="bold")
+        out.append(visible(f"GPU {gpu['index']} {gpu['name']}") + "\n", style="bold")
         out.append_text(memory_bar(gpu["memory_used"], gpu["memory_total"], "mem", colours, width))
         facts = [f"util {gpu['utilization']} %" if gpu.get("utilization") is not None else None,
                  f"{gpu['temperature']} °C" if gpu.get("temperature") is not None else None,
@@ -94,7 +103,7 @@ def workers_text(sample: dict, board: Board) -> Text:
         state = {"busy": "busy", "idle": "idle", "starting": "loading"}.get(w["state"], w["state"])
         rss = f"RSS {w['rss'] / GIB:.2f} GiB" if w.get("rss") is not None else ""
         gpu = f"  GPU {w['gpu_memory'] / GIB:.2f} GiB" if w.get("gpu_memory") is not None else ""
-        out.append(f"{w['model']:<12} {state:<8} {rss}{gpu}\n")
+        out.append(visible(f"{w['model']:<12} {state:<8} {rss}{gpu}") + "\n")
     return out
 
 
@@ -102,7 +111,7 @@ def timing_text(board: Board) -> Text:
     out = Text()
     running = board.running()
     if running and running.it_s:
-        out.append(f"{running.id}: {running.it_s:.1f} it/s\n")
+        out.append(visible(f"{running.id}: {running.it_s:.1f} it/s") + "\n")
     last = board.jobs.get(board.last_done) if board.last_done else None
     if last:
         out.append_text(breakdown(last))
@@ -113,7 +122,7 @@ def breakdown(row: JobRow) -> Text:
     t = row.timings
     parts = [f"{name} {t[key]:.2f}s" for name, key in (("load", "load_s"), ("denoise", "denoise_s"),
                                                       ("decode", "decode_s"), ("save", "save_s")) if key in t]
-    text = Text(f"last {row.id}: " + "  ".join(parts))
+    text = Text(visible(f"last {row.id}: ") + "  ".join(parts))
     if row.peak_memory:
         text.append(f"\npeak {row.peak_memory / GIB:.2f} GiB")
     return text

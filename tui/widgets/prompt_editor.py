@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,7 +15,10 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, TextArea
 
 from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
+from engines.text import visible
 from engines.variants import VARIANT_FIELDS
+
+from ..plain import plain
 
 SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
 # JobSpec fields that have no widget of their own, and the widget that shows them
@@ -23,6 +27,13 @@ FIELD_WIDGET = {"width": "size", "height": "size", "seeds": "seed"}
 
 class PromptArea(TextArea):
     """A multi-line prompt whose up and down keys walk the history from its first and last line."""
+
+    def get_line(self, line_index: int) -> Text:
+        """The line as it is, each control character drawn as a character of its own (ESC as ␛),
+        in its place: one loaded from a session or a PNG is edited as it is, never sent to the
+        terminal raw. Tabs stay: the text area lays them out itself."""
+        parts = self.document.get_line(line_index).split("\t")
+        return Text("\t".join(visible(part, one_for_one=True) for part in parts), end="", no_wrap=True)
 
     class HistoryStep(Message):
         def __init__(self, area: "PromptArea", step: int):
@@ -83,11 +94,12 @@ class PromptEditor(Vertical):
             super().__init__()
             self.model = model
 
-    def __init__(self, models: list[str], model: str, **kwargs: Any):
+    def __init__(self, models: list[str], model: str, history: list[str] | None = None, **kwargs: Any):
+        """`history`: prompts queued before, oldest first (up on the first line walks back through them)."""
         super().__init__(**kwargs)
         self.models, self.initial_model = models, model
-        self.history: list[str] = []
-        self._history_at = 0
+        self.history: list[str] = list(history or [])
+        self._history_at = len(self.history)
         self._draft = ""
         self.variants: list[JobSpec] = []  # A/B: the variants taken so far; the fields edit the next
 
@@ -96,7 +108,7 @@ class PromptEditor(Vertical):
         yield PromptArea(id="negative_prompt", soft_wrap=True, show_line_numbers=False,
                          placeholder="negative prompt")
         with Horizontal(classes="fields"):
-            yield Select([(m, m) for m in self.models], value=self.initial_model, allow_blank=False, id="model")
+            yield Select([(plain(m), m) for m in self.models], value=self.initial_model, allow_blank=False, id="model")
             yield Select(SEED_MODES, value="random", allow_blank=False, id="seed_mode")
             yield Input(placeholder="seed", id="seed", restrict=r"\d*")
         with Horizontal(classes="fields"):
@@ -121,15 +133,15 @@ class PromptEditor(Vertical):
         """Relabel the model picker (name -> label, saying which are warm); keeps the choice."""
         select = self.query_one("#model", Select)
         value = select.value
-        select.set_options([(labels.get(m, m), m) for m in self.models])
+        select.set_options([(plain(labels.get(m, m)), m) for m in self.models])
         select.value = value
         select.mutate_reactive(Select.value)  # relabel even when the value stays
 
     def show_model(self, defaults: dict[str, Any], example: str, description: str) -> None:
         """The model's defaults as placeholders (an empty field means 'the model's'), an example
         prompt in the empty prompt, and what the model is as the picker's tooltip."""
-        self.query_one("#prompt", PromptArea).placeholder = f"prompt, for example: {example}" if example else "prompt"
-        self.query_one("#model", Select).tooltip = description or None
+        self.query_one("#prompt", PromptArea).placeholder = plain(f"prompt, for example: {example}" if example else "prompt")
+        self.query_one("#model", Select).tooltip = plain(description) if description else None
         self.query_one("#steps", Input).placeholder = str(defaults.get("steps", ""))
         self.query_one("#guidance", Input).placeholder = str(defaults.get("guidance", ""))
         if defaults.get("width"):
@@ -140,7 +152,7 @@ class PromptEditor(Vertical):
         for widget in self.query(f"#{widget_id}"):
             widget.add_class("-invalid")
             widget.focus()
-        self.query_one("#problem", Static).update(str(error))
+        self.query_one("#problem", Static).update(plain(error))
         self.query_one("#problem").add_class("-shown")
 
     def accepted(self, spec: JobSpec) -> None:

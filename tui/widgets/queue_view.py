@@ -1,17 +1,25 @@
 """The render queue: every job of the session with its status, progress, rate, ETA and time.
-Keys act on the job under the cursor; the view posts a Command and the app carries it out."""
+Keys act on the job under the cursor; the view posts a Command and the app carries it out.
+Columns fit the width they are given (80 columns too): the prompt takes what the others leave,
+and the progress cell says as much as its width holds."""
 
 from __future__ import annotations
 
 from textual.binding import Binding
+from textual.geometry import Region, Spacing
 from textual.message import Message
 from textual.widgets import DataTable
 
-from ..board import JobRow
+from ..board import Board, JobRow
+from ..plain import plain
 
-COLUMNS = ("job", "status", "progress", "time", "model", "prompt")  # what matters most first
-WIDTHS = {"job": 4, "status": 9, "progress": 28, "time": 8, "model": 10, "prompt": 40}
-BAR_WIDTH = 8
+COLUMNS = ("job", "status", "progress", "model", "prompt")  # what matters most first
+CELL_PADDING = 2  # a DataTable cell's padding, both sides together
+SCROLLBAR = 2
+PROGRESS_WIDTHS = (16, 34)  # narrow (the bar, step and ETA), wide (image and it/s too)
+MIN_PROMPT = 12
+PROMPT_FIRST = 40  # the prompt's columns before the progress cell takes more than its narrow width
+MAX_MODEL = 16
 
 
 class QueueView(DataTable):
@@ -26,6 +34,7 @@ class QueueView(DataTable):
         Binding("R", "command('force_retry')", "Retry held", id="force_retry", show=False),
         Binding("e", "command('edit')", "Edit+requeue", id="edit_requeue"),
         Binding("c", "command('compare')", "Compare set", id="compare_job"),
+        Binding("right", "app.focus_gallery", "To the gallery", id="queue_to_gallery", show=False),  # beside it
     ]
 
     class Command(Message):
@@ -36,28 +45,48 @@ class QueueView(DataTable):
     def __init__(self, **kwargs):
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
         self._shown: dict[str, tuple[str, ...]] = {}
+        self._widths: tuple[int, ...] = ()
+        self._drawn: tuple[list[JobRow], dict[str, tuple[str, str]]] = ([], {})
 
-    def on_mount(self) -> None:
-        for name in COLUMNS:
-            self.add_column(name, key=name, width=WIDTHS[name])
+    def on_resize(self) -> None:
+        self.show(*self._drawn)
 
     def show(self, rows: list[JobRow], variant_of: dict[str, tuple[str, str]]) -> None:
-        """Redraw what changed: cells of known rows, or the whole table when rows came or moved.
-        A job of an A/B set or grid shows its set and variant before its prompt."""
-        cells = {row.id: row_cells(row, variant_of.get(row.id)) for row in rows}
+        """Redraw what changed: cells of known rows, or the whole table when rows came or moved
+        or the columns' widths changed. A job of an A/B set or grid shows its set and variant
+        before its prompt. Every cell is plain text: a prompt's brackets are not markup."""
+        self._drawn = (rows, variant_of)
+        widths = column_widths(rows, self.size.width - CELL_PADDING * len(COLUMNS) - SCROLLBAR)
+        cells = {row.id: row_cells(row, variant_of.get(row.id), widths[2]) for row in rows}
+        if widths != self._widths:
+            self._widths, self._shown = widths, {}
+            self.clear(columns=True)
+            for name, width in zip(COLUMNS, widths):
+                self.add_column(name, key=name, width=width)
         if list(cells) != list(self._shown):
             selected = self.selected_job()
             self.clear()
             for job_id, values in cells.items():
-                self.add_row(*values, key=job_id)
+                self.add_row(*map(plain, values), key=job_id)
             if selected in cells:
                 self.move_cursor(row=list(cells).index(selected))
         else:
             for job_id, values in cells.items():
                 for column, old, new in zip(COLUMNS, self._shown[job_id], values):
                     if old != new:
-                        self.update_cell(job_id, column, new)
+                        self.update_cell(job_id, column, plain(new))
         self._shown = cells
+        self._keep_running_in_view(rows)
+
+    def _keep_running_in_view(self, rows: list[JobRow]) -> None:
+        """Scroll the running job into view (the panels around may have moved it out), unless the
+        user is moving through the queue."""
+        running = next((row.id for row in rows if row.status == "running"), None)
+        if running is None or self.has_focus:
+            return
+        row = Region(0, self.header_height + [row.id for row in rows].index(running), 1, 1)
+        self.call_after_refresh(self.scroll_to_region, row, spacing=Spacing(self.header_height, 0, 0, 0),
+                                animate=False, force=True)  # once the new rows are laid out; under the header
 
     def selected_job(self) -> str | None:
         if not self.row_count:
@@ -68,22 +97,42 @@ class QueueView(DataTable):
         self.post_message(self.Command(action, self.selected_job()))
 
 
-def row_cells(row: JobRow, variant: tuple[str, str] | None) -> tuple[str, ...]:
+def column_widths(rows: list[JobRow], room: int) -> tuple[int, ...]:
+    """Job, status and model as wide as what they hold; the progress cell grows once the prompt
+    has PROMPT_FIRST columns; the prompt takes the rest."""
+    job = max([3, *(len(row.id.removeprefix("job-")) for row in rows)])
+    status = max([6, *(len(row.status) for row in rows)])
+    model = min(MAX_MODEL, max([5, *(len(str(row.spec.get("model", ""))) for row in rows)]))
+    fixed = job + status + model
+    progress_width = max(PROGRESS_WIDTHS[0], min(PROGRESS_WIDTHS[1], room - fixed - PROMPT_FIRST))
+    return job, status, progress_width, model, max(MIN_PROMPT, room - fixed - progress_width)
+
+
+def row_cells(row: JobRow, variant: tuple[str, str] | None, progress_width: int) -> tuple[str, ...]:
     prompt = " ".join(row.spec.get("prompt", "").split())
     if variant:
         prompt = f"[{variant[0].removeprefix('set-')} {variant[1]}] {prompt}"
-    return (row.id.removeprefix("job-"), row.status, progress(row), time_text(row), str(row.spec.get("model", "")),
+    return (row.id.removeprefix("job-"), row.status, progress(row, progress_width), str(row.spec.get("model", "")),
             prompt)
 
 
-def progress(row: JobRow) -> str:
+def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
+    """What the job has done and has left, in `width` columns: the bar and step first, then
+    the ETA, the image and the rate as they fit; a done job's images and render time."""
     if row.status == "running" and row.steps_total:
-        filled = round(BAR_WIDTH * row.steps_done / row.steps_total)
-        rate = f" {row.it_s:.1f} it/s" if row.it_s else ""
-        image = f" img {row.image + 1}/{row.count}" if row.count > 1 else ""
-        return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {row.step}/{row.total}{image}{rate}"
+        bar = 8 if width >= 24 else 4
+        filled = round(bar * row.steps_done / row.steps_total)
+        eta = row.eta_s()
+        return fitted([f"{'█' * filled}{'░' * (bar - filled)} {row.step}/{row.total}",
+                       f"ETA {duration(eta)}" if eta is not None else "",
+                       f"img {row.image + 1}/{row.count}" if row.count > 1 else "",
+                       f"{row.it_s:.1f} it/s" if row.it_s else ""], width)
+    if row.status == "running":
+        return "loading" if not row.step else ""
     if row.status == "done":
-        return f"{len(row.images)} image{'s' * (len(row.images) != 1)}"
+        render_s = row.render_s()
+        return fitted([f"{len(row.images)} image{'s' * (len(row.images) != 1)}",
+                       f"{render_s:.1f}s" if render_s is not None else ""], width)
     if row.status in ("failed", "held", "not resumed") and row.error:
         return row.error.splitlines()[0][:60]
     if row.status == "queued" and row.images:
@@ -91,9 +140,31 @@ def progress(row: JobRow) -> str:
     return ""
 
 
-def time_text(row: JobRow) -> str:
-    if row.status == "running":
-        eta = row.eta_s()
-        return f"ETA {eta:.0f}s" if eta is not None else "loading" if not row.step else ""
-    render_s = row.render_s()
-    return f"{render_s:.1f}s" if row.status == "done" and render_s is not None else ""
+def fitted(parts: list[str], width: int) -> str:
+    """The first part, then each of the others that still fits."""
+    text = parts[0]
+    for part in filter(None, parts[1:]):
+        if len(text) + 1 + len(part) <= width:
+            text += f" {part}"
+    return text
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 2h10m: short enough for a cell or a title."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def queue_title(board: Board) -> str:
+    """The queue's border title: how many jobs wait, and when the last should be done."""
+    waiting = len(board.queue) + (board.running() is not None)
+    if not waiting:
+        return "queue"
+    seconds, unmeasured = board.queue_eta()
+    eta = f"ETA {duration(seconds)}" if not unmeasured else \
+        f"ETA {duration(seconds)} + {unmeasured} not yet measured" if seconds else "ETA not measured yet"
+    return f"queue · {waiting} to go · {eta}"
