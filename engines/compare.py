@@ -34,7 +34,7 @@ class Verdict:
     kind: str
     psnr_db: float | None = None  # None: identical pixels, or not compared
     phash_distance: int = 0
-    max_difference: int = 0  # the largest difference of one channel of one pixel, 0..255
+    max_difference: int | None = None  # the largest difference of one channel of one pixel, 0..255; None: not measured
     note: str | None = None  # why, where the kind alone does not say
 
 

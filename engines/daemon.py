@@ -5,8 +5,8 @@ The socket lives in the user's runtime directory (a folder of mode 0700, the soc
 connection from another user is refused by its peer credentials as well. The protocol is the
 Dispatcher's own API as JSON lines, one object a line:
 
-    client: {"hello": {"protocol": 1}}
-    daemon: {"hello": {"protocol": 1, "version": ..., "session": ..., "jobs": [...], "queue": [...], "paused": ...}}
+    client: {"hello": {"protocol": 2}}
+    daemon: {"hello": {"protocol": 2, "version": ..., "session": ..., "jobs": [...], "queue": [...], "paused": ...}}
     client: {"id": 1, "call": "submit", "args": {"spec": {...}}}   (or submit_set, cancel, cancel_all,
             move, retry, pause, resume, pick, rate, state, stop, image: a PNG as base64, whole or
             fitted to max_side)
@@ -56,7 +56,7 @@ from .spec import JobSpec, SpecError
 from .variants import VariantSet
 from .telemetry import WorkerView
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: messages past 1 MiB come as pages
 LINE_LIMIT = 2**24  # what a reader takes as one line; a longer message goes as pages
 PAGE = 2**20  # characters of JSON a line (at most twice as many once quoted: no more than 2 MiB)
 MESSAGE_LIMIT = 2**30  # characters of one message, all its pages together
@@ -375,11 +375,14 @@ def image_png(job: Job, index: int, max_side: int | None, resolve) -> dict[str, 
     if max_side is None:
         data = path.read_bytes()
     else:
-        with Image.open(path) as image:
-            image.thumbnail((int(max_side), int(max_side)))
-            out = io.BytesIO()
-            image.save(out, "PNG")
-            data = out.getvalue()
+        try:
+            with Image.open(path) as image:
+                image.thumbnail((int(max_side), int(max_side)))
+                out = io.BytesIO()
+                image.save(out, "PNG")
+                data = out.getvalue()
+        except Image.DecompressionBombError as e:  # a file changed in the session folder since
+            raise ValueError(f"{job.id} image {index}: {e}") from None
     return {"name": path.name, "png": base64.b64encode(data).decode("ascii")}
 
 

@@ -131,6 +131,7 @@ class Dispatcher:
         self._subscribers: list[EventStream] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()  # cancels being enforced, workers being retired
 
     # lifecycle
 
@@ -154,8 +155,15 @@ class Dispatcher:
             await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=grace_s)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+
+    def _in_background(self, work) -> None:
+        """Run `work` as a task that is kept until it ends (the loop holds tasks weakly), and that
+        `close` waits for."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def subscribe(self) -> EventStream:
         return EventStream(self._subscribers)
@@ -221,6 +229,8 @@ class Dispatcher:
         if files.folder is None or files.family is None:
             return None
         model = self.registry.get(name)
+        if model.offload != "none":  # its weights stream through the GPU: the estimate does not apply
+            return None
         on_gpu = self.telemetry.has_gpu and model.device != "cpu"
         return Footprint.read(files.folder, files.family, self.registry.memory_gb(name),
                               element_bytes(model.dtype, on_gpu))
@@ -236,11 +246,11 @@ class Dispatcher:
             worker = self.workers.get(job.spec.model)
             if worker is not None and worker.job_id == job.id:
                 worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
-                asyncio.create_task(self._enforce_cancel(job, worker))
+                self._in_background(self._enforce_cancel(job, worker))
             else:  # still waiting for its model to load
                 self._finish(job, CANCELLED)
                 if worker is not None and not any(j.spec.model == worker.model for j in self.queue):
-                    asyncio.create_task(self._retire(worker, "cancelled while loading"))
+                    self._in_background(self._retire(worker, "cancelled while loading"))
         else:
             return False
         return True

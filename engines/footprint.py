@@ -96,8 +96,8 @@ def check_size(job: JobSpec, native: tuple[int, int], footprint: Footprint | Non
         raise SpecError("size", f"{width}x{height} is {width * height / (native[0] * native[1]):,.0f} times "
                                 f"the area model {job.model!r} is made for ({native[0]}x{native[1]}); at most "
                                 f"{AREA_LIMIT} times is rendered: try {fits} or smaller")
-    if footprint is None:
-        return
+    if footprint is None or footprint.weights_gb >= budget.gb:
+        return  # weights alone past the budget: offloaded, or evicting others; the worker reports its own OOM
     need = footprint.total_gb(width, height)
     if need > budget.gb:
         fits = _largest(width, height, step, lambda w, h: footprint.total_gb(w, h) <= budget.gb)

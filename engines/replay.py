@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from PIL import Image
+
 from .compare import Tolerance, Verdict, compare, file_pixel_sha256
 from .dispatcher import Dispatcher, Job
 from .identity import model_identity
@@ -180,7 +182,7 @@ def judge(recorded: Path, recorded_sha256: str | None, new: str | None, toleranc
         return Verdict("missing")
     try:
         pixels = file_pixel_sha256(recorded)
-    except OSError:  # PIL's "cannot identify image file" is one
+    except (OSError, Image.DecompressionBombError):  # PIL's "cannot identify image file" is an OSError
         return Verdict("altered", note="the recorded file is not a readable image")
     if recorded_sha256 not in (None, pixels):
         return Verdict("altered", note="its pixels no longer match the SHA-256 in the record")

@@ -254,6 +254,9 @@ class Session:
             rest = memoryview(line)
             while rest:
                 rest = rest[os.write(self._journal, rest):]
+        except SessionWriteError as e:  # a torn last line that could not be set aside: nothing written
+            self.write_error = e
+            raise
         except OSError as e:
             if end is not None:
                 with contextlib.suppress(OSError):  # else the next writer sets the torn line aside

@@ -57,9 +57,11 @@ def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_wa
     assert "1 queued, 1 running" in status, status
 
     watch = cli("status", "--watch", cwd=tmp_path)
-    frames = 0
+    frames, deadline = 0, time.monotonic() + 60
     while frames < 2:  # drawn, then drawn again
-        frames += watch.stdout.readline().startswith("daemon pid")
+        line = watch.stdout.readline()
+        assert line and time.monotonic() < deadline, f"status --watch stopped drawing: {watch.stderr.read()}"
+        frames += line.startswith("daemon pid")
     watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=30) == 0 and "Traceback" not in watch.stderr.read()
 

@@ -42,3 +42,10 @@ def test_the_demo_estimate_is_of_the_order_of_what_it_takes():
     """Measured here: the worker held 3.4 GB in the first step of 4096x4096, before the decode."""
     estimate = Footprint.read(DEMO_FOLDER, "sd", 0.1, 4).total_gb(4096, 4096)
     assert 3.4 < estimate < 4 * 3.4 and AREA_LIMIT * 64 * 64 < 4096 * 4096
+
+
+def test_weights_past_the_budget_or_offloaded_are_not_refused_by_the_estimate(tmp_path):
+    """A model larger than the budget renders offloaded (or by evicting others): the estimate of
+    its activations must not refuse it at every size."""
+    heavy = Footprint.read(DEMO_FOLDER, "sd", 20.0, 4)
+    check_size(JobSpec(prompt="x", width=64, height=64), (64, 64), heavy, Budget(16, "GPU"))

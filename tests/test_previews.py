@@ -102,7 +102,9 @@ def test_a_preview_that_fails_stops_previews_for_the_job_and_the_job_goes_on(tmp
     spec = JobSpec(prompt="p", seeds=(1, 2), seed=1, count=2, steps=3, width=8, height=8, guidance=1.0)
     commands = Commands(io.BytesIO(json.dumps({"type": "job", "id": "j1", "spec": spec.to_dict(),
                                                "out_dir": str(tmp_path)}).encode() + b"\n"))
+    deadline = time.monotonic() + 10
     while commands.jobs.qsize() < 2:  # the job, and the end of input
+        assert time.monotonic() < deadline, "the worker's reader never took the job"
         time.sleep(0.001)
     commands.cancelled.clear()  # the input ended before the job ran: keep it running regardless
     worker = Worker(PreviewFails(), Wire(out := io.BytesIO()), commands, Intervals())

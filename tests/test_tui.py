@@ -24,9 +24,11 @@ SIZE = (120, 40)
 
 
 def make_app(folder, config_dir=None, **kwargs):
+    """The workbench on a session folder (or an open Session), with the built-in models."""
     config = load_config(config_dir) if config_dir else load_config()
     registry = load_registry(None)
-    return Workbench(LocalEngine(registry, Session.open(folder), telemetry_interval_s=0.2), config,
+    session = folder if isinstance(folder, Session) else Session.open(folder)
+    return Workbench(LocalEngine(registry, session, telemetry_interval_s=0.2), config,
                      [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"), **kwargs)
 
 

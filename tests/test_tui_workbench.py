@@ -181,3 +181,15 @@ def test_the_history_keeps_the_newest_prompts(tmp_path):
     kept = load_history(path)
     assert len(kept) == LIMIT and kept[-1] == f"prompt {LIMIT + 49}" and kept[0] == "prompt 50"
     assert json.loads(path.read_text())["prompts"] == kept
+
+
+async def test_quitting_a_new_session_that_queued_nothing_says_none_was_kept(tmp_path):
+    """As `diffdeck` ends: the workbench quits, the session is let go (a folder made for nothing is
+    removed), then the farewell is printed; it must not offer to reopen what is gone."""
+    app = make_app(Session.open_for_writing(tmp_path / "new", "diffdeck"))
+    async with app.run_test() as pilot:
+        await pilot.press("ctrl+q")
+    await app.engine.shut_down()
+    app.engine.session.close()
+    assert not (tmp_path / "new").exists()
+    assert app.farewell() == "diffdeck: nothing was queued, so no session was kept"

@@ -178,6 +178,8 @@ class Workbench(App):
             again = f"diffdeck --remote {shlex.quote(self.engine.where)}" if self.engine.remote else "diffdeck"
             return (f"diffdeck: detached; the engine daemon's session {self.engine.session_name} goes on. "
                     f"{again} attaches again")
+        if not self.session.folder.is_dir():  # nothing was recorded: the new session's folder is gone again
+            return "diffdeck: nothing was queued, so no session was kept"
         left = sum(job["status"] in ("queued", "running") for job in self.session.jobs.values())
         queued = f" ({left} job{'s' * (left != 1)} queued, resumed when it opens)" if left else ""
         folder = shlex.quote(str(self.session.folder))

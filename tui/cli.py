@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = (parser if _names_a_command(argv, parser) else build_workbench_parser()).parse_known_args(argv)
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}{_quoting_hint(argv, extra)}")
-        for folder in (getattr(args, "session", None), getattr(args, "folder", None)):  # `fetch DIR`'s too
+        for folder in _written_folders(args):
             _check_session_folder(folder)
         status = args.run(args)
         sys.stdout.flush()  # here, so that a reader gone (`| head`) is caught below, not at exit
@@ -204,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     except SessionWriteError as e:  # a full disk, say: not bad input, and what was recorded is kept
         print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)
         return 1
+
+
+def _written_folders(args: argparse.Namespace) -> list[Path | None]:
+    """The folders a command will write: a replay's is --into (the session it reads only when
+    none is given); `fetch DIR`'s is DIR."""
+    if args.run is cmd_replay:
+        return [args.into or args.session]
+    return [getattr(args, "session", None), getattr(args, "folder", None)]
 
 
 def _check_session_folder(folder: Path | None) -> None:
@@ -457,10 +465,10 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
                           first_set_number=session.next_set_number()) as dispatcher:
         events = dispatcher.subscribe()
         jobs = {job.id: job.spec.model for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
-        await warn_of_a_daemon_holding(jobs.values())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
         try:
+            await warn_of_a_daemon_holding(jobs.values())
             ended = await follow_jobs(events, jobs, as_json, session.record_event)
         finally:
             events.close()
@@ -478,8 +486,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for name in models:
         registry.get(name)
     asyncio.run(warn_of_a_daemon_holding(models))
-    target = _open_for_writing(new_replay_folder(args.into or args.session))
     environment = check_environment(session, registry, models)
+    target = _open_for_writing(new_replay_folder(args.into or args.session))  # from here on, _finish lets it go
     say = (lambda text: None) if args.json else print
     say("environment: " + ("as recorded" if not environment.differences else "differs from the record:"))
     for line in environment.differences:

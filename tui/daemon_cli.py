@@ -73,7 +73,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
 
     logs = commands.add_parser("logs", help="the daemon's log")
     logs.add_argument("-f", "--follow", action="store_true", help="then what it writes next, until ctrl+c")
-    logs.add_argument("-n", "--lines", type=int, default=40, metavar="N", help="the last N lines (default: 40)")
+    logs.add_argument("-n", "--lines", type=_whole_number, default=40, metavar="N", help="the last N lines (default: 40)")
     logs.set_defaults(run=cmd_logs)
 
     fetch = commands.add_parser("fetch", help="copy the daemon's session here: its record and its images, whole")
@@ -503,3 +503,9 @@ async def _fetch(client: EngineClient, job_ids: list[str], folder: Path) -> None
         for image in jobs[job_id]["images"]:
             path = save_image(await client.call("image", job=job_id, image=image["image"]), folder)
             print(visible(f"fetched {path}"), file=sys.stderr)
+
+
+def _whole_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)

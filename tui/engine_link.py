@@ -153,7 +153,7 @@ class AttachedEngine:
         folder = Path(self._daemon_folder)
         if self._cache is not None:
             folder = self._cache / hashlib.sha256(f"{self.where}:{self._daemon_folder}".encode()).hexdigest()[:12]
-        self.session = Session(folder, hello["record"])
+        self.session = Session.adopt(folder, hello.get("record"), f"the session record of the daemon ({self.where})")
         for job_id, job in self.session.jobs.items():
             for image in job["images"]:
                 image["path"] = await self._image(job_id, image["image"], image["path"])

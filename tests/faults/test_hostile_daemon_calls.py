@@ -68,21 +68,26 @@ record, answers = (json.load(open(path)) for path in sys.argv[1:3])
 for line in sys.stdin:
     message = json.loads(line)
     if "hello" in message:
-        reply = {"hello": {**message["hello"], "session": "/far/s", "record": record}}
+        reply = {"hello": {**message["hello"], "session": "/far/s", "record": record, "paused": False,
+                           "models": {}, "jobs": [], "workers": {}}}
     else:
         reply = {"id": message["id"], **answers[str(message["args"]["image"])]}
     print(json.dumps(reply), flush=True)
 """
 
 
-def fetch(tmp_path, monkeypatch, record: dict, answers: dict):
-    """`diffdeck fetch copy --remote far`, with a far side (in place of ssh) that sends `record`
-    as its session and `answers` to the image calls."""
+def far_side(tmp_path, monkeypatch, record: dict, answers: dict) -> None:
+    """A far side (in place of ssh) that sends `record` as its session and `answers` to the image calls."""
     for name, content in (("far.py", FAR_SIDE), ("record.json", json.dumps(record)),
                           ("answers.json", json.dumps(answers))):
         (tmp_path / name).write_text(content)
     monkeypatch.setenv("DIFFDECK_SSH", shlex.join([sys.executable, *(str(tmp_path / n) for n in
                                                                     ("far.py", "record.json", "answers.json"))]))
+
+
+def fetch(tmp_path, monkeypatch, record: dict, answers: dict):
+    """`diffdeck fetch copy --remote far` from such a far side."""
+    far_side(tmp_path, monkeypatch, record, answers)
     return diffdeck("fetch", "copy", "--remote", "far", cwd=tmp_path, timeout=60)
 
 
@@ -109,3 +114,11 @@ def test_a_far_sides_image_names_never_leave_the_fetched_folder_and_the_copy_reo
     assert copy.resolve(images[0]["path"]).read_bytes() == picture
     assert sorted(p.name for p in (tmp_path / "copy" / "images").iterdir()) == ["job-0001-00-5.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.json", "copy", "far.py", "record.json"]
+
+
+def test_a_workbench_attached_to_a_far_session_with_a_hostile_path_refuses_it_in_one_line(tmp_path, monkeypatch):
+    far_side(tmp_path, monkeypatch, far_record("/etc/passwd"), {})
+    result = diffdeck("--remote", "far", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()[-1:]
+    assert "job 'job-0001' image 0 has the path '/etc/passwd'" in line and "Traceback" not in result.stderr

@@ -6,6 +6,8 @@ what is wrong (exit status 2), never a traceback, and nothing is changed or made
 import io
 import json
 import os
+import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -176,3 +178,13 @@ def test_a_daemon_lock_that_is_a_symbolic_link_is_never_followed(tmp_path, monke
     one_line(diffdeck("serve", "--foreground", cwd=tmp_path), "engine.sock.lock: it is a symbolic link")
     assert target.read_text() == "not a lock" and os.readlink(run / "engine.sock.lock") == str(target)
     assert sorted(p.name for p in run.iterdir()) == ["engine.sock.lock"]
+
+
+def test_a_recorded_image_replaced_by_a_decompression_bomb_is_altered_not_a_traceback(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "sessions" / "examples" / "demo-red-circle"
+    shutil.copytree(example, tmp_path / "s")
+    (bomb,) = [p for p in (tmp_path / "s" / "images").iterdir() if p.name.endswith("-00-1.png")]
+    bomb.write_bytes(png(header=struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)))
+    result = diffdeck("replay", "s", "--check", "--into", "checks", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"job-0001 image 0 .*altered", result.stdout), result.stdout

@@ -49,7 +49,7 @@ def test_a_render_that_cannot_append_stops_at_once_and_the_journal_stays_whole(t
     assert not (tmp_path / "s" / RECORD).exists(), "nothing compacted from a record the journal does not hold"
 
     # the lock is let go: the next render writes the session, and one more crash loses nothing
-    render = start("render", PROMPT, "--count", "3", "--steps", "2", "--session", "s", cwd=tmp_path,
+    render = start("render", PROMPT, "--count", "3", "--steps", "40", "--session", "s", cwd=tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     render.stdout.readline()  # its first image, recorded
     os.kill(render.pid, signal.SIGKILL)
@@ -66,7 +66,7 @@ def test_a_torn_last_line_is_set_aside_before_the_next_event_and_a_crash_after_l
     torn = json.dumps({"type": "queued", "job": "job-0003", "spec": SPEC}).encode()[:37]
     journal.write_bytes(whole + torn)  # what a write cut short by a full disk or a kill leaves
 
-    render = start("render", PROMPT, "--count", "3", "--steps", "2", "--session", "s", cwd=tmp_path,
+    render = start("render", PROMPT, "--count", "3", "--steps", "40", "--session", "s", cwd=tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     render.stdout.readline()
     os.kill(render.pid, signal.SIGKILL)  # before it compacts
@@ -93,6 +93,22 @@ def test_a_torn_line_is_set_aside_by_the_first_append_and_reading_changes_nothin
     session.close()
     assert list(Session.open(tmp_path / "s").jobs) == ["job-0001", "job-0002"]
     assert session.notices and "journal.torn-" in session.notices[0]
+
+
+def test_a_torn_line_that_cannot_be_set_aside_stops_the_recording(small_disk):
+    cancelled_jobs(small_disk / "s", 1).close()
+    journal = small_disk / "s" / JOURNAL
+    journal.write_bytes(journal.read_bytes() + b'{"type": "queu')
+    cut = journal.read_bytes()
+    fill(small_disk)
+    session = Session.open(small_disk / "s")
+    for _ in range(2):  # the first event, and every one after it: the record would hold what the journal does not
+        with pytest.raises(SessionWriteError, match="could not be set aside"):
+            session.append({"type": "queued", "job": "job-0002", "spec": SPEC})
+    (small_disk / "filler").unlink()  # room again: still nothing the journal does not hold is written
+    with pytest.raises(SessionWriteError):
+        session.compact()
+    assert journal.read_bytes() == cut and not (small_disk / "s" / RECORD).exists()
 
 
 def test_a_render_whose_compaction_fails_says_the_journal_holds_everything(tmp_path):

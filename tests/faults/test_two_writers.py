@@ -39,7 +39,7 @@ def refused(result: subprocess.CompletedProcess, holder_pid: int, command: str) 
 
 
 def test_a_second_render_into_a_session_being_rendered_is_refused_naming_the_first(tmp_path):
-    first = start("render", PROMPT, "--count", "3", "--steps", "2", "--session", "s", cwd=tmp_path,
+    first = start("render", PROMPT, "--count", "3", "--steps", "40", "--session", "s", cwd=tmp_path,  # seconds long
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert held(tmp_path / "s")["pid"] == first.pid
     second = diffdeck("render", "a blue square", "--session", "s", cwd=tmp_path)
