@@ -1,7 +1,7 @@
 """diffdeck's engine: everything that is not UI.
 
 Importing this package, or any module the UI uses, never imports torch; only
-`engines.worker` and the modules it alone imports do.
+`diffdeck.engines.worker.main` and the modules it alone imports do.
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from daemons import serve
-
-from engines.registry import DEMO, DEMO_FOLDER, load_registry
+from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
 
 # The tests run in two processes (pytest -n 2, pyproject.toml), each starting workers that render
 # with torch. One thread each: two torches of two threads on two cores made OpenMP's spin-waits
@@ -18,7 +17,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """SDXL-, SD3- and Flux-shaped tiny pipelines saved as safetensors folders, built offline."""
-    from engines import tinypipes
+    import tinypipes
 
     root = tmp_path_factory.mktemp("tiny")
     return {family: tinypipes.save(family, root / f"tiny-{family}") for family in ("sdxl", "sd3", "flux")}

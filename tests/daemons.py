@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from engines.daemon import DaemonError
-from engines.engine_client import EngineClient
+from diffdeck.engines.daemon.client import EngineClient
+from diffdeck.engines.daemon.server import DaemonError
 
 PROMPT = "a large red circle on a blue background"
 
@@ -18,7 +18,7 @@ def serve(cwd: Path, *args: str) -> subprocess.Popen:
     """`diffdeck serve --foreground`, once it answers as itself (not a dead daemon's socket)."""
     log = cwd / "daemon.log"
     with open(log, "a") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "tui", "serve", "--foreground", *args], cwd=cwd,
+        daemon = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "serve", "--foreground", *args], cwd=cwd,
                                   stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while True:
@@ -53,6 +53,6 @@ def until_done(job_id: str, timeout: float = 120) -> dict:
 
 
 def stop(daemon: subprocess.Popen, *args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "tui", "stop", *args], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "stop", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert daemon.wait(timeout=60) == 0

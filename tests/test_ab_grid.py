@@ -6,16 +6,16 @@ import stat
 import subprocess
 import sys
 
-from engines.compare import file_pixel_sha256
-from engines.dispatcher import CANCELLED, DONE, Dispatcher
-from engines.session import Session
-from engines.sheet import contact_sheet
-from engines.spec import JobSpec
-from engines.variants import plan_grid
+from diffdeck.engines.core.pixels import file_pixel_sha256
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.queue.dispatcher import CANCELLED, DONE, Dispatcher
+from diffdeck.engines.record.session import Session
+from diffdeck.engines.sets.contact_sheet import contact_sheet
+from diffdeck.engines.sets.variants import plan_grid
 
 
 def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True,
                           env=os.environ, timeout=300, stdin=subprocess.DEVNULL)
 
 

@@ -1,6 +1,6 @@
-"""The process boundaries the design depends on (ARCHITECTURE.md)."""
+"""The boundaries the house depends on: its rooms' import contracts (pyproject.toml, checked by
+import-linter), its lint rules (ruff), and at run time that the UI side never loads torch."""
 
-import ast
 import json
 import subprocess
 import sys
@@ -8,57 +8,54 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers")
-# The worker side: the modules only `python -m engines.worker` (and offline builders) import.
-WORKER_SIDE = {"worker", "pipelines", "environment", "tinypipes", "previews", "bench_bare", "train"}
-UI_SIDE = sorted(p.stem for p in (ROOT / "engines").glob("*.py")
-                 if p.stem not in WORKER_SIDE and p.stem != "__init__")
+BIN = Path(sys.executable).parent
+
+
+def modules_under(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The importable modules of a room, as diffdeck.* names."""
+    names = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__main__" or any(part in skip for part in parts):
+            continue
+        names.append(".".join(("diffdeck", *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return names
 
 
 def imported_in_fresh_python(modules):
     code = (f"import importlib, sys, json\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             f"print(json.dumps(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout))
 
 
-def imports_of(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module.split(".")[0])
-        elif isinstance(node, ast.ImportFrom):
-            names |= {f".{node.module or a.name}".split(".")[1] for a in node.names}
-    return names
+def test_the_rooms_keep_their_import_contracts(tmp_path):
+    """import-linter reads the package from a folder of its own: `diffdeck/` with the repository's
+    three folders linked in, as the wheel lays them out."""
+    (tmp_path / "diffdeck").mkdir()
+    for folder in ("engines", "tui", "themes"):
+        (tmp_path / "diffdeck" / folder).symlink_to(ROOT / folder)
+    result = subprocess.run([BIN / "lint-imports", "--no-cache", ROOT / "pyproject.toml"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
 
 
-TUI = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "tui").rglob("*.py")
-             if p.stem != "__main__")
+def test_the_code_passes_ruff():
+    result = subprocess.run([BIN / "ruff", "check", "--no-cache", "--output-format", "concise", str(ROOT)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_the_commands_leave_torch_diffusers_transformers_and_numpy_unloaded():
-    loaded = imported_in_fresh_python(["tui", "tui.cli", "engines.demo_train.examples"] + [f"engines.{m}" for m in UI_SIDE])
+    ui_side = modules_under("engines", skip=("worker", "demo", "bare_loop")) + [
+        "diffdeck.tui.cli.main", "diffdeck.engines.demo.examples"]
+    loaded = imported_in_fresh_python(ui_side)
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
     assert "numpy" not in loaded, "numpy is for the worker; the commands stay light"
 
 
 def test_the_workbench_leaves_torch_diffusers_transformers_unloaded():
-    loaded = imported_in_fresh_python([*TUI, "textual_image.widget"])
-    assert "tui.widgets.gallery" in loaded and not loaded & set(HEAVY), loaded & set(HEAVY)
-
-
-def test_engines_never_import_the_ui():
-    for path in (ROOT / "engines").rglob("*.py"):
-        assert not imports_of(path) & {"tui", "textual", "textual_image"}, path.name
-
-
-def test_only_worker_side_modules_touch_torch():
-    for path in (ROOT / "engines").rglob("*.py"):
-        names = imports_of(path)
-        if names & set(HEAVY):
-            assert path.stem in WORKER_SIDE, f"{path.name} imports {names & set(HEAVY)}"
-        if path.stem in UI_SIDE:
-            assert not names & WORKER_SIDE, f"UI-side {path.name} imports worker-side {names & WORKER_SIDE}"
-
+    loaded = imported_in_fresh_python([*modules_under("tui"), "textual_image.widget"])
+    assert "diffdeck.tui.widgets.gallery" in loaded and not loaded & set(HEAVY), loaded & set(HEAVY)

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from diffdeck.engines.core.pixels import file_pixel_sha256
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.record.png_metadata import read_record
+from diffdeck.engines.record.session import Session
 from PIL import Image
-
-from engines.compare import file_pixel_sha256
-from engines.metadata import read_record
-from engines.session import Session
-from engines.spec import JobSpec
 
 
 def diffdeck(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True,
                           env={**os.environ, **(env or {})}, timeout=300, stdin=subprocess.DEVNULL)
 
 
@@ -84,7 +83,7 @@ def test_malformed_models_yaml_names_the_line(tmp_path):
 
 
 def test_a_prompt_in_the_wrong_encoding_is_named(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tui", "render", b"caf\xe9 au lait"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", b"caf\xe9 au lait"], cwd=tmp_path,
                             capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
                             env={**os.environ, "LC_ALL": "C.UTF-8"})
     assert result.returncode == 2
@@ -103,7 +102,7 @@ def test_a_model_that_cannot_load_fails_the_render_with_exit_1(tmp_path):
 
 def test_ctrl_c_cancels_the_running_job(tmp_path):
     """The terminal sends SIGINT to the whole foreground process group, as here."""
-    proc = subprocess.Popen([sys.executable, "-m", "tui", "render", "slow", "--steps", "1000", "--size", "256x256"],
+    proc = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "render", "slow", "--steps", "1000", "--size", "256x256"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 120
@@ -150,7 +149,7 @@ def test_bench_prints_the_side_by_side_figures(tmp_path):
     assert re.search(r"round 1: bare [\d.]+ s/image   diffdeck [\d.]+ s/image", out), out
     assert re.search(r"median of paired ratios [+-][\d.]+ %", out), out
     assert re.search(r"outside the worker's render and save .*: [\d.]+ ms/image", out), out
-    assert re.search(r"UI-side import of engines \+ tui.cli: \d+ ms", out), out
+    assert re.search(r"UI-side import of engines \+ diffdeck.tui.cli.main: \d+ ms", out), out
 
 
 def test_render_from_an_image_renders_that_image_again(tmp_path):
@@ -246,7 +245,7 @@ def test_sessions_counts_jobs_by_status_and_survives_a_closed_pipe(tmp_path):
     rows = json.loads(diffdeck("sessions", "--json", cwd=tmp_path).stdout)
     assert rows[0]["statuses"] == {"queued": 1, "failed": 1, "held": 1}
 
-    proc = subprocess.Popen([sys.executable, "-m", "tui", "sessions", "--json"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "sessions", "--json"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     proc.stdout.close()  # `| head` that has read all it wants
     assert "Traceback" not in text(proc.stderr.read())

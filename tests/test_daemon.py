@@ -16,18 +16,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from daemons import PROMPT, serve, state, stop, until_done
+from diffdeck.engines.daemon.client import EngineClient
+from diffdeck.engines.daemon.server import PROTOCOL, DaemonError, socket_path
+from diffdeck.engines.record.session import Session
 from PIL import Image
 from test_ab_grid import diffdeck
 
-from daemons import PROMPT, serve, state, stop, until_done
-
-from engines.daemon import PROTOCOL, DaemonError, socket_path
-from engines.engine_client import EngineClient
-from engines.session import Session
-
 
 def test_a_render_outlives_its_client_and_a_new_client_sees_it_done(tmp_path, daemon):
-    client = subprocess.Popen([sys.executable, "-m", "tui", "render", PROMPT, "--steps", "60", "--seed", "3",
+    client = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "render", PROMPT, "--steps", "60", "--seed", "3",
                                "--engine", "daemon", "--json"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     assert "job-0001 queued on the daemon" in client.stderr.readline()
     client.kill()  # the connection drops mid-render, as an ssh session does
@@ -112,8 +110,8 @@ def test_a_remote_engine_over_ssh_renders_on_the_far_side_and_its_session_can_be
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text('#!/bin/sh\nshift  # the host\nexec "$@"\n')
     fake_ssh.chmod(0o755)
-    env = {**os.environ, "DIFFDECK_SSH": str(fake_ssh), "DIFFDECK_REMOTE": f"{sys.executable} -m tui"}
-    result = subprocess.run([sys.executable, "-m", "tui", "render", PROMPT, "--steps", "4", "--seed", "5",
+    env = {**os.environ, "DIFFDECK_SSH": str(fake_ssh), "DIFFDECK_REMOTE": f"{sys.executable} -m diffdeck.tui"}
+    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", PROMPT, "--steps", "4", "--seed", "5",
                              "--remote", "gpubox", "--json", "--fetch", "here"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     try:
@@ -123,7 +121,7 @@ def test_a_remote_engine_over_ssh_renders_on_the_far_side_and_its_session_can_be
         far = Path(image["path"])  # on "the GPU box", in its daemon's session
         assert (tmp_path / "here" / far.name).read_bytes() == far.read_bytes()
 
-        fetch = [sys.executable, "-m", "tui", "fetch", "--remote", "gpubox"]
+        fetch = [sys.executable, "-m", "diffdeck.tui", "fetch", "--remote", "gpubox"]
         refused = subprocess.run([*fetch, "here"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and "is not an empty folder" in refused.stderr
         fetched = subprocess.run([*fetch, "copy"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -9,14 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from daemons import PROMPT, call, state
+from diffdeck.engines.daemon.server import place
+from diffdeck.engines.record.session import Session
 from test_ab_grid import diffdeck
 from test_cli import diffdeck as cli_run
 from test_cli import one_line_error
-
-from daemons import PROMPT, call, state
-
-from engines.daemon import place
-from engines.session import Session
 
 
 def job(job_id: str) -> dict:
@@ -32,7 +30,7 @@ def until(condition, timeout: float = 120):
 
 
 def cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tui", *args], cwd=cwd, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 

@@ -3,10 +3,8 @@
 import json
 
 import pytest
-
+from diffdeck.engines.demo.score import ATTRIBUTES
 from test_ab_grid import diffdeck
-
-from engines.demo_train.score import ATTRIBUTES
 
 
 @pytest.mark.usefixtures("registry")  # its models.yaml, in tmp_path, names tiny-sdxl

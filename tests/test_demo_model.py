@@ -4,11 +4,11 @@ that a model drawing the wrong colour or ignoring the caption would not meet."""
 
 import asyncio
 
-from engines.demo_train.evaluate import render_and_check
-from engines.demo_train.score import check
-from engines.demo_train.shapes import Scene
-from engines.dispatcher import Dispatcher
-from engines.registry import DEMO, DEMO_FOLDER, load_registry
+from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
+from diffdeck.engines.demo.evaluate import render_and_check
+from diffdeck.engines.demo.score import check
+from diffdeck.engines.demo.shapes import Scene
+from diffdeck.engines.queue.dispatcher import Dispatcher
 
 SCENES = [
     Scene("circle", "red", "blue", "large", "centre"),

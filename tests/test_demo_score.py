@@ -5,11 +5,10 @@ import random
 
 import numpy as np
 import pytest
+from diffdeck.engines.demo.evaluate import accuracy as checked_accuracy
+from diffdeck.engines.demo.score import Reading, check, read
+from diffdeck.engines.demo.shapes import COLOURS, SIDE, Scene, draw, random_scene
 from PIL import Image, ImageFilter
-
-from engines.demo_train.evaluate import accuracy as checked_accuracy
-from engines.demo_train.score import Reading, check, read
-from engines.demo_train.shapes import COLOURS, SIDE, Scene, draw, random_scene
 
 SCENES = 300
 

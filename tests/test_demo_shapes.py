@@ -3,7 +3,7 @@ held-out shape/colour pairs that training never draws."""
 
 import random
 
-from engines.demo_train.shapes import COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES, Scene, draw, random_scene
+from diffdeck.engines.demo.shapes import COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES, Scene, draw, random_scene
 
 
 def test_captions_follow_the_grammar():
@@ -31,7 +31,7 @@ def test_a_scene_is_drawn_in_its_colours_where_it_says():
 
 
 def test_the_tokenizer_reads_each_word_of_the_grammar_as_one_token():
-    from engines.demo_train.train import tokenizer
+    from diffdeck.engines.demo.train import tokenizer
 
     tok = tokenizer()
     words = ["a", "on", "background", *SHAPES, *COLOURS, *SIZES, *POSITIONS]
@@ -39,3 +39,13 @@ def test_the_tokenizer_reads_each_word_of_the_grammar_as_one_token():
     assert tok.tokenize("a small red star on a blue background, top") == [
         "a</w>", "small</w>", "red</w>", "star</w>", "on</w>", "a</w>", "blue</w>", "background</w>", ",</w>", "top</w>"]
 
+
+
+def test_the_demo_models_description_names_the_drawn_worlds_words():
+    """The registry spells the grammar out (the runtime never imports the training's world)."""
+    from diffdeck.engines.core.registry import DEMO
+    from diffdeck.engines.demo.shapes import COLOURS, POSITIONS, SHAPES, SIZES
+
+    assert f"'a [{'|'.join(SIZES)}] COLOUR SHAPE" in DEMO.description
+    for words in (SHAPES, COLOURS, POSITIONS):
+        assert ", ".join(words) in DEMO.description

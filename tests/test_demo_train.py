@@ -7,16 +7,14 @@ import subprocess
 import sys
 
 import pytest
-
+from diffdeck.engines.worker.previews import LATENT_RGB_FILE
 from test_ab_grid import diffdeck
-
-from engines.previews import LATENT_RGB_FILE
 
 
 def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
     out = tmp_path / "model"
     (out / "stale").mkdir(parents=True)  # an earlier model's leftovers do not survive
-    subprocess.run([sys.executable, "-m", "engines.demo_train.train", "--out", str(out), "--vae-steps", "2",
+    subprocess.run([sys.executable, "-m", "diffdeck.engines.demo.train", "--out", str(out), "--vae-steps", "2",
                     "--unet-steps", "2", "--scenes", "64", "--no-gate"], check=True, capture_output=True, timeout=300)
     assert not (out / "stale").exists()
     assert sorted(p.name for p in out.rglob("*.safetensors")) == [
@@ -32,7 +30,7 @@ def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
 
 
 def test_an_autoencoder_that_misses_the_targets_stops_the_run_before_the_unet(tmp_path, capsys):
-    from engines.demo_train import train  # in this process: a second interpreter's imports cost seconds
+    from diffdeck.engines.demo import train  # in this process: a second interpreter's imports cost seconds
 
     out = tmp_path / "model"
     with pytest.raises(SystemExit) as stopped:
@@ -45,8 +43,8 @@ def test_an_autoencoder_that_misses_the_targets_stops_the_run_before_the_unet(tm
 def test_the_loss_weighs_the_shape_its_hole_and_its_surroundings_not_the_far_background():
     """Small rings, stars and crosses came back from an autoencoder as circles while the weight
     covered only the shape's own pixels: the ring's hole is background colour, so it counted for 1."""
-    from engines.demo_train import train
-    from engines.demo_train.shapes import Scene
+    from diffdeck.engines.demo import train
+    from diffdeck.engines.demo.shapes import Scene
 
     x = train.images([Scene("ring", "red", "blue", "small", "centre")], None)
     weights = train.shape_weights(x)[0, 0]

@@ -9,14 +9,13 @@ import time
 
 import numpy as np
 import pytest
+from diffdeck.engines.core.registry import DEMO
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.core.worker_protocol import PREVIEW_MAX_BYTES, Intervals
+from diffdeck.engines.queue.dispatcher import CANCELLED, DONE, FAILED, HELD, Dispatcher
+from diffdeck.engines.queue.worker_handles import EXITED
+from diffdeck.engines.record.png_metadata import parse_parameters, read_record
 from PIL import Image
-
-from engines.dispatcher import CANCELLED, DONE, FAILED, HELD, Dispatcher
-from engines.metadata import parse_parameters, read_record
-from engines.protocol import PREVIEW_MAX_BYTES, Intervals
-from engines.registry import DEMO
-from engines.spec import JobSpec
-from engines.workers import EXITED
 
 TIMEOUT = 120
 EVERY_STEP = Intervals(progress_s=0.0, preview_s=0.0)

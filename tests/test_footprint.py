@@ -1,11 +1,10 @@
 """Sizes a model cannot render are refused when the job is submitted, with one line that says why."""
 
 import pytest
-
-from engines.dispatcher import Dispatcher
-from engines.footprint import AREA_LIMIT, Budget, Footprint, check_size
-from engines.registry import DEMO_FOLDER
-from engines.spec import JobSpec, SpecError
+from diffdeck.engines.core.registry import DEMO_FOLDER
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.queue.dispatcher import Dispatcher
+from diffdeck.engines.queue.footprint import AREA_LIMIT, Budget, Footprint, check_size
 
 
 async def test_a_size_past_the_memory_budget_is_refused_naming_size_estimate_and_budget(registry, tmp_path):

@@ -1,7 +1,7 @@
 import hashlib
 import json
 
-from engines.identity import cache_file, model_identity
+from diffdeck.engines.core.identity import cache_file, model_identity
 
 
 def make_model(folder, weights=b"weights"):

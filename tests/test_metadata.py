@@ -1,11 +1,10 @@
 import json
 
 import pytest
+from diffdeck.engines import __version__
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.record.png_metadata import a1111_parameters, parse_parameters, png_info, read_record
 from PIL import Image
-
-from engines import __version__
-from engines.metadata import a1111_parameters, parse_parameters, png_info, read_record
-from engines.spec import JobSpec
 
 EULER_A = {"class": "EulerAncestralDiscreteScheduler",
            "config": {"num_train_timesteps": 1000, "timestep_spacing": "leading"}}

@@ -8,14 +8,13 @@ import time
 import numpy as np
 import pytest
 from conftest import write_models
+from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.core.worker_protocol import PREVIEW_MAX_BYTES, Intervals
+from diffdeck.engines.queue.dispatcher import DONE, Dispatcher
+from diffdeck.engines.worker.main import Commands, Wire, Worker
+from diffdeck.engines.worker.previews import FACTORS, LATENT_RGB_FILE, encode_preview, latents_to_rgb, preview_factors
 from PIL import Image
-
-from engines.dispatcher import DONE, Dispatcher
-from engines.previews import FACTORS, LATENT_RGB_FILE, encode_preview, latents_to_rgb, preview_factors
-from engines.protocol import PREVIEW_MAX_BYTES, Intervals
-from engines.registry import DEMO, DEMO_FOLDER, load_registry
-from engines.spec import JobSpec
-from engines.worker import Commands, Wire, Worker
 
 
 @pytest.mark.parametrize(("family", "channels"), [("sd", 4), ("sdxl", 4), ("sd3", 16), ("flux", 16)])
@@ -66,7 +65,7 @@ def test_latents_no_published_map_fits_get_a_generic_one(channels, tmp_path):
 
 @pytest.mark.parametrize(("family", "channels"), [("sd3", 4), ("flux", 1)])
 async def test_previews_on_every_step_never_fail_a_job_whatever_its_latent_channels(family, channels, tmp_path):
-    from engines import tinypipes
+    import tinypipes
 
     folder = tinypipes.save(family, tmp_path / f"odd-{family}", latent_channels=channels)
     registry = load_registry(write_models(tmp_path, {"odd": {

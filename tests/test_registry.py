@@ -2,8 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from engines.registry import (
+from diffdeck.engines.core.registry import (
     DEMO_FOLDER,
     RegistryError,
     find_models_file,

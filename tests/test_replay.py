@@ -8,23 +8,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from diffdeck.engines.core.pixels import pixel_sha256
+from diffdeck.engines.record.session import Session
+from diffdeck.engines.service.replay import drift_factors
+from diffdeck.engines.sets.similarity import Tolerance, compare, dhash, psnr
 from PIL import Image
-
-from engines.compare import Tolerance, compare, dhash, pixel_sha256, psnr
-from engines.replay import drift_factors
-from engines.session import Session
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "sessions" / "examples" / "demo-red-circle"
 
 
 def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL)
 
 
 def this_environment():
-    return json.loads(subprocess.run([sys.executable, "-m", "engines.environment"], capture_output=True,
+    return json.loads(subprocess.run([sys.executable, "-m", "diffdeck.engines.worker.environment"], capture_output=True,
                                      text=True, check=True).stdout)
 
 
@@ -198,7 +198,7 @@ def test_sessions_lists_what_is_under_a_folder(tmp_path):
 
 
 def test_a_changed_scheduler_config_or_weight_file_is_named_before_rendering(tmp_path):
-    from engines.registry import DEMO, DEMO_FOLDER
+    from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER
 
     shutil.copytree(DEMO_FOLDER, tmp_path / "mine")
     (tmp_path / "models.yaml").write_text(json.dumps({"models": {"mine": {"source": "./mine",

@@ -9,9 +9,8 @@ import time
 
 import pytest
 import yaml
-
-from engines.compare import file_pixel_sha256
-from engines.session import JOURNAL, RECORD, Session, SessionError
+from diffdeck.engines.core.pixels import file_pixel_sha256
+from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionError
 
 
 def events(folder):
@@ -53,7 +52,7 @@ def test_compact_folds_the_journal_into_readable_yaml(tmp_path):
 
 
 def test_the_snapshot_reads_the_same_in_any_yaml_tool_and_when_edited_by_hand(tmp_path):
-    from engines.bench_session import make_session
+    from diffdeck.engines.bench.session_costs import make_session
 
     make_session(tmp_path / "s", 50)
     text = (tmp_path / "s" / RECORD).read_text()
@@ -106,7 +105,7 @@ def test_a_mangled_file_is_named_and_left_alone(tmp_path, name, content, message
 
 
 def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, timeout=300,
                           stdin=subprocess.DEVNULL)
 
 
@@ -129,7 +128,7 @@ def test_bad_input_leaves_no_session_behind(tmp_path):
 
 def test_kill_9_mid_queue_loses_nothing_and_resume_finishes_the_queue(tmp_path):
     prompts = ["a red circle", "a blue square", "a green star"]
-    render = [sys.executable, "-m", "tui", "render", *prompts, "--count", "3", "--seed", "5"]
+    render = [sys.executable, "-m", "diffdeck.tui", "render", *prompts, "--count", "3", "--seed", "5"]
     proc = subprocess.Popen([*render, "--session", "s"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     written = [proc.stdout.readline().decode().strip() for _ in range(2)]

@@ -7,13 +7,12 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionError, summarize
+from diffdeck.engines.service.replay import select_jobs
+from diffdeck.engines.sets.contact_sheet import contact_sheet
+from diffdeck.tui.compare_state import Comparison
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from engines.replay import select_jobs
-from engines.session import JOURNAL, RECORD, Session, SessionError, summarize
-from engines.sheet import contact_sheet
-from tui.comparison import Comparison
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "examples" / "demo-ab"  # a set, a pick, a rating
 RECORD_DATA = yaml.safe_load((EXAMPLE / RECORD).read_text())

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from diffdeck.engines.record.session import Session
+from diffdeck.engines.sets.contact_sheet import (
+    MAX_SHEET,
+    MIN_SIDE,
+    MIN_SLOT,
+    MISSING,
+    STAR,
+    SheetError,
+    contact_sheet,
+    layout,
+)
 from PIL import Image
-
-from engines.session import Session
-from engines.sheet import MAX_SHEET, MIN_SIDE, MIN_SLOT, MISSING, STAR, SheetError, contact_sheet, layout
 
 BASE = {"prompt": "a cat on a sofa", "model": "demo", "negative_prompt": "", "seed": 5, "seeds": [5, 6],
         "steps": 2, "guidance": 7.0, "width": 64, "height": 64, "scheduler": "euler", "count": 2, "group": None}

@@ -1,8 +1,7 @@
 import json
 
 import pytest
-
-from engines.spec import MAX_COUNT, MAX_SIDE, SEED_RANGE, JobSpec, SpecError, parse_size
+from diffdeck.engines.core.spec import MAX_COUNT, MAX_SIDE, SEED_RANGE, JobSpec, SpecError, parse_size
 
 SD_DEFAULTS = {"steps": 25, "guidance": 7.0, "width": 512, "height": 512}
 FLUX_DEFAULTS = {"steps": 28, "guidance": 3.5, "width": 1024, "height": 1024}

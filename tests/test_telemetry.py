@@ -3,7 +3,7 @@
 import os
 from types import SimpleNamespace
 
-from engines.telemetry import Telemetry, WorkerView
+from diffdeck.engines.queue.telemetry import Telemetry, WorkerView
 
 
 class FakeNVML:

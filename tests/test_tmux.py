@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from engines.session import Session
+from diffdeck.engines.record.session import Session
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

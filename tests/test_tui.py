@@ -6,19 +6,18 @@ import os
 import signal
 import time
 
+from diffdeck.engines.core.registry import DEMO_FOLDER, load_registry
+from diffdeck.engines.record.session import JOURNAL, Session
+from diffdeck.tui.app import Workbench
+from diffdeck.tui.config import load_config
+from diffdeck.tui.engine import LocalEngine
+from diffdeck.tui.images import image_widget
+from diffdeck.tui.screens.help import HelpScreen
+from diffdeck.tui.themes import load_theme
+from diffdeck.tui.widgets.gallery import LIVE, Thumb
+from diffdeck.tui.widgets.queue_view import QueueView
 from textual.widgets import Input, Select, Static, TextArea
 from textual.widgets.data_table import CellDoesNotExist
-
-from engines.registry import DEMO_FOLDER, load_registry
-from engines.session import JOURNAL, Session
-from tui.app import Workbench
-from tui.config import load_config
-from tui.engine_link import LocalEngine
-from tui.images import image_widget
-from tui.screens.help import HelpScreen
-from tui.themes import load_theme
-from tui.widgets.gallery import LIVE, Thumb
-from tui.widgets.queue_view import QueueView
 
 SIZE = (120, 40)
 

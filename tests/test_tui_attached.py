@@ -9,21 +9,20 @@ import sys
 from pathlib import Path
 
 from daemons import PROMPT, state, stop, until_done
+from diffdeck.engines.core.registry import DEMO_FOLDER
+from diffdeck.engines.daemon.client import EngineClient
+from diffdeck.engines.record.session import Session
+from diffdeck.tui.app import Workbench
+from diffdeck.tui.config import load_config
+from diffdeck.tui.engine import AttachedEngine
+from diffdeck.tui.images import image_widget
+from diffdeck.tui.themes import load_theme
+from diffdeck.tui.widgets.gallery import Thumb
 from PIL import Image
 from test_ab_grid import diffdeck
 from test_tui import SIZE, make_app, type_prompt, until
 from test_tui_workbench import screen_text
 from textual.widgets import Select, TextArea
-
-from engines.engine_client import EngineClient
-from engines.registry import DEMO_FOLDER
-from engines.session import Session
-from tui.app import Workbench
-from tui.config import load_config
-from tui.engine_link import AttachedEngine
-from tui.images import image_widget
-from tui.themes import load_theme
-from tui.widgets.gallery import Thumb
 
 
 async def attached_app(engine: AttachedEngine) -> Workbench:
@@ -69,7 +68,7 @@ async def test_the_workbench_on_a_remote_engine_fetches_thumbnails_over_the_ssh_
     fake_ssh.chmod(0o755)
     (tmp_path / "models.yaml").write_text(f"models:\n  far-only:\n    source: {DEMO_FOLDER}\n"
                                           "    example: a small green ring on a black background\n")
-    line = [str(fake_ssh), "gpubox", sys.executable, "-m", "tui", "attach", "--stdio"]
+    line = [str(fake_ssh), "gpubox", sys.executable, "-m", "diffdeck.tui", "attach", "--stdio"]
     cache = tmp_path / "cache"
     try:
         app = await attached_app(AttachedEngine(lambda: EngineClient.over_command(line), "gpubox", cache=cache))

@@ -1,15 +1,13 @@
 """A/B in the workbench, driven through Pilot: variants taken in the prompt editor with ctrl+t,
 rendered by real workers, compared side by side; a pick and a rating survive a reopen."""
 
-from textual.widgets import DataTable, Input, Static
-
-from engines.session import Session
-from tui.screens.compare import CompareScreen
-from tui.screens.grid_dialog import GridDialog
-from tui.screens.grid_view import Cell, GridView
-from tui.widgets.gallery import Thumb
-
+from diffdeck.engines.record.session import Session
+from diffdeck.tui.screens.compare import CompareScreen
+from diffdeck.tui.screens.grid_dialog import GridDialog
+from diffdeck.tui.screens.grid_view import Cell, GridView
+from diffdeck.tui.widgets.gallery import Thumb
 from test_tui import SIZE, make_app, until
+from textual.widgets import DataTable, Input, Static
 
 
 def texts(screen, selector):

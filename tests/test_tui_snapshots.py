@@ -8,18 +8,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from diffdeck.engines.core.registry import load_registry
+from diffdeck.engines.queue.telemetry import Telemetry
+from diffdeck.engines.record.session import Session
+from diffdeck.tui.app import Workbench
+from diffdeck.tui.config import load_config
+from diffdeck.tui.engine import LocalEngine
+from diffdeck.tui.images import image_widget
+from diffdeck.tui.screens.compare import CompareScreen
+from diffdeck.tui.themes import load_theme
+from diffdeck.tui.widgets.gallery import Thumb
 from test_telemetry import FakeNVML
-
-from engines.registry import load_registry
-from engines.session import Session
-from engines.telemetry import Telemetry
-from tui.app import Workbench
-from tui.config import load_config
-from tui.engine_link import LocalEngine
-from tui.images import image_widget
-from tui.themes import load_theme
-from tui.screens.compare import CompareScreen
-from tui.widgets.gallery import Thumb
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "sessions" / "examples"
 

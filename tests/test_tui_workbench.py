@@ -6,16 +6,14 @@ import json
 import shutil
 
 import pytest
+from diffdeck.engines.queue.dispatcher import Event
+from diffdeck.engines.record.session import Session
+from diffdeck.tui.history import LIMIT, load_history, save_history
+from diffdeck.tui.screens.grid_dialog import GridDialog
+from diffdeck.tui.screens.help import HelpScreen
+from diffdeck.tui.widgets.gallery import LIVE, Thumb
 from test_tui import make_app, type_prompt, until
 from test_tui_snapshots import EXAMPLES, example, settle
-
-from engines.dispatcher import Event
-from engines.session import Session
-from tui.history import LIMIT, load_history, save_history
-from tui.screens.grid_dialog import GridDialog
-from tui.screens.help import HelpScreen
-from tui.widgets.gallery import LIVE, Thumb
-from tui.widgets.queue_view import QueueView
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -4,9 +4,8 @@ import dataclasses
 import json
 
 import pytest
-
-from engines.spec import JobSpec, SpecError
-from engines.variants import CONFIRM_ABOVE, MAX_JOBS, VariantSet, parse_axis, plan_ab, plan_grid
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.sets.variants import CONFIRM_ABOVE, MAX_JOBS, VariantSet, parse_axis, plan_ab, plan_grid
 
 BASE = JobSpec(prompt="a cat on a red sofa", model="demo", seed=100, count=3)
 

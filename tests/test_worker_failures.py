@@ -7,10 +7,9 @@ import time
 
 import pytest
 import torch
-
-from engines.protocol import Intervals
-from engines.spec import JobSpec
-from engines.worker import Commands, Wire, Worker
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.core.worker_protocol import Intervals
+from diffdeck.engines.worker.main import Commands, Wire, Worker
 
 
 class GPUModel:

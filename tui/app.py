@@ -1,9 +1,9 @@
-"""The workbench: a client of the engine, in this process or an engine daemon's (tui.engine_link).
+"""The workbench: a client of the engine, in this process or an engine daemon's (diffdeck.tui.engine).
 Widgets post messages; the handlers here own the state (the session, the Board, the engine) and
 hand the widgets what to draw.
 
 In this process, two subscribers read the Dispatcher's events: the session records each one as it
-comes (a kill loses nothing; engines.recorded), and the Board folds them in batches, redrawn a few
+comes (a kill loses nothing; diffdeck.engines.service.recorded_queue), and the Board folds them in batches, redrawn a few
 times a second. Attached to a daemon, the daemon records, and the Board folds what comes over
 the connection.
 """
@@ -18,41 +18,39 @@ import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
+from diffdeck.engines.core.registry import RegistryError
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.core.text import visible
+from diffdeck.engines.daemon.client import daemon_holding
+from diffdeck.engines.daemon.server import DaemonError
+from diffdeck.engines.record.session import VERDICT_EVENTS, Session, SessionWriteError
+from diffdeck.engines.sets.contact_sheet import SheetError, contact_sheet
+from diffdeck.engines.sets.variants import VariantSet, plan_ab
+from diffdeck.themes import STYLESHEET
+from diffdeck.tui.compare_state import Comparison
+from diffdeck.tui.config import Config, ConfigError, save_setting
+from diffdeck.tui.engine import AttachedEngine, LocalEngine
+from diffdeck.tui.history import HistoryError, history_file, load_history, save_history
+from diffdeck.tui.images import thumbnail
+from diffdeck.tui.plain import plain
+from diffdeck.tui.screens.compare import CompareScreen
+from diffdeck.tui.screens.grid_dialog import GridDialog
+from diffdeck.tui.screens.grid_view import GridView
+from diffdeck.tui.screens.help import HelpScreen
+from diffdeck.tui.screens.image_view import ImageScreen
+from diffdeck.tui.widgets.gallery import Gallery, Thumb
+from diffdeck.tui.widgets.gpu_panel import PRESSURE_COLOURS, GpuPanel
+from diffdeck.tui.widgets.prompt_editor import PromptEditor
+from diffdeck.tui.widgets.queue_view import QueueView, queue_title
+from diffdeck.tui.workbench_state import Board
 from textual import on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
-from textual.notifications import SeverityLevel
 from textual.containers import Horizontal, Vertical
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import Footer, Static
-
-from engines.daemon import DaemonError
-from engines.registry import RegistryError
-from engines.session import VERDICT_EVENTS, Session, SessionWriteError
-from engines.sheet import SheetError, contact_sheet
-from engines.spec import JobSpec, SpecError
-from engines.text import visible
-from engines.variants import VariantSet, plan_ab
-from themes import STYLESHEET
-
-from .board import Board
-from .comparison import Comparison
-from .config import Config, ConfigError, save_setting
-from .daemon_cli import daemon_holding
-from .history import HistoryError, history_file, load_history, save_history
-from .engine_link import AttachedEngine, LocalEngine
-from .images import thumbnail
-from .plain import plain
-from .screens.compare import CompareScreen
-from .screens.grid_dialog import GridDialog
-from .screens.grid_view import GridView
-from .screens.help import HelpScreen
-from .screens.image_view import ImageScreen
-from .widgets.gallery import Gallery, Thumb
-from .widgets.gpu_panel import PRESSURE_COLOURS, GpuPanel
-from .widgets.prompt_editor import PromptEditor
-from .widgets.queue_view import QueueView, queue_title
 
 REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
 LARGE_PX = 512
@@ -77,7 +75,7 @@ class Workbench(App):
     def __init__(self, engine: LocalEngine | AttachedEngine, config: Config, themes: list[Theme], *,
                  image_class: Any = None, hint: str | None = None, history: Path | None = None):
         """An AttachedEngine comes started (its models are the daemon's); a LocalEngine starts on mount.
-        `history`: the prompt history's file (tui.history; by default under $XDG_STATE_HOME)."""
+        `history`: the prompt history's file (diffdeck.tui.history; by default under $XDG_STATE_HOME)."""
         super().__init__()
         self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
         self.engine, self.config, self.themes = engine, config, themes

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.registry import user_config_dir
-from engines.session import _write_whole as write_whole
-from engines.yamlfile import parse_yaml, read_utf8
-from themes import FOLDER as BUILTIN_THEMES
+from diffdeck.engines.core.files import write_whole
+from diffdeck.engines.core.registry import user_config_dir
+from diffdeck.engines.core.yamlfile import parse_yaml, read_utf8
+from diffdeck.themes import FOLDER as BUILTIN_THEMES
 
 IMAGE_MODES = ("auto", "kitty", "sixel", "halfcell", "off")
 NOTIFY_MODES = ("off", "bell", "osc9")

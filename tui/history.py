@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from engines.session import _write_whole as write_whole
+from diffdeck.engines.core.files import write_whole
 
 LIMIT = 200
 

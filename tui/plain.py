@@ -1,12 +1,11 @@
 """Text from outside the workbench (a prompt, a model's name or description, a path, an error) as
 its widgets show it: a Rich Text, which no widget parses as markup, with every control character
-made visible (engines.text), so that none reaches the terminal."""
+made visible (diffdeck.engines.core.text), so that none reaches the terminal."""
 
 from __future__ import annotations
 
+from diffdeck.engines.core.text import visible
 from rich.text import Text
-
-from engines.text import visible
 
 
 def plain(text: object, style: str = "", newlines: bool = False) -> Text:

@@ -6,9 +6,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+from diffdeck.tui.config import ConfigError, read_yaml
 from textual.theme import Theme
-
-from .config import ConfigError, read_yaml
 
 THEME_FIELDS = {f.name for f in dataclasses.fields(Theme)}
 THEME_NAME = re.compile(r"[\w.-]+")  # shown in the command palette, which reads markup

@@ -1,17 +1,14 @@
 """What the fault tests share: diffdeck as a real process, optionally under a file-size limit
 (RLIMIT_FSIZE with SIGXFSZ ignored, so a write past it fails with EFBIG as on a full quota), and
-a small real disk (a 2 MB tmpfs)."""
+a disk to fill (the `small_disk` fixture, in conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 PROMPT = "a large red circle on a blue background"
 
@@ -30,28 +27,14 @@ def file_size_limit(limit: int | None):
 def start(*args: str, cwd: Path, file_limit: int | None = None, **options) -> subprocess.Popen:
     """`diffdeck ARGS` started, not waited for."""
     options.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.Popen([sys.executable, "-m", "tui", *args], cwd=cwd, preexec_fn=file_size_limit(file_limit),
+    return subprocess.Popen([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, preexec_fn=file_size_limit(file_limit),
                             **options)
 
 
 def diffdeck(*args: str, cwd: Path, file_limit: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`diffdeck ARGS` run to its end; stdout and stderr as text."""
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=file_size_limit(file_limit))
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A real 2 MB tmpfs, mounted for the test; skipped where mounting is not permitted."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
-                             text=True) if os.geteuid() == 0 else None
-    if mounted is None or mounted.returncode != 0:
-        pytest.skip("a small real disk needs `mount -t tmpfs`, which is not permitted here"
-                    + (f": {mounted.stderr.strip()}" if mounted else " (not root)"))
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def fill(disk: Path) -> None:

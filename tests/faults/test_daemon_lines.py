@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 from daemons import serve, stop
-
-from engines.daemon import LINE_LIMIT, DaemonError
-from engines.engine_client import EngineClient
-from engines.session import Session
-from engines.spec import MAX_PROMPT, JobSpec
+from diffdeck.engines.core.spec import MAX_PROMPT, JobSpec
+from diffdeck.engines.daemon.client import EngineClient
+from diffdeck.engines.daemon.server import LINE_LIMIT, DaemonError
+from diffdeck.engines.record.session import Session
 
 JOBS = 1800
 PROMPT = ("a large red circle on a blue background, " * 300)[:MAX_PROMPT - 10]  # long, yet accepted
@@ -31,7 +30,7 @@ def big_session(folder):
 
 
 def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
 
 

@@ -12,12 +12,11 @@ import shlex
 import sys
 
 from daemons import PROMPT
+from diffdeck.engines.daemon.client import EngineClient
+from diffdeck.engines.daemon.server import DaemonError
+from diffdeck.engines.record.session import Session
 from fault_tools import diffdeck
 from PIL import Image
-
-from engines.daemon import DaemonError
-from engines.engine_client import EngineClient
-from engines.session import Session
 
 NOT_WHOLE = [math.inf, -math.inf, math.nan, True, "3", 2.5, 10**30, [1], {"n": 1}]
 

@@ -13,10 +13,9 @@ import zlib
 from pathlib import Path
 
 import pytest
+from diffdeck.engines.record.session import Session
 from fault_tools import diffdeck
 from PIL import Image, PngImagePlugin
-
-from engines.session import Session
 
 DEEP = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit, in JSON and in YAML alike
 

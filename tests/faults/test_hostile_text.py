@@ -13,17 +13,16 @@ from pathlib import Path
 
 import pytest
 from daemons import state
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.daemon.client import EngineClient
+from diffdeck.engines.record.session import Session
+from diffdeck.tui.engine import AttachedEngine
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from test_tmux import screen, tmux, wait_for
+from test_tmux import tmux, wait_for
 from test_tui import SIZE, make_app, until
 from test_tui_attached import attached_app
 from textual.widgets import TextArea
-
-from engines.engine_client import EngineClient
-from engines.session import Session
-from engines.spec import JobSpec
-from tui.engine_link import AttachedEngine
 
 CLIPBOARD = "\x1b]52;c;cm0gLXJmIH4gI1BXTkVE\x07"  # OSC 52: the clipboard := "rm -rf ~ #PWNED"
 ESCAPES = f"{CLIPBOARD}\x1b]2;PWNED\x1b\\\x1b[2J a red circle"  # and the window title, and a cleared screen
@@ -47,7 +46,7 @@ def hostile_png(path: Path) -> Path:
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_escapes_in_a_pngs_prompt_reach_no_terminal(tmp_path):
     png = hostile_png(tmp_path / "hostile.png")
-    rendered = subprocess.run([sys.executable, "-m", "tui", "render", "--from", str(png), "--session", "s"],
+    rendered = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", "--from", str(png), "--session", "s"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert rendered.returncode == 0, rendered.stderr
     assert "\x1b" not in rendered.stdout + rendered.stderr
@@ -81,7 +80,7 @@ async def test_markup_in_prompts_is_queued_and_shown_as_typed_even_when_reopened
         for n, prompt in enumerate([*MARKUP, ESCAPES], start=1):
             app.query_one("#prompt", TextArea).text = prompt
             await pilot.press("ctrl+j")
-            await until(pilot, lambda: len(app.board.jobs) == n, timeout=10, what=f"{prompt!r} queued")
+            await until(pilot, lambda n=n: len(app.board.jobs) == n, timeout=10, what=f"{prompt!r} queued")
         await until(pilot, lambda: all(p in screen_text(app) for p in MARKUP), timeout=10, what="the prompts, as typed")
         assert SHOWN[:30] in screen_text(app)
         app.notify(f"{MARKUP[0]} failed: {ESCAPES}", title=MARKUP[1])  # as an error about a job would say it
@@ -110,12 +109,13 @@ async def test_hostile_prompts_through_a_daemon_reach_attached_workbenches_and_s
     for _ in range(2):  # the first to attach, and the next
         app = await attached_app(AttachedEngine(EngineClient.connect, "daemon"))
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: all(p in screen_text(app) for p in MARKUP), timeout=10, what="the prompts")
+            await until(pilot, lambda app=app: all(p in screen_text(app) for p in MARKUP), timeout=10,
+                        what="the prompts")
             assert SHOWN[:30] in screen_text(app)
             await pilot.press("f10")
         assert app.return_code in (None, 0)
 
-    status = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "tui", "status"], cwd=tmp_path,
+    status = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "diffdeck.tui", "status"], cwd=tmp_path,
                                      capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "\x1b" not in status.stdout, status.stderr
     assert f"job-0004 queued   demo: {SHOWN}" in status.stdout and "job-0001 queued   demo: [/] a red circle" in status.stdout
@@ -126,7 +126,7 @@ def test_an_error_relayed_from_a_remote_daemon_is_printed_as_text(tmp_path):
     fake_ssh = tmp_path / "ssh"  # the far side answers with an error that carries escapes
     fake_ssh.write_text("#!/bin/sh\nprintf '%s\\n' '{\"error\": \"\\u001b]2;PWNED\\u0007\\u001b[2J it broke\"}'\n")
     fake_ssh.chmod(0o755)
-    result = subprocess.run([sys.executable, "-m", "tui", "render", "a red circle", "--remote", "gpubox"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", "a red circle", "--remote", "gpubox"], cwd=tmp_path,
                             env={**os.environ, "DIFFDECK_SSH": str(fake_ssh)}, capture_output=True, text=True,
                             timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and "\x1b" not in result.stderr

@@ -6,9 +6,8 @@ import json
 import time
 
 import pytest
+from diffdeck.engines.core.spec import JobSpec
 from fault_tools import diffdeck
-
-from engines.spec import JobSpec
 
 # nine levels of nine aliases each: 9**9 strings once expanded (gigabytes, minutes)
 ANCHORS = "".join(f"  l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9) if n else ', '.join(['lol'] * 9)}]\n"

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import psutil
-
-from engines.protocol import encode
-from engines.registry import DEMO
-from engines.spec import JobSpec
+from diffdeck.engines.core.registry import DEMO
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.core.worker_protocol import encode
 
 SLOW = ["--size", "1024x1024", "--steps", "1000"]
 GONE_WITHIN_S = 8.0  # ~3 s here, alone; before the fix 20 s to minutes (a shared 2-core machine needs margin)
@@ -36,7 +35,7 @@ def gone_within(pid: int, seconds: float) -> float | None:
 
 def render_in_the_background(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """`diffdeck render` of a slow job, once its worker is inside the first step; and the worker's pid."""
-    cli = subprocess.Popen([sys.executable, "-m", "tui", "render", "slow", *SLOW, "--session", "s"], cwd=tmp_path,
+    cli = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "render", "slow", *SLOW, "--session", "s"], cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                            start_new_session=True)
     journal, deadline = tmp_path / "s" / "journal.jsonl", time.monotonic() + 120
@@ -72,7 +71,7 @@ def test_ctrl_c_mid_step_cancels_and_exits_130_within_seconds(tmp_path):
 
 def test_a_worker_whose_input_ends_mid_step_exits(tmp_path):
     """Its Dispatcher is gone without a word (the pipe closed): the worker stops at once."""
-    worker = subprocess.Popen([sys.executable, "-m", "engines.worker", "--model", json.dumps(DEMO.to_dict())],
+    worker = subprocess.Popen([sys.executable, "-m", "diffdeck.engines.worker", "--model", json.dumps(DEMO.to_dict())],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         while json.loads(worker.stdout.readline())["type"] != "ready":

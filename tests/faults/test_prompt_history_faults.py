@@ -1,8 +1,7 @@
 """A prompt history that cannot be read is said once and left as it is: no run writes over it."""
 
+from diffdeck.tui.history import history_file
 from test_tui import make_app, type_prompt, until
-
-from tui.history import history_file
 
 
 async def test_an_unreadable_history_is_named_and_not_written_over(tmp_path, monkeypatch):

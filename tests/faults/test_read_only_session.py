@@ -5,7 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fault_tools import diffdeck, small_disk  # noqa: F401 (a fixture)
+from fault_tools import diffdeck
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "examples" / "demo-red-circle"
 

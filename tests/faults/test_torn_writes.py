@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from daemons import serve, state
-from fault_tools import PROMPT, diffdeck, fill, small_disk, start  # noqa: F401 (a fixture)
-
-from engines.daemon import place
-from engines.recorded import RecordedQueue
-from engines.registry import load_registry
-from engines.session import JOURNAL, RECORD, Session, SessionWriteError
+from diffdeck.engines.core.registry import load_registry
+from diffdeck.engines.daemon.server import place
+from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionWriteError
+from diffdeck.engines.service.recorded_queue import RecordedQueue
+from fault_tools import PROMPT, diffdeck, fill, start
 
 SPEC = {"prompt": PROMPT, "model": "demo", "seeds": [1], "steps": 2}
 
@@ -167,7 +166,7 @@ def daemon_under_limit(cwd: Path, limit: int, *args: str) -> subprocess.Popen:
 def test_a_daemon_that_cannot_write_its_journal_stops_promptly_and_lets_everything_go(tmp_path):
     import asyncio
 
-    from engines.engine_client import EngineClient
+    from diffdeck.engines.daemon.client import EngineClient
 
     cancelled_jobs(tmp_path / "s", 40).close()
     journal = tmp_path / "s" / JOURNAL
@@ -195,11 +194,11 @@ def test_a_daemon_that_cannot_write_its_journal_stops_promptly_and_lets_everythi
 
 
 async def test_a_workbench_whose_disk_is_full_stops_its_workers_and_ends_saying_why(small_disk):
-    from tui.app import Workbench
-    from tui.config import load_config
-    from tui.engine_link import LocalEngine
-    from tui.images import image_widget
-    from tui.themes import load_theme
+    from diffdeck.tui.app import Workbench
+    from diffdeck.tui.config import load_config
+    from diffdeck.tui.engine import LocalEngine
+    from diffdeck.tui.images import image_widget
+    from diffdeck.tui.themes import load_theme
 
     config = load_config()
     engine = LocalEngine(load_registry(), Session.open(small_disk / "s"))

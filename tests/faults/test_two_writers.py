@@ -11,9 +11,8 @@ import time
 
 import pytest
 from daemons import serve
+from diffdeck.engines.record.session import JOURNAL, LOCK, Session, SessionLocked
 from fault_tools import PROMPT, diffdeck, start
-
-from engines.session import JOURNAL, LOCK, Session, SessionLocked
 
 
 def held(folder) -> dict:
@@ -81,7 +80,7 @@ def test_two_resumes_at_once_render_each_image_once(tmp_path):
 
 def hold(folder, words: str) -> subprocess.Popen:
     """Another process writing `folder`, as far as its lock goes, until it is killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom engines.session import Session\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom diffdeck.engines.record.session import Session\n"
                                "Session.open_for_writing(sys.argv[1], sys.argv[2])\n"
                                "print('locked', flush=True)\ntime.sleep(60)", str(folder), words],
                               stdout=subprocess.PIPE)

@@ -9,6 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from diffdeck.engines.record.session import TIE
+from diffdeck.engines.sets.similarity import measure
+from diffdeck.tui.compare_state import LEFT, RIGHT, Comparison, Side
+from diffdeck.tui.images import thumbnail
+from diffdeck.tui.plain import plain
 from PIL import Image
 from textual import on, work
 from textual.app import ComposeResult
@@ -17,13 +22,6 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
-
-from engines.compare import measure
-from engines.session import TIE
-
-from ..comparison import LEFT, RIGHT, Comparison, Side
-from ..images import thumbnail
-from ..plain import plain
 
 LARGE_PX = 512
 

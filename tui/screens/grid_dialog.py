@@ -4,6 +4,9 @@ it, or hands back why it could not."""
 
 from __future__ import annotations
 
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.sets.variants import AXES, AXIS_FIELDS, VariantSet, plan_grid
+from diffdeck.tui.plain import plain
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,11 +14,6 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
-
-from engines.spec import JobSpec, SpecError
-from engines.variants import AXES, AXIS_FIELDS, VariantSet, plan_grid
-
-from ..plain import plain
 
 PLACEHOLDERS = {"x": "x: steps=4, 8, 16   or   steps=10..30 step 5",
                 "y": "y: model=demo, other   or   cat -> dog, fox",

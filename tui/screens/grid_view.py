@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffdeck.tui.compare_state import Comparison
+from diffdeck.tui.images import thumbnail
+from diffdeck.tui.plain import plain
+from diffdeck.tui.screens.compare import CompareScreen
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,11 +16,6 @@ from textual.containers import Grid, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
-
-from ..comparison import Comparison
-from ..images import thumbnail
-from ..plain import plain
-from .compare import CompareScreen
 
 
 class Cell(Vertical, can_focus=True):

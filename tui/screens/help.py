@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+from diffdeck.engines.core.registry import user_config_dir
+from diffdeck.tui.plain import plain
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
-
-from engines.registry import user_config_dir
-
-from ..plain import plain
 
 
 class HelpScreen(ModalScreen[None]):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffdeck.tui.plain import plain
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
-from ..plain import plain
 
 class ImageScreen(ModalScreen[str | None]):
     """Dismissed with what the user chose: "requeue", "copy_prompt", "pin", or None."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffdeck.tui.images import decode_preview, thumbnail
+from diffdeck.tui.plain import plain
+from diffdeck.tui.workbench_state import Board
 from PIL import Image as PILImage
 from textual import on, work
 from textual.app import ComposeResult
@@ -12,10 +15,6 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Label, Static
-
-from ..board import Board
-from ..images import decode_preview, thumbnail
-from ..plain import plain
 
 LIVE = -1  # the image index of the running job's live preview
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import math
 
+from diffdeck.engines.core.text import visible
+from diffdeck.tui.workbench_state import Board, JobRow, pressure
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
-
-from engines.text import visible
-
-from ..board import Board, JobRow, pressure
 
 GIB = 2**30
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
+from diffdeck.engines.core.text import visible
+from diffdeck.engines.sets.variants import VARIANT_FIELDS
+from diffdeck.tui.plain import plain
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -13,12 +17,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, TextArea
-
-from engines.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
-from engines.text import visible
-from engines.variants import VARIANT_FIELDS
-
-from ..plain import plain
 
 SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
 # JobSpec fields that have no widget of their own, and the widget that shows them

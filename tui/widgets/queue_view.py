@@ -5,13 +5,12 @@ and the progress cell says as much as its width holds."""
 
 from __future__ import annotations
 
+from diffdeck.tui.plain import plain
+from diffdeck.tui.workbench_state import Board, JobRow
 from textual.binding import Binding
 from textual.geometry import Region, Spacing
 from textual.message import Message
 from textual.widgets import DataTable
-
-from ..board import Board, JobRow
-from ..plain import plain
 
 COLUMNS = ("job", "status", "progress", "model", "prompt")  # what matters most first
 CELL_PADDING = 2  # a DataTable cell's padding, both sides together

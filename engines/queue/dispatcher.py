@@ -1,0 +1,505 @@
+"""The Dispatcher: a render queue in front of one warm worker process per model.
+
+Commands go in (submit, cancel, cancel_all, move, pause, resume, retry); an async
+stream of `Event`s comes out. It knows nothing of its clients: the TUI, the headless
+CLI and later a daemon all speak this one API. UI side: never imports torch.
+
+Jobs run one at a time (one GPU). Workers stay warm after a job; an idle worker is
+stopped after `idle_timeout_s`, or earlier, least recently used first, when a model
+that is about to load would push the warm models' memory past the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import psutil
+from diffdeck.engines.core.identity import model_identity
+from diffdeck.engines.core.registry import ModelFiles, Registry, RegistryError
+from diffdeck.engines.core.spec import JobSpec, SpecError, draw_seeds
+from diffdeck.engines.core.worker_protocol import Intervals
+from diffdeck.engines.queue.footprint import Budget, Footprint, check_size, element_bytes
+from diffdeck.engines.queue.telemetry import Telemetry, WorkerView
+from diffdeck.engines.queue.worker_handles import IDLE, WorkerError, WorkerProcess, describe_exit
+from diffdeck.engines.sets.variants import VariantSet
+
+log = logging.getLogger("diffdeck.dispatcher")
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, HELD = "queued", "running", "done", "failed", "cancelled", "held"
+FINISHED = (DONE, FAILED, CANCELLED, HELD)
+CRASHES_BEFORE_HOLD = 2
+
+
+@dataclass
+class Event:
+    type: str
+    job: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec  # resolved: model defaults filled in, seeds fixed
+    status: str = QUEUED
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # when it left the queue
+    images: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory: int | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    worker_crashes: int = 0
+    passed_over: int = 0  # times a later job for a warm model went first
+    progress: dict[str, Any] = field(default_factory=dict)  # its last step: image, count, step, total, it_s
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+
+class EventStream:
+    """One subscriber's view of the events, from the moment it subscribed."""
+
+    def __init__(self, subscribers: list["EventStream"]):
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers = subscribers
+        subscribers.append(self)
+
+    def put(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    def backlog(self) -> int:
+        """Events put and not yet taken: how far behind this subscriber is."""
+        return self._queue.qsize()
+
+    def drain(self) -> list[Event]:
+        """The events waiting right now, without waiting for more (to coalesce redraws)."""
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(self)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._queue.get()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        images_dir: Path,
+        *,
+        memory_budget_gb: float | None = None,
+        idle_timeout_s: float = 600.0,
+        cancel_grace_s: float = 3.0,
+        lookahead: int = 4,
+        intervals: Intervals = Intervals(),
+        telemetry_interval_s: float = 1.0,
+        telemetry: Telemetry | None = None,
+        first_job_number: int = 1,
+        first_set_number: int = 1,
+    ):
+        self.registry = registry
+        self.images_dir = Path(images_dir)
+        self.idle_timeout_s = idle_timeout_s
+        self.cancel_grace_s = cancel_grace_s
+        self.lookahead = lookahead
+        self.intervals = intervals
+        self.telemetry_interval_s = telemetry_interval_s
+        self.telemetry = telemetry or Telemetry()
+        self.memory_budget_gb = memory_budget_gb or _default_budget_gb(self.telemetry)
+        self.jobs: dict[str, Job] = {}
+        self.queue: list[Job] = []
+        self.workers: dict[str, WorkerProcess] = {}
+        self.paused = False
+        self._ids = itertools.count(first_job_number)
+        self._set_ids = itertools.count(first_set_number)
+        self._subscribers: list[EventStream] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()  # cancels being enforced, workers being retired
+
+    # lifecycle
+
+    async def __aenter__(self) -> "Dispatcher":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._schedule()), asyncio.create_task(self._watch())]
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Cancel what is queued or running (a running job stops within a step), then stop
+        every worker."""
+        self.paused = True
+        self.cancel_all()
+        running = [j.finished.wait() for j in self.jobs.values() if j.status == RUNNING]
+        if running:
+            await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+
+    def _in_background(self, work) -> None:
+        """Run `work` as a task that is kept until it ends (the loop holds tasks weakly), and that
+        `close` waits for."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def subscribe(self) -> EventStream:
+        return EventStream(self._subscribers)
+
+    # commands
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Validate, resolve seeds and defaults, and queue. Raises SpecError or RegistryError."""
+        resolved = self._resolve(spec)  # first: bad input uses up no job number
+        job = Job(f"job-{next(self._ids):04d}", resolved)
+        self.jobs[job.id] = job
+        return self._enqueue(job)
+
+    def submit_set(self, variants: VariantSet, set_id: str | None = None) -> tuple[str, list[Job]]:
+        """Queue an A/B set or a grid, one job per variant in the set's order, after an event
+        that records the set. Every variant is checked first: on bad input nothing is queued.
+        Raises SpecError or RegistryError naming the variant. `set_id`: a replay keeps its own."""
+        specs = []
+        for variant in variants.variants:
+            try:
+                specs.append(self._resolve(variant.spec))
+            except SpecError as e:
+                raise SpecError(e.field, f"variant {variant.label}: {e.message}") from None
+            except RegistryError as e:
+                raise RegistryError(f"variant {variant.label}: {e}") from None
+        set_id = set_id or f"set-{next(self._set_ids):04d}"
+        jobs = [Job(f"job-{next(self._ids):04d}", dataclasses.replace(spec, group=set_id)) for spec in specs]
+        self._emit("set", None, set=set_id, **variants.record(),
+                   variants=[{**v.to_dict(), "job": job.id} for v, job in zip(variants.variants, jobs)])
+        for job in jobs:
+            self.jobs[job.id] = job
+            self._enqueue(job)
+        return set_id, jobs
+
+    def restore(self, job_id: str, spec: dict[str, Any], images: list[dict[str, Any]] = (),
+                worker_crashes: int = 0) -> Job:
+        """Queue again a job from a reopened session, under its own id and with its seeds.
+        Images it already made are kept and not rendered again; a job that stopped its worker
+        twice is held instead. Raises SpecError or RegistryError."""
+        if job_id in self.jobs:
+            raise ValueError(f"{job_id} is already in this queue")
+        job = Job(job_id, self._resolve(JobSpec.from_dict(spec)), images=list(images), worker_crashes=worker_crashes)
+        self.jobs[job.id] = job
+        if worker_crashes >= CRASHES_BEFORE_HOLD:
+            self._fail(job, f"{job_id} stopped its worker {worker_crashes} times (a crash, or diffdeck "
+                            "stopping mid-run); held: retry it with force to run it again", "crash")
+            return job
+        return self._enqueue(job)
+
+    def _resolve(self, spec: JobSpec) -> JobSpec:
+        spec.validate()
+        files = self.registry.files(spec.model)
+        if files.problem:
+            raise RegistryError(files.problem)
+        seeds = spec.seeds or draw_seeds(spec.seed, spec.count)
+        defaults = self.registry.defaults(spec.model, files.family)
+        job = spec.resolved(defaults, files.family, seeds)
+        check_size(job, (defaults["width"], defaults["height"]), self._footprint(spec.model, files),
+                   Budget(self.memory_budget_gb, "GPU" if self.telemetry.has_gpu else "RAM"))
+        return job
+
+    def _footprint(self, name: str, files: ModelFiles) -> Footprint | None:
+        if files.folder is None or files.family is None:
+            return None
+        model = self.registry.get(name)
+        if model.offload != "none":  # its weights stream through the GPU: the estimate does not apply
+            return None
+        on_gpu = self.telemetry.has_gpu and model.device != "cpu"
+        return Footprint.read(files.folder, files.family, self.registry.memory_gb(name),
+                              element_bytes(model.dtype, on_gpu))
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job, or stop a running one: at the next module its worker enters,
+        or within `cancel_grace_s` by stopping the worker."""
+        job = self._job(job_id)
+        if job.status == QUEUED:
+            self.queue.remove(job)
+            self._finish(job, CANCELLED)
+        elif job.status == RUNNING:
+            worker = self.workers.get(job.spec.model)
+            if worker is not None and worker.job_id == job.id:
+                worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
+                self._in_background(self._enforce_cancel(job, worker))
+            else:  # still waiting for its model to load
+                self._finish(job, CANCELLED)
+                if worker is not None and not any(j.spec.model == worker.model for j in self.queue):
+                    self._in_background(self._retire(worker, "cancelled while loading"))
+        else:
+            return False
+        return True
+
+    async def _enforce_cancel(self, job: Job, worker: WorkerProcess) -> None:
+        """A cancel the worker has not answered within `cancel_grace_s` (one long kernel of a
+        huge render cannot be cut) stops the worker; the job still ends cancelled."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(job.finished.wait(), self.cancel_grace_s)
+            return
+        if job.status == RUNNING and worker.job_id == job.id:
+            self._finish(job, CANCELLED, step=None)
+            # No await in between: the worker is out of service before any task can give it a job.
+            await self._retire(worker, "the cancel did not land in time", grace_s=0.0)
+
+    def cancel_all(self) -> int:
+        targets = [j for j in self.jobs.values() if j.status in (QUEUED, RUNNING)]
+        return sum(self.cancel(j.id) for j in targets)
+
+    def move(self, job_id: str, position: int) -> None:
+        """Put a queued job at `position` in the queue (0: next; clamped to the queue)."""
+        job = self._job(job_id)
+        if job.status != QUEUED:
+            raise ValueError(f"{job_id} is {job.status}; only queued jobs can be moved")
+        self.queue.remove(job)
+        position = max(0, min(position, len(self.queue)))
+        self.queue.insert(position, job)
+        self._emit("moved", job, position=position)
+
+    def pause(self) -> None:
+        """Start no new job once the current one ends."""
+        self.paused = True
+        self._emit("paused", None)
+
+    def resume(self) -> None:
+        self.paused = False
+        self._emit("resumed", None)
+        self._wakeup.set()
+
+    def retry(self, job_id: str, force: bool = False) -> Job:
+        """Queue a failed, cancelled or (with force) held job again, with the same seeds."""
+        job = self._job(job_id)
+        if job.status == HELD and not force:
+            raise ValueError(f"{job_id} is held: it crashed its worker {job.worker_crashes} times; "
+                             "retry with force to try again")
+        if job.status not in (FAILED, CANCELLED, HELD):
+            raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
+        job.status, job.images, job.timings, job.error, job.error_kind = QUEUED, [], {}, None, None
+        job.submitted_at, job.started_at, job.passed_over, job.progress = time.monotonic(), None, 0, {}
+        job.finished = asyncio.Event()
+        return self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> Job:
+        self.queue.append(job)
+        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1,
+                   worker_crashes=job.worker_crashes)
+        self._wakeup.set()
+        return job
+
+    async def wait(self, job_id: str) -> Job:
+        job = self._job(job_id)
+        await job.finished.wait()
+        return job
+
+    # scheduling
+
+    def _next_job(self) -> Job | None:
+        """The head of the queue, unless a job close behind it can use a warm model.
+        A job is passed over at most `lookahead` times, so nothing starves."""
+        if self.paused or not self.queue:
+            return None
+        head = self.queue[0]
+        warm = {name for name, w in self.workers.items() if w.state == IDLE}
+        if head.spec.model in warm or head.passed_over >= self.lookahead:
+            return head
+        for i, job in enumerate(self.queue[1:self.lookahead + 1], start=1):
+            if job.spec.model in warm:
+                for skipped in self.queue[:i]:
+                    skipped.passed_over += 1
+                return job
+        return head
+
+    async def _schedule(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self.queue.remove(job)
+            job.status, job.started_at = RUNNING, time.monotonic()
+            self._emit("dequeued", job)  # its model may take a while to load before `started`
+            try:
+                await self._run(job)
+            except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue
+                log.exception("%s failed in the dispatcher", job.id)
+                if job.status == RUNNING:
+                    self._fail(job, f"{type(e).__name__}: {e}", "error")
+
+    async def _run(self, job: Job) -> None:
+        worker = self.workers.get(job.spec.model)
+        load_s = 0.0
+        if worker is None:
+            worker = await self._spawn(job.spec.model)
+            self._emit("loading", job, model=job.spec.model, pid=worker.pid)
+            identity = self._identify(job.spec.model)  # hashes weights while the worker loads
+            try:
+                await worker.wait_ready()
+            except WorkerError as e:
+                if job.status == RUNNING:
+                    self._fail(job, str(e), "load")
+                return
+            identity = identity or self._identify(job.spec.model)  # a hub model it just downloaded
+            self._emit("worker_ready", None, model=worker.model, pid=worker.pid, environment=worker.environment,
+                       identity=await identity if identity else None,
+                       **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "settings", "memory")})
+            load_s = time.monotonic() - job.started_at
+        if job.status != RUNNING:  # cancelled while its model loaded
+            return
+        job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": round(load_s, 4)}
+        try:
+            worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir),
+                          skip=[image["image"] for image in job.images])
+        except WorkerError as e:  # it died, or is being retired, between its load and now
+            self._fail(job, str(e), "crash")
+            return
+        self._emit("started", job, model=job.spec.model, pid=worker.pid, **job.timings)
+        await job.finished.wait()
+        worker.release()
+
+    async def _spawn(self, model: str) -> WorkerProcess:
+        spec = self.registry.get(model)
+        need = self.registry.memory_gb(model)
+        idle = sorted((w for w in self.workers.values() if w.state == IDLE), key=lambda w: w.last_used)
+        while idle and sum(w.memory_gb for w in self.workers.values()) + need > self.memory_budget_gb:
+            await self._retire(idle.pop(0), "memory budget", budget_gb=self.memory_budget_gb, needed_gb=need)
+        worker = WorkerProcess(spec, need, self._on_worker_message, self._on_worker_exit,
+                               self.intervals)
+        await worker.start()
+        self.workers[model] = worker
+        self._emit("worker_spawned", None, model=model, pid=worker.pid)
+        return worker
+
+    def _identify(self, model: str) -> asyncio.Future | None:
+        """The model's identity (diffdeck.engines.core.identity), worked out in a thread; None while its
+        files are not on this machine yet."""
+        folder = self.registry.files(model).folder
+        return None if folder is None else asyncio.ensure_future(asyncio.to_thread(_identity_or_none, folder))
+
+    async def _retire(self, worker: WorkerProcess, reason: str, grace_s: float = 5.0, **data: Any) -> None:
+        """Take a worker out of service and stop it (killed after `grace_s`); its memory is free
+        when this returns."""
+        if self.workers.get(worker.model) is worker:
+            del self.workers[worker.model]
+        self._emit("worker_evicted", None, model=worker.model, pid=worker.pid, reason=reason, **data)
+        await worker.stop(grace_s)
+
+    async def _watch(self) -> None:
+        """Telemetry at about 1 Hz, and idle workers stopped after their timeout."""
+        while True:
+            views = [WorkerView(w.pid, w.model, w.state) for w in self.workers.values() if w.pid]
+            try:
+                self._emit("telemetry", None, **self.telemetry.sample(views))
+            except Exception:  # noqa: BLE001 - a sensor failing must not stop idle eviction
+                log.exception("telemetry sample failed")
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                if worker.state == IDLE and now - worker.last_used > self.idle_timeout_s:
+                    await self._retire(worker, "idle timeout")
+            await asyncio.sleep(self.telemetry_interval_s)
+
+    # worker events
+
+    def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message.pop("type")
+        if kind in ("hello", "ready", "load_failed"):
+            return  # the worker keeps these; _run reports the load
+        job = self.jobs.get(message.pop("id", None))
+        if job is None or job.status != RUNNING:
+            return
+        if kind == "image":
+            message["timings"]["total_s"] = round(time.monotonic() - job.submitted_at, 4)
+            job.images.append(message)
+        elif kind == "done":
+            job.timings.update(message["timings"])
+            job.timings["total_s"] = round(time.monotonic() - job.submitted_at, 4)
+            job.peak_memory = message["peak_memory"]
+            self._finish(job, DONE, images=job.images, timings=job.timings, peak_memory=job.peak_memory)
+            return
+        elif kind == "cancelled":
+            self._finish(job, CANCELLED, step=message["step"])
+            return
+        elif kind == "failed":
+            if message["kind"] == "fatal" and self.workers.get(worker.model) is worker:
+                del self.workers[worker.model]  # it exits by itself; the next job gets a new one
+            self._fail(job, message["error"], message["kind"])
+            return
+        elif kind == "step":
+            job.progress = dict(message)
+        self._emit(kind, job, **message)
+
+    def _on_worker_exit(self, worker: WorkerProcess) -> None:
+        if self.workers.get(worker.model) is worker:
+            del self.workers[worker.model]
+        self._emit("worker_exited", None, model=worker.model, pid=worker.pid, returncode=worker.returncode)
+        job = self.jobs.get(worker.job_id) if worker.job_id else None
+        if job is not None and job.status == RUNNING:
+            if worker.stop_requested:  # we stopped it: the job did not crash anything
+                self._fail(job, f"the worker for {worker.model!r} was stopped during {job.id}", "stopped")
+                return
+            job.worker_crashes += 1
+            message = (f"the worker for {worker.model!r} {describe_exit(worker.returncode)} during "
+                       f"{job.id}; last log lines:\n{worker.stderr_text()}")
+            self._fail(job, message, "crash")
+        self._wakeup.set()
+
+    # state changes
+
+    def _fail(self, job: Job, error: str, kind: str) -> None:
+        job.error, job.error_kind = error, kind
+        status = HELD if job.worker_crashes >= CRASHES_BEFORE_HOLD else FAILED
+        self._finish(job, status, error=error, kind=kind, worker_crashes=job.worker_crashes)
+
+    def _finish(self, job: Job, status: str, /, **data: Any) -> None:
+        job.status = status
+        job.finished.set()
+        self._emit(status, job, **data)
+        self._wakeup.set()
+
+    def _emit(self, event_type: str, job: Job | None, /, **data: Any) -> None:
+        event = Event(event_type, job.id if job else None, data)
+        for subscriber in list(self._subscribers):
+            subscriber.put(event)
+
+    def _job(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise ValueError(f"no job {job_id!r}") from None
+
+
+def _identity_or_none(folder: Path) -> dict[str, Any] | None:
+    try:
+        return model_identity(folder)
+    except (OSError, ValueError) as e:
+        log.warning("could not identify the model in %s: %s", folder, e)
+        return None
+
+
+def _default_budget_gb(telemetry: Telemetry) -> float:
+    """90 % of the first GPU's memory, else half the RAM (CPU workers share it with the system)."""
+    gpu = telemetry.gpu_total_bytes()
+    return round((gpu * 0.9 if gpu else psutil.virtual_memory().total * 0.5) / 1e9, 2)

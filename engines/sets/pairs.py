@@ -1,0 +1,35 @@
+"""The pairs of an A/B set: image i of A against image i of each other variant, measured.
+UI side: PIL only."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from diffdeck.engines.record.session import Session
+from diffdeck.engines.sets.similarity import measure
+from PIL import Image
+
+
+def set_differences(session: Session, set_id: str) -> list[dict[str, Any]]:
+    """For each variant after the first and each image both have on disk: PSNR (None when
+    identical) and perceptual-hash distance against the first variant's image."""
+    variants = session.sets[set_id]["variants"]
+    first, others = min(variants, key=lambda v: v["cell"]), sorted(variants, key=lambda v: v["cell"])[1:]
+    pairs = []
+    for other in others:
+        for index, (left, right) in _paired_images(session, first["job"], other["job"]).items():
+            with Image.open(session.resolve(left["path"])) as a, Image.open(session.resolve(right["path"])) as b:
+                db, distance = measure(a, b)
+            pairs.append({"image": index, "seed": left["seed"], "left": first["label"], "right": other["label"],
+                          "psnr_db": None if math.isinf(db) else round(db, 2), "phash_distance": distance})
+    return pairs
+
+
+def _paired_images(session: Session, left: str, right: str) -> dict[int, tuple[dict, dict]]:
+    def on_disk(job_id: str) -> dict[int, dict]:
+        job = session.jobs.get(job_id) or {"images": []}
+        return {i["image"]: i for i in job["images"] if session.resolve(i["path"]).is_file()}
+
+    a, b = on_disk(left), on_disk(right)
+    return {index: (a[index], b[index]) for index in sorted(a.keys() & b.keys())}

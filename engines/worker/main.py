@@ -1,0 +1,341 @@
+"""A worker process: `python -m diffdeck.engines.worker --model JSON` loads one model and serves
+jobs one at a time over JSON lines (diffdeck.engines.core.worker_protocol) on stdin/stdout.
+
+stdout carries protocol messages and nothing else: file descriptor 1 is pointed at stderr
+at start-up, so a stray print from any library lands in the log, not on the wire.
+Commands are read on a thread of their own so that a cancel reaches a running job at the
+next module it enters (diffdeck.engines.worker.diffusers_adapter.Interrupt). A worker never outlives the Dispatcher:
+it dies with the process that started it, and exits soon after its input ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ctypes
+import gc
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import diffusers
+import psutil
+import torch
+from diffdeck.engines import __version__
+from diffdeck.engines.core.pixels import pixel_sha256
+from diffdeck.engines.core.registry import (
+    ModelFiles,
+    RegistryError,
+    hub_cache_dir,
+    inspect_folder,
+    locate,
+    snapshot_commit,
+)
+from diffdeck.engines.core.spec import JobSpec, ModelSpec
+from diffdeck.engines.core.worker_protocol import Intervals, ProtocolError, decode, encode
+from diffdeck.engines.record.png_metadata import png_info
+from diffdeck.engines.worker.diffusers_adapter import Cancelled, Model, dtype_name, pick_device, pick_dtype
+from diffdeck.engines.worker.environment import describe
+from diffdeck.engines.worker.previews import encode_preview
+from huggingface_hub import constants as hub_constants
+
+log = logging.getLogger("diffdeck.worker")
+
+ORPHANED = 4  # exit status: the Dispatcher is gone
+ORPHAN_GRACE_S = 2.0  # after its input ends, for the running job to stop cleanly
+PR_SET_PDEATHSIG = 1
+
+
+class Wire:
+    """The protocol side of stdout."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message_type: str, /, **fields: Any) -> None:
+        data = encode(message_type, **fields)
+        with self._lock:
+            self._stream.write(data)
+            self._stream.flush()
+
+
+def claim_stdout() -> BinaryIO:
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "wb")  # buffered: a flush writes whole lines, even if interrupted
+
+
+class Commands:
+    """Reads the Dispatcher's commands; jobs queue up, cancels are noted at once.
+
+    A cancel counts only for a job that has arrived and not yet ended, so a late one
+    (the job finished as it was sent) cannot cancel a retry of the same job."""
+
+    def __init__(self, stream: BinaryIO, on_end_of_input: Callable[[], None] | None = None):
+        self.jobs: queue.Queue[dict | None] = queue.Queue()
+        self._on_end_of_input = on_end_of_input
+        self.cancelled: set[str] = set()
+        self._open: set[str] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, args=(stream,), daemon=True, name="commands").start()
+
+    def ended(self, job_id: str) -> None:
+        with self._lock:
+            self._open.discard(job_id)
+            self.cancelled.discard(job_id)
+
+    def _read(self, stream: BinaryIO) -> None:
+        try:
+            for line in stream:
+                try:
+                    message = decode(line)
+                except ProtocolError as e:
+                    log.error("ignored: %s", e)
+                    continue
+                if message["type"] == "job":
+                    with self._lock:
+                        self._open.add(message["id"])
+                    self.jobs.put(message)
+                elif message["type"] == "cancel":
+                    with self._lock:
+                        if message["id"] in self._open:
+                            self.cancelled.add(message["id"])
+                elif message["type"] == "shutdown":
+                    break
+            else:  # the Dispatcher is gone (killed): stop the job, render no more
+                with self._lock:
+                    self.cancelled |= self._open
+                if self._on_end_of_input:
+                    self._on_end_of_input()
+        finally:
+            self.jobs.put(None)  # shutdown, or the Dispatcher is gone
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Have the kernel kill this worker when the process that started it dies (Linux): a
+    `kill -9` of diffdeck must not leave a worker rendering for minutes. Strictly, with the
+    thread that started it: workers are started from the Dispatcher's event loop thread.
+    `parent` is that process's pid, to catch a parent that died before the call."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(ORPHANED)
+
+
+def exit_soon(grace_s: float = ORPHAN_GRACE_S) -> None:
+    """The input ended without a shutdown: nobody reads what this worker makes. The running job
+    is cancelled already; whatever still runs after `grace_s` (a model load, one huge kernel)
+    ends with the process."""
+    timer = threading.Timer(grace_s, os._exit, (ORPHANED,))
+    timer.daemon = True
+    timer.start()
+
+
+def load_model(spec: ModelSpec, files: ModelFiles) -> Model:
+    if files.problem:
+        raise RegistryError(files.problem)
+    if files.folder is None:  # a hub model not downloaded yet: fetch it, safetensors only
+        log.info("downloading %s from the hub", spec.source)
+        try:
+            folder = diffusers.DiffusionPipeline.download(
+                spec.source, revision=spec.revision, use_safetensors=not spec.allow_pickle)
+        except OSError as e:  # the hub's and the network's errors; diffusers' own says little more
+            log.warning("could not download %s: %s", spec.source, e)
+            raise RegistryError(not_downloadable(spec.source)) from None
+        files = inspect_folder(spec, Path(folder))
+        if files.problem:
+            raise RegistryError(files.problem)
+    return Model(spec, files)
+
+
+def not_downloadable(source: str) -> str:
+    why = ("HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE
+           else "the hub could not be reached, or refused it (the worker's log says which)")
+    return (f"{source} is not in the hub cache ({hub_cache_dir()}) and cannot be downloaded: {why}; "
+            f"download it where there is network (hf download {source}) and copy the cache here, "
+            "or give a local folder as its source")
+
+
+def out_of_memory_message(error: BaseException) -> str:
+    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(error))
+    free, total = torch.cuda.mem_get_info() if torch.cuda.is_available() else (0, 0)
+    return (f"out of GPU memory: asked for {asked.group(1) if asked else 'more'} with "
+            f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB; try a smaller size or count, "
+            "or offload: model in models.yaml")
+
+
+def is_fatal_cuda_error(error: BaseException) -> bool:
+    """After a CUDA error other than OOM the context is unusable: the worker must be replaced."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(error, accelerator_error) or (
+        isinstance(error, RuntimeError) and "CUDA error" in str(error))
+
+
+class Worker:
+    def __init__(self, model: Model, wire: Wire, commands: Commands, intervals: Intervals):
+        self.model = model
+        self.wire = wire
+        self.commands = commands
+        self.intervals = intervals
+
+    def serve(self) -> int:
+        while (message := self.commands.jobs.get()) is not None:
+            if self.run(message) == "fatal":
+                return 3
+        return 0
+
+    def run(self, message: dict[str, Any]) -> str:
+        job_id = message["id"]
+        try:
+            self._render_job(job_id, JobSpec.from_dict(message["spec"]), Path(message["out_dir"]),
+                             set(message.get("skip", ())))
+            return "done"
+        except Cancelled as c:
+            self.wire.send("cancelled", id=job_id, step=c.step)
+            return "cancelled"
+        except torch.cuda.OutOfMemoryError as e:
+            failure = ("oom", out_of_memory_message(e))
+        except Exception as e:  # noqa: BLE001 - any failure is reported, the worker lives on
+            traceback.print_exc()
+            failure = ("fatal" if is_fatal_cuda_error(e) else "error", f"{type(e).__name__}: {e}")
+        finally:
+            self.commands.ended(job_id)
+        # Recover outside the except block, so the traceback no longer pins tensors.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.wire.send("failed", id=job_id, kind=failure[0], error=failure[1])
+        return failure[0]
+
+    def _render_job(self, job_id: str, spec: JobSpec, out_dir: Path, skip: set[int]) -> None:
+        model = self.model
+        model.use_scheduler(spec.scheduler)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        totals = {"denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+        peak = 0
+
+        last_sent = [0.0]
+
+        def on_step(info):
+            now = time.monotonic()
+            if now - last_sent[0] < self.intervals.progress_s and info.step < info.total:
+                return
+            last_sent[0] = now
+            self.wire.send("step", id=job_id, image=info.image, count=spec.count, step=info.step,
+                           total=info.total, elapsed_s=round(info.elapsed_s, 4),
+                           it_s=round(info.step / info.elapsed_s, 3) if info.elapsed_s else None)
+
+        previewing = [True]
+
+        def on_preview(index, step, make_rgb):
+            if not previewing[0]:
+                return
+            try:
+                mime, data = encode_preview(make_rgb())
+            except Exception:  # noqa: BLE001 - a preview is a nicety: it never fails the job
+                log.exception("%s: previews stopped for this job", job_id)
+                previewing[0] = False
+                return
+            self.wire.send("preview", id=job_id, image=index, step=step, mime=mime,
+                           data=base64.b64encode(data).decode())
+
+        for index, seed in enumerate(spec.seeds):
+            if index in skip:
+                continue
+            if job_id in self.commands.cancelled:
+                raise Cancelled(0)
+            image, timings, image_peak = model.render(
+                spec, index, on_step, on_preview, self.intervals.preview_s,
+                lambda: job_id in self.commands.cancelled)
+            started = time.perf_counter()
+            path = out_dir / f"{job_id}-{index:02d}-{seed}.png"
+            pixels = pixel_sha256(image)
+            save_png(image, {**self._record(job_id, spec, index), "pixel_sha256": pixels}, path)
+            timings["save_s"] = time.perf_counter() - started
+            for key, value in timings.items():
+                totals[key] += value
+            peak = max(peak, image_peak)
+            self.wire.send("image", id=job_id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
+                           timings=_rounded(timings), peak_memory=image_peak)
+        self.wire.send("done", id=job_id, timings=_rounded(totals), peak_memory=peak)
+
+    def _record(self, job_id: str, spec: JobSpec, index: int) -> dict[str, Any]:
+        m = self.model
+        return {
+            "format": 1,
+            "job": job_id,
+            "image": index,
+            "seed": spec.seeds[index],
+            "rng": "cpu",
+            "spec": spec.to_dict(),
+            "model": {
+                "name": m.spec.name, "source": m.spec.source,
+                "revision": snapshot_commit(m.folder) or m.spec.revision,
+                "family": m.family, "pipeline_class": m.pipeline_class, "dtype": m.dtype_name,
+                "device": m.device, "offload": m.spec.offload, "scheduler": m.scheduler_record(),
+            },
+            "diffdeck": __version__,
+        }
+
+
+def save_png(image, record: dict[str, Any], path: Path) -> None:
+    """Write atomically: a kill mid-write never leaves a truncated PNG under the final name."""
+    partial = path.with_name(path.name + ".part")
+    image.save(partial, format="PNG", pnginfo=png_info(record))
+    os.replace(partial, path)
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffdeck.engines.worker")
+    parser.add_argument("--model", required=True, help="the ModelSpec as JSON")
+    defaults = Intervals()
+    parser.add_argument("--progress-interval", type=float, default=defaults.progress_s,
+                        help="seconds between step messages")
+    parser.add_argument("--preview-interval", type=float, default=defaults.preview_s,
+                        help="seconds between previews")
+    parser.add_argument("--parent", type=int, help="the pid of the process that started it: it dies with it")
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client cancels; Ctrl-C is not for us
+    diffusers.utils.logging.disable_progress_bar()  # keeps the stderr tail readable
+    wire = Wire(claim_stdout())
+    spec = ModelSpec.from_dict(json.loads(args.model))
+    files = locate(spec)
+    device = pick_device(spec)
+    dtype = dtype_name(pick_dtype(spec, files.family, device)) if files.family else None
+    wire.send("hello", pid=os.getpid(), model=spec.name, device=device, dtype=dtype, environment=describe())
+    commands = Commands(sys.stdin.buffer, on_end_of_input=exit_soon)
+    started = time.perf_counter()
+    try:
+        model = load_model(spec, files)
+    except Exception as e:  # noqa: BLE001 - reported to the Dispatcher, which tells the user
+        traceback.print_exc()
+        reason = (out_of_memory_message(e) if isinstance(e, torch.cuda.OutOfMemoryError)
+                  else str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}")
+        wire.send("load_failed", error=f"could not load model {spec.name!r}: {reason}")
+        return 2
+    wire.send(
+        "ready", load_s=round(time.perf_counter() - started, 3), family=model.family,
+        pipeline_class=model.pipeline_class, device=model.device,
+        dtype=model.dtype_name, scheduler=model.scheduler_record(), settings=model.settings(),
+        memory={"rss": psutil.Process().memory_info().rss,
+                "gpu": torch.cuda.memory_allocated() if model.device == "cuda" else None},
+    )
+    return Worker(model, wire, commands, Intervals(args.progress_interval, args.preview_interval)).serve()
+

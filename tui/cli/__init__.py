@@ -1,0 +1,2 @@
+"""The `diffdeck` command line: `main` parses and runs a command; `daemon` has the engine
+daemon's commands, `progress` the lines a render prints, `bench_keys` the key-latency bench."""

@@ -1,0 +1,713 @@
+"""The `diffdeck` command line: the workbench (`diffdeck [SESSION]`), and the headless commands
+render, ab, grid, resume, replay, sessions, models, doctor, bench, demo-eval; and the engine
+daemon's serve, status, stop, queue, logs, attach, fetch (diffdeck.tui.cli.daemon).
+
+The commands are clients of the Dispatcher, as the workbench is. Never imports torch; anything
+that needs it runs in a subprocess. Textual loads only when the workbench opens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import difflib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from diffdeck.engines import __version__
+from diffdeck.engines.core.registry import Registry, RegistryError, load_registry
+from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+from diffdeck.engines.core.text import visible
+from diffdeck.engines.daemon.server import DaemonError
+from diffdeck.engines.queue.dispatcher import CANCELLED, FAILED, HELD, QUEUED, RUNNING, Dispatcher, Job
+from diffdeck.engines.queue.environment_probe import probe_environment
+from diffdeck.engines.queue.telemetry import Telemetry
+from diffdeck.engines.record.png_metadata import MetadataError, image_job
+from diffdeck.engines.record.session import (
+    DEFAULT_ROOT,
+    Session,
+    SessionError,
+    SessionWriteError,
+    is_session,
+    new_session_dir,
+    summarize,
+)
+from diffdeck.engines.service.replay import (
+    Check,
+    ImageResult,
+    check_environment,
+    new_replay_folder,
+    replay,
+    result_dict,
+    select_jobs,
+)
+from diffdeck.engines.sets.contact_sheet import contact_sheet
+from diffdeck.engines.sets.pairs import set_differences
+from diffdeck.engines.sets.similarity import Tolerance
+from diffdeck.engines.sets.variants import (
+    AXIS_FIELDS,
+    CONFIRM_ABOVE,
+    VariantSet,
+    one_axis_per_field,
+    parse_axis,
+    plan_ab,
+    plan_grid,
+)
+from diffdeck.tui.cli.daemon import add_commands as add_daemon_commands
+from diffdeck.tui.cli.daemon import (
+    add_engine_options,
+    daemon_connection,
+    render_attached,
+    this_command,
+    warn_of_a_daemon_holding,
+)
+from diffdeck.tui.cli.progress import counted, exit_status, follow_jobs
+from diffdeck.tui.config import IMAGE_MODES, ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffdeck", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_workbench_help(),
+        description="A terminal workbench for local diffusion models.\n`diffdeck [SESSION]` opens the "
+                    "workbench (its options at the end); the commands below run headless.")
+    parser.add_argument("--version", action="version", version=f"diffdeck {__version__}")
+    models_help = "models.yaml to use (default: $DIFFDECK_MODELS, ./models.yaml, then the user config dir)"
+    parser.add_argument("--models", metavar="FILE", help=models_help)
+    # --models is also taken after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models", metavar="FILE", default=argparse.SUPPRESS, help=models_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    job = argparse.ArgumentParser(add_help=False)  # what every rendering command takes
+    # No defaults: an option left out is None and the spec takes JobSpec's own; render --from refuses any given.
+    job.add_argument("--model", help="a model from `diffdeck models` (default: demo)")
+    job.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    job.add_argument("--seed", type=int, help="first seed; image i uses seed+i (default: random, recorded)")
+    job.add_argument("--count", type=int, help="number of images (default: 1)")
+    job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    job.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    job.add_argument("--size", metavar="WxH", help="image size, for example 512x768 (default: the model's)")
+    job.add_argument("--scheduler",
+                     help=f"{DEFAULT_SCHEDULER} (the model's own), or one of: {', '.join(SCHEDULERS)}")
+    job.add_argument("--session", type=Path, metavar="DIR",
+                     help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
+    job.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+    render = commands.add_parser("render", parents=[common, job], help="render images headless, through the workers")
+    render.add_argument("prompts", nargs="*", metavar="PROMPT", help="one job per prompt, queued in order")
+    render.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
+                        help="render a diffdeck image again from its own record (its spec and seed)")
+    add_engine_options(render)
+    render.set_defaults(run=cmd_render)
+
+    large = f"queue a set of more than {CONFIRM_ABOVE} jobs without asking"
+    ab = commands.add_parser("ab", parents=[common, job], help="render variants with shared seeds, and compare them",
+                             description="Variants A, B, ... that share every setting and seed but what they "
+                                         "change: several prompts, or one prompt and --vary.")
+    ab.add_argument("prompts", nargs="+", metavar="PROMPT", help="one variant per prompt (or one prompt for all)")
+    ab.add_argument("--vary", action="append", default=[], metavar="FIELD=A,B",
+                    help="a field that takes one value per variant, for example steps=4,20 or model=demo,other "
+                         "(repeatable; grid syntax: ranges, cat -> dog)")
+    ab.add_argument("--yes", action="store_true", help=large)
+    ab.set_defaults(run=cmd_ab)
+
+    grid = commands.add_parser("grid", parents=[common, job], help="render a grid of variants over up to three axes",
+                               description="Axes: FIELD=a, b, c  or  FIELD=10..30 step 5  or  prompt=cat -> dog, fox. "
+                                           f"Fields: {', '.join(AXIS_FIELDS)}.")
+    grid.add_argument("prompt", metavar="PROMPT")
+    grid.add_argument("--x", required=True, metavar="AXIS", help="the columns, for example steps=4,8,16")
+    grid.add_argument("--y", metavar="AXIS", help="the rows, for example model=demo,other")
+    grid.add_argument("--page", metavar="AXIS", help="one sheet per value, for example cfg=5,7")
+    grid.add_argument("--yes", action="store_true", help=large)
+    grid.set_defaults(run=cmd_grid)
+
+    resume = commands.add_parser("resume", parents=[common],
+                                 help="render what a session had queued or running when diffdeck stopped")
+    resume.add_argument("session", type=Path, help="a session folder")
+    resume.add_argument("--json", action="store_true", help="print one JSON object per image")
+    resume.set_defaults(run=cmd_resume)
+
+    replay = commands.add_parser("replay", parents=[common], help="render a session's jobs again, and check them")
+    replay.add_argument("session", type=Path, help="a session folder")
+    replay.add_argument("--check", action="store_true", help="compare every image with the recorded one")
+    replay.add_argument("--jobs", metavar="IDS", help="job ids separated by commas (default: all finished jobs)")
+    replay.add_argument("--into", type=Path, metavar="DIR",
+                        help="write replay-N/ into this folder (default: into the session replayed)")
+    near = Tolerance()
+    replay.add_argument("--min-psnr", type=float, default=near.min_psnr_db, metavar="DB",
+                        help=f"near-identical needs at least this PSNR (default: {near.min_psnr_db:g})")
+    replay.add_argument("--max-difference", type=int, default=near.max_difference, metavar="LEVELS",
+                        help="near-identical allows no channel of any pixel to differ by more than this, "
+                             f"of 255 (default: {near.max_difference})")
+    replay.add_argument("--max-phash", type=int, default=near.max_phash_distance, metavar="BITS",
+                        help=f"near-identical allows at most this perceptual-hash distance "
+                             f"(default: {near.max_phash_distance})")
+    replay.add_argument("--json", action="store_true", help="one JSON object per image, then a summary")
+    replay.set_defaults(run=cmd_replay)
+
+    sessions = commands.add_parser("sessions", help="list the sessions under a folder")
+    sessions.add_argument("root", type=Path, nargs="?", default=DEFAULT_ROOT,
+                          help=f"where to look (default: ./{DEFAULT_ROOT})")
+    sessions.add_argument("--json", action="store_true")
+    sessions.set_defaults(run=cmd_sessions)
+
+    models = commands.add_parser("models", parents=[common], help="list the model registry")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=cmd_models)
+
+    doctor = commands.add_parser("doctor", parents=[common], help="report versions, GPUs, NVML and terminal image support")
+    doctor.set_defaults(run=cmd_doctor)
+
+    demo_eval = commands.add_parser("demo-eval", parents=[common],
+                                    help="render fixed prompts on the demo model and score how well it follows them")
+    demo_eval.add_argument("--model", default="demo", help="the model to score (default: demo)")
+    demo_eval.add_argument("--per-group", type=_at_least_one, default=60, metavar="N",
+                           help="prompts per group: trained shape/colour pairs, held-out pairs (default: 60)")
+    demo_eval.add_argument("--json", action="store_true")
+    demo_eval.set_defaults(run=cmd_demo_eval)
+
+    bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
+    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys"), default="render",
+                       help="render: per-image overhead (default); sessions: autosave, open and replay costs; "
+                            "keys: keystroke latency in the workbench, idle and while rendering")
+    bench.add_argument("--model", default="demo")
+    bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
+    bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
+    bench.add_argument("--keys", type=_at_least_one, default=200, metavar="N",
+                       help="keys: keystrokes idle, then as many while rendering (default: 200)")
+    bench.set_defaults(run=cmd_bench)
+    add_daemon_commands(commands, common)
+    return parser
+
+
+def build_workbench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffdeck", description="Open the workbench (the terminal UI).",
+                                     epilog="Commands: diffdeck COMMAND --help; see `diffdeck --help`.")
+    parser.add_argument("session", type=Path, nargs="?", metavar="SESSION",
+                        help=f"a session folder to open or resume (default: a new one under ./{DEFAULT_ROOT}/)")
+    parser.add_argument("--new", action="store_true", help="SESSION does not exist yet: start it there")
+    parser.add_argument("--models", metavar="FILE", help="models.yaml to use")
+    parser.add_argument("--images", choices=IMAGE_MODES,
+                        help="how to draw images: auto (ask the terminal), kitty, sixel, halfcell, off")
+    add_engine_options(parser, fetch=False)
+    parser.set_defaults(run=run_workbench)
+    return parser
+
+
+def _workbench_help() -> str:
+    """The workbench's usage and options, for the end of `diffdeck --help`."""
+    workbench = build_workbench_parser()
+    workbench.description = workbench.epilog = None
+    return "the workbench:\n" + workbench.format_help()
+
+
+class UsageError(Exception):
+    """The command line itself is wrong: a mistyped command, words that belong to no option."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        args, extra = (parser if _names_a_command(argv, parser) else build_workbench_parser()).parse_known_args(argv)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}{_quoting_hint(argv, extra)}")
+        for folder in _written_folders(args):
+            _check_session_folder(folder)
+        status = args.run(args)
+        sys.stdout.flush()  # here, so that a reader gone (`| head`) is caught below, not at exit
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 128 + signal.SIGPIPE
+    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError, DaemonError, UsageError) as e:
+        print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)  # it may quote a file, a PNG, a daemon
+        return 2
+    except SessionWriteError as e:  # a full disk, say: not bad input, and what was recorded is kept
+        print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)
+        return 1
+
+
+def _written_folders(args: argparse.Namespace) -> list[Path | None]:
+    """The folders a command will write: a replay's is --into (the session it reads only when
+    none is given); `fetch DIR`'s is DIR."""
+    if args.run is cmd_replay:
+        return [args.into or args.session]
+    return [getattr(args, "session", None), getattr(args, "folder", None)]
+
+
+def _check_session_folder(folder: Path | None) -> None:
+    """A session folder named on the command line is a folder this user may write, or can be made
+    as one: refused at once otherwise, before anything renders only to find nowhere to go."""
+    if folder is None:
+        return
+    try:
+        nearest = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    except OSError as e:  # a folder on the way that this user may not look into
+        raise SessionError(f"{folder} cannot be reached: {e.strerror or e}") from None
+    if not nearest.is_dir():
+        raise SessionError(f"{nearest} is not a folder; a session is a folder of its own")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise SessionError(f"{folder} is not writable" if nearest == folder else
+                           f"{folder} cannot be made: {nearest} is not writable")
+
+
+def _names_a_command(argv: list[str], parser: argparse.ArgumentParser) -> bool:
+    """Whether argv is for a command (or for help): else it opens the workbench. A first word
+    that is no command and no file, but close to a command's name, is a mistyped command."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    words = iter(argv)
+    for word in words:
+        if word in ("-h", "--help", "--version"):
+            return True
+        if word in ("--models", "--images", "--engine", "--remote"):
+            next(words, None)
+        elif not word.startswith("-"):
+            close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
+            if word not in commands and close and "--new" not in argv and not Path(word).exists():
+                raise UsageError(f"unknown command {word!r}; did you mean {close[0]}? (diffdeck --help lists them)")
+            return word in commands
+    return False
+
+
+def _quoting_hint(argv: list[str], extra: list[str]) -> str:
+    """For words left over after a grid axis, such as `--x steps=10..30 step 5`: how to quote it."""
+    at = argv.index(extra[0]) if extra[0] in argv else 0
+    if at < 2 or argv[at - 2] not in ("--x", "--y", "--page", "--vary"):
+        return ""
+    return f'; an axis with spaces is one argument, quoted: {argv[at - 2]} "{" ".join([argv[at - 1], *extra])}"'
+
+
+def run_workbench(args: argparse.Namespace) -> int:
+    if args.session is not None and not args.session.exists() and not args.new:  # a typo must not start afresh
+        raise SessionError(f"no session at {args.session}; diffdeck --new {args.session} starts one there "
+                           "(diffdeck sessions lists the sessions there are)")
+    from diffdeck.tui.app import Workbench  # Textual loads only for the workbench, not for the commands
+    from diffdeck.tui.engine import AttachedEngine, LocalEngine, remote_cache
+    from diffdeck.tui.images import effective_mode, image_widget, terminal_hint, tmux_blocks_graphics
+    from diffdeck.tui.themes import load_theme
+    from textual.theme import BUILTIN_THEMES
+
+    config = load_config()
+    themes = [load_theme(path) for path in config.theme_files]
+    if config.theme not in {t.name for t in themes} | set(BUILTIN_THEMES):
+        raise ConfigError(f"theme {config.theme!r} is not known; themes: {', '.join(t.name for t in themes)} "
+                          "and Textual's own")
+    connect = daemon_connection(args)
+    if connect:
+        engine = AttachedEngine(connect, args.remote or "daemon", cache=remote_cache() if args.remote else None)
+    else:
+        if args.session is not None and args.session.is_dir() and any(args.session.iterdir()) \
+                and not is_session(args.session):
+            raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
+        engine = LocalEngine(load_registry(args.models),
+                             Session.open_for_writing(args.session or new_session_dir(), this_command()))
+    asked, tmux_blocks = args.images or config.images, tmux_blocks_graphics()
+
+    async def run() -> int:
+        await engine.start()  # before the screen: a daemon's models are its own, and a failed connection is one line
+        try:
+            app = Workbench(engine, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
+                            hint=terminal_hint(asked, tmux_blocks))
+            await app.run_async()
+        finally:
+            problem = await engine.shut_down()
+            engine.session.close()
+        if problem:  # the workbench has said it already, if it was on the screen when it happened
+            print(f"diffdeck: {visible(problem)}", file=sys.stderr)
+        print(visible(app.farewell()))
+        return app.return_code or 0
+    return asyncio.run(run())
+
+
+# render
+
+def cmd_render(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    if args.from_image:
+        if args.prompts:
+            raise SpecError("prompt", "give a prompt or --from IMAGE.png, not both")
+        given = _given_job_options(args)
+        if given:
+            raise SpecError("--from", f"renders the image as it was recorded, so {', '.join(given)} cannot apply; "
+                                      "to change it, render its prompt with those options")
+        specs = [image_job(args.from_image)]
+    elif not args.prompts:
+        raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
+    else:
+        specs = [_job_spec(args, prompt) for prompt in args.prompts]
+    connect = daemon_connection(args)
+    if args.fetch and not connect:
+        raise SpecError("--fetch", "copies images from a daemon; this render is local (--engine daemon, or --remote HOST)")
+    if connect:
+        return asyncio.run(render_attached(connect, specs, args.json, args.fetch))
+    session = _open_for_writing(args.session or new_session_dir())
+    return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
+
+
+def _open_for_writing(folder: Path, create: bool = True) -> Session:
+    """The session this command writes, its lock taken (a second writer is refused, naming this
+    one); what opening it had to mend is said on stderr."""
+    session = Session.open_for_writing(folder, this_command(), create)
+    for notice in session.notices:
+        print(f"diffdeck: {visible(notice)}", file=sys.stderr)
+    return session
+
+
+def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
+    width, height = parse_size(args.size) if args.size else (None, None)
+    given = {"model": args.model, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
+             "guidance": args.guidance, "width": width, "height": height, "scheduler": args.scheduler,
+             "count": args.count}
+    return JobSpec(prompt=prompt, **{name: value for name, value in given.items() if value is not None})
+
+
+def _given_job_options(args: argparse.Namespace) -> list[str]:
+    return [f"--{name}" for name in ("model", "negative", "seed", "count", "steps", "guidance", "size", "scheduler")
+            if getattr(args, name) is not None]
+
+
+# A/B sets and grids
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    base = _job_spec(args, args.prompts[0])
+    axes = [parse_axis(text, base, "--vary") for text in args.vary]
+    one_axis_per_field([axis.name for axis in axes])
+    if any(axis.name == "seed" for axis in axes):
+        raise SpecError("--vary", "variants share their seeds; to vary the seed, use diffdeck grid --x seed=...")
+    if len(args.prompts) > 1 and any(axis.name == "prompt" for axis in axes):
+        raise SpecError("--vary", "give several prompts or --vary prompt=..., not both")
+    n = len(args.prompts) if len(args.prompts) > 1 else len(axes[0].values) if axes else 1
+    for axis in axes:
+        if len(axis.values) != n:
+            raise SpecError("--vary", f"{axis.text} gives {counted(len(axis.values), 'value')} for {n} variants; "
+                                      "give one per variant (for every combination, use diffdeck grid)")
+    prompts = args.prompts if len(args.prompts) > 1 else args.prompts * n
+    specs = [dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes for k, v in axis.changes(i, 1).items()}})
+             for i, prompt in enumerate(prompts)]
+    return _run_set(args, plan_ab(specs))
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    return _run_set(args, plan_grid(_job_spec(args, args.prompt), {"x": args.x, "y": args.y, "page": args.page}))
+
+
+def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
+    """Say how large the set is, ask when it is large, render it into a session, then measure
+    A against each other variant (A/B) and write the contact sheet."""
+    registry = load_registry(args.models)
+    print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {visible(variants.describe())}", file=sys.stderr)
+    if variants.needs_confirmation() and not args.yes and not _confirm(f"queue {len(variants.variants)} jobs?"):
+        raise SpecError("grid", f"{len(variants.variants)} jobs is more than {CONFIRM_ABOVE}; "
+                                "nothing queued (confirm, or pass --yes)")
+    session = _open_for_writing(args.session or new_session_dir())
+    queued: list[str] = []
+
+    def queue(dispatcher: Dispatcher) -> list[Job]:
+        set_id, jobs = dispatcher.submit_set(variants)
+        queued.append(set_id)
+        return jobs
+
+    status = _run_session(registry, session, queue, args.json)
+    if not queued:
+        return status
+    set_id = queued[0]
+    pairs = set_differences(session, set_id) if variants.kind == "ab" else []
+    sheets = [str(path) for path in contact_sheet(session, set_id)]
+    if args.json:
+        print(json.dumps({"set": set_id, "pairs": pairs, "sheets": sheets}))
+        return status
+    for pair in pairs:
+        print(f"{pair['left']} vs {pair['right']} image {pair['image']} seed {pair['seed']}: PSNR {pair['psnr_db']} dB, "
+              f"perceptual-hash distance {pair['phash_distance']}")
+    for sheet in sheets:
+        print(f"contact sheet: {sheet}")
+    return status
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    session = _open_for_writing(args.session, create=False)
+    pending = session.unfinished()
+    if not pending:
+        session.close()
+        print(f"{args.session}: nothing was queued or running; nothing to resume", file=sys.stderr)
+        return 0
+
+    refused = []
+
+    def restore(dispatcher: Dispatcher) -> list[Job]:
+        jobs = []
+        for job_id, job in pending:
+            try:
+                jobs.append(dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"]))
+            except (SpecError, RegistryError) as e:  # left queued in the session, for another day
+                refused.append(job_id)
+                print(visible(f"{job_id}: not resumed: {e}"), file=sys.stderr)
+                continue
+            kept = len(job["images"])
+            print(visible(f"{job_id}: {jobs[-1].status}") + (f", keeping {kept} image(s) already made" if kept else ""),
+                  file=sys.stderr)
+        return jobs
+
+    status = _run_session(registry, session, restore, args.json)
+    return status or (1 if refused else 0)
+
+
+def _run_session(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
+    try:
+        return asyncio.run(_render(registry, session, queue_jobs, as_json))
+    finally:
+        _finish(session)
+
+
+def _finish(session: Session) -> None:
+    """Compact a session this command wrote, and let go of it. A compaction that cannot be
+    written is said in one line: the journal still holds everything."""
+    try:
+        if session.jobs and session.write_error is None:  # bad input leaves no session folder behind
+            session.compact()
+    except SessionWriteError as e:
+        print(f"diffdeck: warning: {visible(str(e))}", file=sys.stderr)
+    finally:
+        session.close()
+
+
+async def _render(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
+    """Queue jobs with `queue_jobs(dispatcher)`, record every event in the session, print each
+    image as it is saved. Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
+    async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
+                          first_set_number=session.next_set_number()) as dispatcher:
+        events = dispatcher.subscribe()
+        jobs = {job.id: job.spec.model for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
+        try:
+            await warn_of_a_daemon_holding(jobs.values())
+            ended = await follow_jobs(events, jobs, as_json, session.record_event)
+        finally:
+            events.close()
+            loop.remove_signal_handler(signal.SIGINT)
+    return exit_status(ended)
+
+
+# replay
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    session = Session.open(args.session, create=False)
+    job_ids = select_jobs(session, args.jobs)
+    models = sorted({session.jobs[j]["spec"]["model"] for j in job_ids})
+    for name in models:
+        registry.get(name)
+    asyncio.run(warn_of_a_daemon_holding(models))
+    environment = check_environment(session, registry, models)
+    target = _open_for_writing(new_replay_folder(args.into or args.session))  # from here on, _finish lets it go
+    say = (lambda text: None) if args.json else print
+    say("environment: " + ("as recorded" if not environment.differences else "differs from the record:"))
+    for line in environment.differences:
+        say(f"  {visible(line)}")  # recorded in the session: anything may be there
+    if args.check:
+        factors = [f"  {model}: {visible(factor)}" for model, named in environment.drift.items() for factor in named]
+        say("drift factors (near-identical pixels pass for these models):" if factors
+            else "drift factors: none, so only identical pixels pass")
+        for line in factors:
+            say(line)
+    check = Check(Tolerance(args.min_psnr, args.max_difference, args.max_phash),
+                  environment.drift) if args.check else None
+
+    def report(result: ImageResult) -> None:
+        if args.json:
+            print(json.dumps(result_dict(result)), flush=True)
+            return
+        verdict = result.verdict
+        details = [] if verdict is None or verdict.psnr_db is None else [
+            f"PSNR {verdict.psnr_db} dB", f"largest difference {verdict.max_difference}/255",
+            f"perceptual-hash distance {verdict.phash_distance}"]
+        details += [verdict.note] if verdict and verdict.note else []
+        detail = f" ({', '.join(details)})" if details else ""
+        outcome = verdict.kind if verdict else ("rendered" if result.replayed else "not rendered")
+        print(f"{visible(result.job)} image {result.image} seed {result.seed}: {outcome}{detail}", flush=True)
+
+    try:
+        results = asyncio.run(replay(registry, session, job_ids, target, check, report))
+    finally:
+        _finish(target)
+    counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind)
+              for kind in ("identical", "near-identical", "different", "altered", "missing")}
+    not_rendered = sum(1 for r in results if r.replayed is None)
+    summary = {"images": len(results), **counts, "not_rendered": not_rendered, "replay": str(target.folder),
+               "environment_differences": environment.differences, "drift_factors": environment.drift}
+    if args.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        print(f"{len(results)} images replayed into {target.folder}"
+              + (": " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) if args.check else "")
+              + (f"; {not_rendered} not rendered" if not_rendered else ""))
+    ok = not_rendered == 0 and (not args.check or counts["different"] + counts["altered"] + counts["missing"] == 0)
+    return 0 if ok else 1
+
+
+# sessions
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    if not args.root.is_dir():
+        raise SessionError(f"{args.root} is not a folder")
+    candidates = [args.root, *args.root.glob("*"), *args.root.glob("*/*")]  # sessions/examples/x too
+    rows = [summarize(folder) for folder in sorted(candidates) if folder.is_dir() and is_session(folder)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if "problem" in row:
+            print(visible(f"{row['path']}  unreadable: {row['problem']}"))
+        else:
+            not_done = ", ".join(f"{row['statuses'][status]} {status}" for status in NOT_DONE
+                                   if status in row["statuses"])
+            print(visible(f"{row['path']}  {row['created']}  {counted(row['jobs'], 'job')}"
+                          + (f" ({not_done})" if not_done else "")
+                          + f"  {counted(row['images'], 'image')}  {row['size'] / 1e6:.1f} MB  {', '.join(row['models'])}"))
+    if not rows:
+        print(f"no sessions under {args.root}")
+    return 0
+
+
+NOT_DONE = (QUEUED, RUNNING, FAILED, HELD, CANCELLED)  # the statuses `sessions` counts, in this order
+
+
+# models
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    rows = []
+    for name, spec in registry.models.items():
+        files = registry.files(name)
+        rows.append({
+            "name": name, "source": spec.source, "family": files.family,
+            "pipeline_class": files.pipeline_class, "offline": files.available,
+            "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
+            "roles": list(spec.roles), "description": spec.description, "example": spec.example,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if registry.path:
+        print(f"models from {registry.path}")
+    table = [("NAME", "FAMILY", "OFFLINE", "SOURCE")] + [
+        (r["name"], r["family"] or "?", "yes" if r["offline"] else "no", r["source"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:  # models.yaml says what is in them
+        print(visible("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]))
+    for r in rows:
+        if r["description"]:
+            example = f' For example: "{r["example"]}"' if r["example"] else ""
+            print(visible(f"  {r['name']}: {r['description']}.{example}"))
+        if r["problem"]:
+            print(visible(f"  {r['name']}: {r['problem']}"))
+    return 0
+
+
+# doctor
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    print(f"diffdeck {__version__}  python {sys.version.split()[0]}  ({sys.executable})")
+    env = probe_environment()
+    if env is None:
+        print("engine: could not start python -m diffdeck.engines.worker.environment; is torch installed? (pip install -e .)")
+    else:
+        print("libraries: " + "  ".join(f"{k} {v or 'missing'}" for k, v in env["versions"].items()))
+        print(f"CUDA: {env['cuda'] or 'not available: workers render on the CPU'}"
+              + (f"  cuDNN {env['cudnn']}" if env["cudnn"] else ""))
+        for i, name in enumerate(env["gpus"]):
+            print(f"GPU {i}: {name}")
+    telemetry = Telemetry()
+    print("NVML: " + ("ok" if telemetry.has_gpu else telemetry.gpu_problem))
+    for line in terminal_report():
+        print(line)
+    try:
+        registry = load_registry(args.models)
+        print(f"models: {len(registry.models)} ({registry.path or 'built-in demo only'})")
+    except RegistryError as e:
+        print(f"models: {visible(str(e))}")
+    return 0
+
+
+def terminal_report() -> list[str]:
+    term, colorterm = os.environ.get("TERM", "?"), os.environ.get("COLORTERM", "")
+    lines = [f"terminal: TERM={term} COLORTERM={colorterm or '(unset)'}"
+             + ("" if colorterm in ("truecolor", "24bit") else
+                "  (no truecolour advertised: over SSH, forward COLORTERM or set it to truecolor)")]
+    if os.environ.get("TMUX"):
+        passthrough = subprocess.run(["tmux", "show", "-gv", "allow-passthrough"], capture_output=True,
+                                     text=True, stdin=subprocess.DEVNULL).stdout.strip() or "off"
+        lines.append(f"tmux: allow-passthrough {passthrough}"
+                     + ("" if passthrough in ("on", "all") else
+                        "  (Kitty graphics need: set -g allow-passthrough on)"))
+    if sys.stdout.isatty():
+        from textual_image.renderable import Image
+
+        lines.append(f"images: {Image.__module__.rsplit('.', 1)[-1]} (textual-image's choice for this terminal)")
+    else:
+        lines.append("images: not a terminal; run doctor in the terminal you will use")
+    return lines
+
+
+# demo-eval
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def cmd_demo_eval(args: argparse.Namespace) -> int:
+    from diffdeck.engines.demo.evaluate import ATTRIBUTES, TARGETS, RenderFailed, meets_targets, run
+
+    registry = load_registry(args.models)
+    try:
+        results = run(registry, args.model, args.per_group)
+    except RenderFailed as e:
+        print(f"diffdeck: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{args.model}: share of images whose {', '.join(ATTRIBUTES)} match the prompt "
+              f"({args.per_group} prompts a group)")
+        print(f"{'':16}" + "".join(f"{a:>12}" for a in ATTRIBUTES))
+        for name, group in results.items():
+            print(f"{name:16}" + "".join(f"{group['accuracy'][a]:>11.0%} " for a in ATTRIBUTES))
+        print(f"{'target':16}" + "".join(f"{'>=' + format(TARGETS[a], '.0%') if a in TARGETS else '':>12}"
+                                         for a in ATTRIBUTES))
+    return 0 if meets_targets(results) else 1
+
+
+# bench
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "keys":
+        from diffdeck.tui.cli.bench_keys import run_keys_bench
+
+        return run_keys_bench(load_registry(args.models), args.keys)
+    if args.what == "sessions":
+        from diffdeck.engines.bench.session_costs import run_session_bench
+
+        return run_session_bench(load_registry(args.models))
+    from diffdeck.engines.bench.render_overhead import run_bench
+
+    return run_bench(load_registry(args.models), args.model, args.n, args.rounds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Following jobs through their events, for the headless commands: record, show progress on a
+terminal, print each image as it is saved, and tell how each job ended. The same loop serves a
+local render and one attached to a daemon."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from typing import Any, TextIO
+
+from diffdeck.engines.core.text import visible
+from diffdeck.engines.queue.dispatcher import CANCELLED, DONE, FINISHED
+
+
+async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) -> dict[str, tuple[str, str | None]]:
+    """Follow the events of `jobs` (id -> model) until each has finished or the stream ends:
+    record each (and each job-less one) with `record`, show progress on a terminal, print each
+    image as it is saved. Returns how each job ended, with its error."""
+    if not jobs:
+        return {}
+    progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
+    ended: dict[str, tuple[str, str | None]] = {}
+    timings: dict[str, dict[str, float]] = {}
+    try:
+        async for event in events:
+            if event.job is not None and event.job not in jobs:
+                continue
+            if record:
+                record(event)
+            if progress:
+                progress.show(event)
+            if event.type == "started":
+                timings[event.job] = {k: event.data[k] for k in ("queue_wait_s", "load_s")}
+            elif event.type == "image":
+                if progress:
+                    progress.clear()  # the path goes on a line of its own
+                _print_image(event.data, event.job, jobs[event.job], timings.get(event.job, {}), as_json)
+            elif event.type in FINISHED:
+                ended[event.job] = (event.type, event.data.get("error"))
+                if len(ended) == len(jobs):
+                    break
+    finally:
+        if progress:
+            progress.clear()
+    return ended
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 job', '2 jobs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def exit_status(ended: dict[str, tuple[str, str | None]]) -> int:
+    status = 0
+    for job_id, (how, error) in ended.items():
+        if how == CANCELLED:
+            print(visible(f"diffdeck: {job_id} cancelled"), file=sys.stderr)
+            status = status or 130
+        elif how != DONE:
+            print(visible(f"diffdeck: error: {job_id} {how}: {error}"), file=sys.stderr)
+            status = 1
+    return status
+
+
+def _print_image(data: dict[str, Any], job_id: str, model: str, job_timings: dict[str, float], as_json: bool) -> None:
+    if not as_json:
+        print(visible(data["path"]), flush=True)
+        return
+    record = {"path": data["path"], "seed": data["seed"], "model": model, "job": job_id, "image": data["image"],
+              "timings": {**job_timings, **data["timings"]}, "peak_memory": data["peak_memory"]}
+    print(json.dumps(record), flush=True)
+
+
+class Progress:
+    """A one-line progress report on a terminal, rewritten in place."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.width = shutil.get_terminal_size().columns - 1
+
+    def show(self, event) -> None:
+        d = event.data
+        text = {
+            "loading": lambda: f"loading {d['model']} (worker {d['pid']})",
+            "started": lambda: f"{event.job}: rendering on {d['model']}",
+            "step": lambda: (f"{event.job}: image {d['image'] + 1}/{d['count']}  step {d['step']}/{d['total']}"
+                             f"  {d['it_s'] or 0:.1f} it/s"),
+        }.get(event.type)
+        if text:
+            self.stream.write("\r" + visible(text())[: self.width].ljust(self.width))
+            self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r" + " " * self.width + "\r")
+        self.stream.flush()

@@ -1,0 +1,219 @@
+"""The workbench's engine: the Dispatcher in this process (LocalEngine), or an engine daemon it
+is attached to, on this machine or over ssh (AttachedEngine). Both take the same commands and
+hand the workbench the same events, and both keep a Session that the views read.
+
+Attached, that Session is a mirror: the daemon's record as its hello carried it, then every event
+folded in, and nothing written by the workbench (the daemon records; picks and ratings are sent to
+it and come back as events). For a daemon on another machine, the images are fetched as
+thumbnails into a cache folder, and the mirror's paths point there.
+
+UI side: never imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
+
+from diffdeck.engines.core.registry import Registry, RegistryError
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.daemon.client import EngineClient, save_image
+from diffdeck.engines.daemon.server import DaemonError
+from diffdeck.engines.queue.dispatcher import Event
+from diffdeck.engines.record.session import RECORDED_EVENTS, VERDICT_EVENTS, Session
+from diffdeck.engines.service.recorded_queue import RecordedQueue
+from diffdeck.engines.sets.variants import VariantSet
+
+FETCHED_PX = 512  # the largest view the workbench draws (the image screen)
+
+
+def remote_cache() -> Path:
+    """Where the images of daemons on other machines are fetched to, a folder per session."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffdeck" / "remote"
+
+
+class Started(NamedTuple):
+    events: AsyncIterator[Event]  # with drain(): those waiting, without waiting
+    watched: list  # tasks whose failure means the session is no longer recorded
+    refused: list[tuple[str, str]]  # jobs of the session that could not be queued again, and why
+    preface: list[Event]  # the engine's state when attached, as events (running jobs, warm workers)
+
+
+class LocalEngine:
+    """A RecordedQueue in this process: its workers stop when the workbench does."""
+
+    attached = False
+
+    def __init__(self, registry: Registry, session: Session, **dispatcher_options: Any):
+        self.session, self.registry = session, registry
+        self.queue = RecordedQueue(registry, session, **dispatcher_options)
+        self.dispatcher = self.queue.dispatcher
+        self.started: Started | None = None
+
+    def models(self) -> list[str]:
+        return list(self.registry.models)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        return self.registry.describe(model)
+
+    @property
+    def where(self) -> str:
+        return ""
+
+    @property
+    def session_name(self) -> str:
+        return self.session.folder.name
+
+    @property
+    def paused(self) -> bool:
+        return self.dispatcher.paused
+
+    async def start(self) -> Started:
+        events = self.dispatcher.subscribe()
+        refused = self.queue.start()
+        self.started = Started(events, [self.queue.recording], refused, [])
+        return self.started
+
+    async def absorb(self, batch: list[Event]) -> list[Event]:
+        return batch  # the recorder has them
+
+    async def submit(self, spec: JobSpec) -> tuple[str, JobSpec]:
+        job = self.dispatcher.submit(spec)
+        return job.id, job.spec
+
+    async def submit_set(self, variants: VariantSet) -> str:
+        return self.dispatcher.submit_set(variants)[0]
+
+    async def queue_order(self) -> list[str]:
+        return [job.id for job in self.dispatcher.queue]
+
+    async def call(self, name: str, **args: Any) -> Any:
+        """One of the Dispatcher's commands: cancel, cancel_all, move, retry, pause, resume."""
+        return getattr(self.dispatcher, name)(**args)
+
+    async def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
+        self.session.pick(set_id, image, left, right, winner)
+
+    async def rate(self, job_id: str, image: int, stars: int) -> None:
+        self.session.rate(job_id, image, stars)
+
+    async def shut_down(self) -> str | None:
+        """Stop the workers; what could not be written to the session, in words (None: nothing)."""
+        return await self.queue.shut_down()
+
+
+class AttachedEngine:
+    """An engine daemon's queue, through an EngineClient. Leaving detaches: the queue goes on.
+    Started before the workbench is built: the models it offers are the daemon's."""
+
+    attached = True
+
+    def __init__(self, connect: Callable[[], Awaitable[EngineClient]], where: str, cache: Path | None = None):
+        """`cache`: fetch the images into a folder under it (a daemon on another machine);
+        None: read them where the daemon wrote them."""
+        self._connect, self.where, self._cache = connect, where, cache
+        self.client: EngineClient | None = None
+        self.session: Session | None = None  # the mirror, from start on
+        self._paused = False
+        self._daemon_folder = ""
+        self._models: dict[str, dict[str, Any]] = {}
+        self.started: Started | None = None
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        entry = self._models.get(model)
+        if entry is None:
+            raise RegistryError(f"unknown model {model!r} on {self.where}; known models: {', '.join(self._models)}")
+        if "problem" in entry:
+            raise RegistryError(entry["problem"])
+        return entry
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def remote(self) -> bool:
+        return self._cache is not None
+
+    @property
+    def session_name(self) -> str:
+        """The daemon's session's name (the mirror's folder is named after a hash of where it is)."""
+        return Path(self._daemon_folder).name
+
+    async def start(self) -> Started:
+        self.client = await self._connect()
+        hello = self.client.hello
+        self._daemon_folder, self._paused, self._models = hello["session"], hello["paused"], hello["models"]
+        folder = Path(self._daemon_folder)
+        if self._cache is not None:
+            folder = self._cache / hashlib.sha256(f"{self.where}:{self._daemon_folder}".encode()).hexdigest()[:12]
+        self.session = Session.adopt(folder, hello.get("record"), f"the session record of the daemon ({self.where})")
+        for job_id, job in self.session.jobs.items():
+            for image in job["images"]:
+                image["path"] = await self._image(job_id, image["image"], image["path"])
+        preface = [Event("dequeued", job["id"]) for job in hello["jobs"] if job["status"] == "running"]
+        preface += [Event("loading" if worker["state"] in ("starting", "loading") else "worker_ready", None,
+                          {"model": name, "pid": worker["pid"]})
+                    for name, worker in hello["workers"].items() if worker["pid"] and worker["state"] != "exited"]
+        if self._paused:
+            preface.append(Event("paused"))
+        self.started = Started(self.client.events(), [], [], preface)
+        return self.started
+
+    async def absorb(self, batch: list[Event]) -> list[Event]:
+        """Fold the events into the mirror; an image's path becomes the one this machine reads."""
+        taken = []
+        for event in batch:
+            if event.type == "image":
+                relative = await self._image(event.job, event.data["image"], event.data["path"])
+                event = Event(event.type, event.job, {**event.data, "path": str(self.session.resolve(relative))})
+                self.session.apply({"type": "image", "job": event.job, **event.data, "path": relative})
+            elif event.type in RECORDED_EVENTS or event.type in VERDICT_EVENTS:
+                self.session.apply({"type": event.type, "job": event.job, **event.data})
+            elif event.type in ("paused", "resumed"):
+                self._paused = event.type == "paused"
+            taken.append(event)
+        return taken
+
+    async def _image(self, job_id: str, index: int, path: str) -> str:
+        """The image's path in the mirror (relative to its folder), fetched there if need be."""
+        if self._cache is None:
+            return os.path.relpath(os.path.join(self._daemon_folder, path), self._daemon_folder)
+        local = self.session.images_dir / Path(path).name
+        if not local.is_file():
+            with contextlib.suppress(DaemonError):  # gone from the daemon's disk: drawn as missing, as here
+                save_image(await self.client.call("image", job=job_id, image=index, max_side=FETCHED_PX),
+                           self.session.images_dir)
+        return os.path.relpath(local, self.session.folder)
+
+    async def submit(self, spec: JobSpec) -> tuple[str, JobSpec]:
+        job = await self.client.call("submit", spec=spec.to_dict())
+        return job["id"], JobSpec.from_dict(job["spec"])
+
+    async def submit_set(self, variants: VariantSet) -> str:
+        return (await self.client.call("submit_set", set=variants.to_dict()))["set"]
+
+    async def queue_order(self) -> list[str]:
+        return (await self.client.call("state"))["queue"]
+
+    async def call(self, name: str, **args: Any) -> Any:
+        if "job_id" in args:  # the protocol's name for it
+            args["job"] = args.pop("job_id")
+        return await self.client.call(name, **args)
+
+    async def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
+        await self.client.call("pick", set=set_id, image=image, left=left, right=right, winner=winner)
+
+    async def rate(self, job_id: str, image: int, stars: int) -> None:
+        await self.client.call("rate", job=job_id, image=image, stars=stars)
+
+    async def shut_down(self) -> str | None:
+        if self.client is not None:
+            await self.client.close()
+        return None  # the daemon writes its session
