@@ -219,8 +219,9 @@ class Interrupt:
 
 
 def _denoised_estimate(scheduler, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
-    """x0 from two consecutive latents of a first-order sigma stepper (REFERENCE.md);
-    schedulers without sigmas (DDIM, PNDM) preview the current latents as they are."""
+    """x0 from two consecutive latents of a first-order sigma stepper: with x = x0 + sigma * eps and
+    eps the same across one step, two points (sigma, x) give x0. Schedulers without sigmas (DDIM,
+    PNDM) preview the current latents as they are."""
     sigmas, i = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
     if sigmas is None or i is None or not 1 <= i < len(sigmas):
         return cur

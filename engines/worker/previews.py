@@ -1,8 +1,9 @@
 """Cheap step previews: a linear map from latent channels to RGB, as ComfyUI does.
 
 Worker side, numpy only: the worker hands over the denoised estimate as an array.
-Factors from REFERENCE.md; rows are latent channels, columns R, G, B. A model whose latents are
-its own (the demo model has its own autoencoder) ships its map in `latent_rgb.json`.
+Factors as ComfyUI's latent previewers use them (its latent_formats); rows are latent channels,
+columns R, G, B. A model whose latents are its own (the demo model has its own autoencoder) ships
+its map in `latent_rgb.json`.
 """
 
 from __future__ import annotations
