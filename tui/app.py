@@ -18,12 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
+from diffdeck.engines.core.events import UNFINISHED, VERDICT_EVENTS, EventKind, Status
 from diffdeck.engines.core.registry import RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.core.text import visible
 from diffdeck.engines.daemon.client import daemon_holding
-from diffdeck.engines.daemon.server import DaemonError
-from diffdeck.engines.record.session import VERDICT_EVENTS, Session, SessionWriteError
+from diffdeck.engines.daemon.wire import DaemonError
+from diffdeck.engines.record.session import Session, SessionWriteError
 from diffdeck.engines.sets.contact_sheet import SheetError, contact_sheet
 from diffdeck.engines.sets.variants import VariantSet, plan_ab
 from diffdeck.themes import STYLESHEET
@@ -54,6 +55,10 @@ from textual.widgets import Footer, Static
 
 REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
 LARGE_PX = 512
+WORKER_EVENTS = frozenset({EventKind.LOADING, EventKind.WORKER_READY, EventKind.WORKER_EXITED,
+                           EventKind.WORKER_EVICTED})
+# what may change an open set view: a new image, or a job of it ending without one
+SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED})
 
 
 class Workbench(App):
@@ -87,7 +92,10 @@ class Workbench(App):
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
         self._following: asyncio.Task | None = None
         self._busy = False  # jobs queued or running at the last redraw: its end is announced
-        self._theme_applied = False  # the config's theme: only a change after it is saved
+        for theme in themes:  # before the stylesheet's first parse: a theme set on mount parses it all again
+            self.register_theme(theme)
+        self.theme = config.theme
+        self.set_keymap(config.keys)
         self.history_file: Path | None = history or history_file()
         try:
             self._history = load_history(self.history_file)
@@ -130,13 +138,8 @@ class Workbench(App):
         return f"diffdeck · session {self.engine.session_name}{engine}"
 
     async def on_mount(self) -> None:
-        for theme in self.themes:
-            self.register_theme(theme)
-        self.theme = self.config.theme
-        self._theme_applied = True
-        self.set_keymap(self.config.keys)
         started = self.engine.started or await self.engine.start()
-        self.board.load(self.session.jobs, self.session.folder, self.session.sets)
+        self.board.load(self.session)
         for event in started.preface:
             self.board.apply(event)
         self.marks = self.session.image_marks()
@@ -178,7 +181,7 @@ class Workbench(App):
                     f"{again} attaches again")
         if not self.session.folder.is_dir():  # nothing was recorded: the new session's folder is gone again
             return "diffdeck: nothing was queued, so no session was kept"
-        left = sum(job["status"] in ("queued", "running") for job in self.session.jobs.values())
+        left = sum(job["status"] in UNFINISHED for job in self.session.jobs.values())
         queued = f" ({left} job{'s' * (left != 1)} queued, resumed when it opens)" if left else ""
         folder = shlex.quote(str(self.session.folder))
         return f"diffdeck: session {folder}{queued}; reopen it with: diffdeck {folder}"
@@ -236,12 +239,12 @@ class Workbench(App):
                 raise DaemonError(self.engine.client.closed_because) from None
             for event in batch:
                 self.board.apply(event)
-            if any(e.type in ("worker_ready", "worker_exited", "worker_evicted", "loading") for e in batch):
+            if any(e.type in WORKER_EVENTS for e in batch):
                 self._show_warm_models()
             self._redraw()
             if any(e.type in VERDICT_EVENTS for e in batch):  # said in another attached workbench
                 await self._said_of_images()
-            elif any(e.type in ("image", "done", "failed", "cancelled") for e in batch):
+            elif any(e.type in SET_VIEW_EVENTS for e in batch):
                 await self._refresh_set_view()
             await asyncio.sleep(REDRAW_S)
 
@@ -261,7 +264,7 @@ class Workbench(App):
         """The terminal bell or an OSC 9 notification (config.yaml `notify:`), for whoever looked away."""
         if self.config.notify == "off" or self._driver is None:
             return
-        done = sum(row.status == "done" for row in self.board.jobs.values())
+        done = sum(row.status == Status.DONE for row in self.board.jobs.values())
         name = visible(self.engine.session_name)  # nothing in it may end the escape sequence
         self._driver.write("\a" if self.config.notify == "bell" else
                            f"\x1b]9;diffdeck: the queue is empty ({done} jobs done in {name})\a")
@@ -293,15 +296,16 @@ class Workbench(App):
 
     @on(PromptEditor.Submitted)
     async def _submit(self, event: PromptEditor.Submitted) -> None:
-        queued = await self._from_editor(lambda: self.engine.submit(event.spec))
+        queued = await self._from_editor(lambda: self.engine.calls.submit(event.spec))
         if queued is not None:
-            self._accepted(queued[1])
+            self._accepted(JobSpec.from_dict(queued.spec))
 
     @on(PromptEditor.VariantsSubmitted)
     async def _submit_variants(self, event: PromptEditor.VariantsSubmitted) -> None:
         async def queue() -> tuple[VariantSet, str]:
             variants = plan_ab(event.specs)
-            return variants, await self.engine.submit_set(variants)
+            set_id, _jobs = await self.engine.calls.submit_set(variants)
+            return variants, set_id
 
         queued = await self._from_editor(queue)
         if queued is not None:
@@ -329,7 +333,7 @@ class Workbench(App):
     @on(GridDialog.Queue)
     async def _submit_grid(self, event: GridDialog.Queue) -> None:
         try:
-            set_id = await self.engine.submit_set(event.variants)
+            set_id, _jobs = await self.engine.calls.submit_set(event.variants)
         except (SpecError, RegistryError, DaemonError) as e:
             event.dialog.refused(str(e))
             return
@@ -363,21 +367,21 @@ class Workbench(App):
 
     @on(QueueView.Command)
     async def _queue_command(self, event: QueueView.Command) -> None:
-        engine, job_id = self.engine, event.job_id
+        engine, job_id = self.engine.calls, event.job_id
         try:
             if event.action == "pause":
-                await engine.call("resume" if engine.paused else "pause")
+                await (engine.resume() if self.engine.paused else engine.pause())
             elif event.action == "cancel_all":
-                self.notify(f"cancelled {await engine.call('cancel_all')} job(s)")
+                self.notify(f"cancelled {await engine.cancel_all()} job(s)")
             elif job_id is None:
                 return
             elif event.action == "cancel":
-                if not await engine.call("cancel", job_id=job_id):
+                if not await engine.cancel(job_id):
                     self.notify(f"{job_id} is {self.board.jobs[job_id].status}; nothing to cancel", severity="warning")
             elif event.action in ("move_up", "move_down", "to_front"):
                 await self._move(job_id, event.action)
             elif event.action in ("retry", "force_retry"):
-                await engine.call("retry", job_id=job_id, force=event.action == "force_retry")
+                await engine.retry(job_id, force=event.action == "force_retry")
             elif event.action == "edit":
                 await self._edit(job_id)
             elif event.action == "compare":
@@ -390,13 +394,12 @@ class Workbench(App):
         if job_id not in queue:
             raise ValueError(f"{job_id} is {self.board.jobs[job_id].status}; only queued jobs move")
         here = queue.index(job_id)
-        await self.engine.call("move", job_id=job_id,
-                               position={"move_up": here - 1, "move_down": here + 1, "to_front": 0}[action])
+        await self.engine.calls.move(job_id, {"move_up": here - 1, "move_down": here + 1, "to_front": 0}[action])
 
     async def _edit(self, job_id: str) -> None:
         """Load the job into the editor; a queued one leaves the queue until it is submitted again."""
         if job_id in await self.engine.queue_order():
-            await self.engine.call("cancel", job_id=job_id)
+            await self.engine.calls.cancel(job_id)
         self.query_one(PromptEditor).load(self.board.jobs[job_id].spec)
 
     # the gallery
@@ -428,8 +431,8 @@ class Workbench(App):
         if choice == "requeue":  # this one image again, with its own seed
             try:
                 fields = {k: v for k, v in spec.items() if k not in ("seeds", "seed", "count")}
-                queued, _spec = await self.engine.submit(JobSpec.from_dict({**fields, "seed": image["seed"], "count": 1}))
-                self.notify(f"{queued}: {job_id} image {image['image']} again, seed {image['seed']}")
+                queued = await self.engine.calls.submit(JobSpec.from_dict({**fields, "seed": image["seed"], "count": 1}))
+                self.notify(f"{queued.id}: {job_id} image {image['image']} again, seed {image['seed']}")
             except (SpecError, RegistryError, DaemonError) as e:
                 self.notify(str(e), severity="error")
         elif choice == "copy_prompt":
@@ -479,11 +482,11 @@ class Workbench(App):
 
     @on(CompareScreen.Picked)
     async def _picked(self, event: CompareScreen.Picked) -> None:
-        await self._say(self.engine.pick(event.set_id, event.image, event.left, event.right, event.winner))
+        await self._say(self.engine.calls.pick(event.set_id, event.image, event.left, event.right, event.winner))
 
     @on(CompareScreen.Rated)
     async def _rated(self, event: CompareScreen.Rated) -> None:
-        await self._say(self.engine.rate(event.job_id, event.image, event.stars))
+        await self._say(self.engine.calls.rate(event.job_id, event.image, event.stars))
 
     async def _say(self, verdict: Awaitable[None]) -> None:
         try:
@@ -565,7 +568,7 @@ class Workbench(App):
 
     def watch_theme(self, theme: str) -> None:
         """A theme chosen here (the palette) is kept for next time, in config.yaml."""
-        if not self._theme_applied or theme == self.config.theme or self.config.file is None:
+        if theme == self.config.theme or self.config.file is None:
             return
         self.config.theme = theme
         try:

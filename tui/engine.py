@@ -1,6 +1,7 @@
 """The workbench's engine: the Dispatcher in this process (LocalEngine), or an engine daemon it
-is attached to, on this machine or over ssh (AttachedEngine). Both take the same commands and
-hand the workbench the same events, and both keep a Session that the views read.
+is attached to, on this machine or over ssh (AttachedEngine). Both take the same commands (their
+`calls`: the Engine's, diffdeck.engines.service.engine) and hand the workbench the same events,
+and both keep a Session that the views read.
 
 Attached, that Session is a mirror: the daemon's record as its hello carried it, then every event
 folded in, and nothing written by the workbench (the daemon records; picks and ratings are sent to
@@ -18,14 +19,13 @@ import os
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
+from diffdeck.engines.core.events import RECORDED_EVENTS, VERDICT_EVENTS, Event, EventKind, Status
 from diffdeck.engines.core.registry import Registry, RegistryError
-from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.daemon.client import EngineClient, save_image
-from diffdeck.engines.daemon.server import DaemonError
-from diffdeck.engines.queue.dispatcher import Event
-from diffdeck.engines.record.session import RECORDED_EVENTS, VERDICT_EVENTS, Session
+from diffdeck.engines.daemon.wire import DaemonError
+from diffdeck.engines.record.session import Session
+from diffdeck.engines.service.engine import Engine
 from diffdeck.engines.service.recorded_queue import RecordedQueue
-from diffdeck.engines.sets.variants import VariantSet
 
 FETCHED_PX = 512  # the largest view the workbench draws (the image screen)
 
@@ -80,25 +80,12 @@ class LocalEngine:
     async def absorb(self, batch: list[Event]) -> list[Event]:
         return batch  # the recorder has them
 
-    async def submit(self, spec: JobSpec) -> tuple[str, JobSpec]:
-        job = self.dispatcher.submit(spec)
-        return job.id, job.spec
-
-    async def submit_set(self, variants: VariantSet) -> str:
-        return self.dispatcher.submit_set(variants)[0]
+    @property
+    def calls(self) -> Engine:
+        return self.queue
 
     async def queue_order(self) -> list[str]:
         return [job.id for job in self.dispatcher.queue]
-
-    async def call(self, name: str, **args: Any) -> Any:
-        """One of the Dispatcher's commands: cancel, cancel_all, move, retry, pause, resume."""
-        return getattr(self.dispatcher, name)(**args)
-
-    async def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
-        self.session.pick(set_id, image, left, right, winner)
-
-    async def rate(self, job_id: str, image: int, stars: int) -> None:
-        self.session.rate(job_id, image, stars)
 
     async def shut_down(self) -> str | None:
         """Stop the workers; what could not be written to the session, in words (None: nothing)."""
@@ -157,12 +144,12 @@ class AttachedEngine:
         for job_id, job in self.session.jobs.items():
             for image in job["images"]:
                 image["path"] = await self._image(job_id, image["image"], image["path"])
-        preface = [Event("dequeued", job["id"]) for job in hello["jobs"] if job["status"] == "running"]
-        preface += [Event("loading" if worker["state"] in ("starting", "loading") else "worker_ready", None,
-                          {"model": name, "pid": worker["pid"]})
+        preface = [Event(EventKind.DEQUEUED, job["id"]) for job in hello["jobs"] if job["status"] == Status.RUNNING]
+        preface += [Event(EventKind.LOADING if worker["state"] in ("starting", "loading") else EventKind.WORKER_READY,
+                          None, {"model": name, "pid": worker["pid"]})
                     for name, worker in hello["workers"].items() if worker["pid"] and worker["state"] != "exited"]
         if self._paused:
-            preface.append(Event("paused"))
+            preface.append(Event(EventKind.PAUSED))
         self.started = Started(self.client.events(), [], [], preface)
         return self.started
 
@@ -170,14 +157,14 @@ class AttachedEngine:
         """Fold the events into the mirror; an image's path becomes the one this machine reads."""
         taken = []
         for event in batch:
-            if event.type == "image":
+            if event.type == EventKind.IMAGE:
                 relative = await self._image(event.job, event.data["image"], event.data["path"])
                 event = Event(event.type, event.job, {**event.data, "path": str(self.session.resolve(relative))})
-                self.session.apply({"type": "image", "job": event.job, **event.data, "path": relative})
+                self.session.apply({"type": EventKind.IMAGE, "job": event.job, **event.data, "path": relative})
             elif event.type in RECORDED_EVENTS or event.type in VERDICT_EVENTS:
                 self.session.apply({"type": event.type, "job": event.job, **event.data})
-            elif event.type in ("paused", "resumed"):
-                self._paused = event.type == "paused"
+            elif event.type in (EventKind.PAUSED, EventKind.RESUMED):
+                self._paused = event.type == EventKind.PAUSED
             taken.append(event)
         return taken
 
@@ -188,30 +175,15 @@ class AttachedEngine:
         local = self.session.images_dir / Path(path).name
         if not local.is_file():
             with contextlib.suppress(DaemonError):  # gone from the daemon's disk: drawn as missing, as here
-                save_image(await self.client.call("image", job=job_id, image=index, max_side=FETCHED_PX),
-                           self.session.images_dir)
+                save_image(await self.client.image(job_id, index, FETCHED_PX), self.session.images_dir)
         return os.path.relpath(local, self.session.folder)
 
-    async def submit(self, spec: JobSpec) -> tuple[str, JobSpec]:
-        job = await self.client.call("submit", spec=spec.to_dict())
-        return job["id"], JobSpec.from_dict(job["spec"])
-
-    async def submit_set(self, variants: VariantSet) -> str:
-        return (await self.client.call("submit_set", set=variants.to_dict()))["set"]
+    @property
+    def calls(self) -> Engine:
+        return self.client
 
     async def queue_order(self) -> list[str]:
-        return (await self.client.call("state"))["queue"]
-
-    async def call(self, name: str, **args: Any) -> Any:
-        if "job_id" in args:  # the protocol's name for it
-            args["job"] = args.pop("job_id")
-        return await self.client.call(name, **args)
-
-    async def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
-        await self.client.call("pick", set=set_id, image=image, left=left, right=right, winner=winner)
-
-    async def rate(self, job_id: str, image: int, stars: int) -> None:
-        await self.client.call("rate", job=job_id, image=image, stars=stars)
+        return (await self.client.state())["queue"]
 
     async def shut_down(self) -> str | None:
         if self.client is not None:

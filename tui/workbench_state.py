@@ -7,25 +7,26 @@ from __future__ import annotations
 import base64
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status
+from diffdeck.engines.record.session import Session
 
 HISTORY = 60  # telemetry samples kept for the sparklines (about a minute)
+# The board's own status: a job of a reopened session that could not be queued again.
+NOT_RESUMED = "not resumed"
+RowStatus = Status | Literal["not resumed"]
 
 
 @dataclass
-class JobRow:
-    id: str
-    spec: dict[str, Any]
-    status: str = "queued"
+class JobRow(JobRecord):
+    """A job's record, with what the board draws of its run: the step, the rate, the preview."""
+
+    status: RowStatus = Status.QUEUED
     image: int = 0  # the image being rendered
     step: int = 0
     total: int = 0
     it_s: float | None = None
-    images: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    peak_memory: int | None = None
-    error: str | None = None
     preview: bytes | None = None  # the running image's latest step preview (JPEG)
 
     @property
@@ -48,7 +49,7 @@ class JobRow:
 
     def eta_s(self) -> float | None:
         """Seconds left at the measured step rate; None before a rate is known."""
-        if self.status != "running" or not self.it_s:
+        if self.status != Status.RUNNING or not self.it_s:
             return None
         return max(0, self.steps_total - self.steps_done) / self.it_s
 
@@ -73,22 +74,21 @@ class Board:
     variant_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # job id -> (set id, variant label)
     step_s: dict[str, float] = field(default_factory=dict)  # model -> seconds a step, as its last job took
 
-    def load(self, jobs: dict[str, dict[str, Any]], folder: Path, sets: dict[str, dict[str, Any]]) -> None:
+    def load(self, session: Session) -> None:
         """The jobs of a reopened session, as recorded; image paths made absolute as events have them."""
-        for set_id, entry in sets.items():
+        for set_id, entry in session.sets.items():
             self._on_set(None, {"set": set_id, **entry})
-        for job_id, job in jobs.items():
-            images = [{**image, "path": str(folder / image["path"])} for image in job["images"]]
-            status = "queued" if job["status"] == "running" else job["status"]  # it is queued again
-            self.jobs[job_id] = JobRow(job_id, job["spec"], status, images=images,
-                                       timings=job.get("timings") or {}, peak_memory=job.get("peak_memory"),
-                                       error=job.get("error"))
-            (self.queue if job["status"] in ("queued", "running") else self.history).append(job_id)
-            if job["status"] == "done":
+        for job_id, job in session.jobs.items():
+            row = self.jobs[job_id] = JobRow.from_dict({"id": job_id, **job})
+            row.images = [{**image, "path": str(session.folder / image["path"])} for image in row.images]
+            (self.queue if row.status in UNFINISHED else self.history).append(job_id)
+            if row.status == Status.RUNNING:
+                row.status = Status.QUEUED  # it is queued again
+            elif row.status == Status.DONE:
                 self.last_done = job_id
-                self._measure(self.jobs[job_id])
+                self._measure(row)
 
-    def apply(self, event) -> None:
+    def apply(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event.type}", None)
         if handler is not None:
             handler(event.job, event.data)
@@ -104,7 +104,7 @@ class Board:
         return self.set_ids[-1] if self.set_ids else None
 
     def running(self) -> JobRow | None:
-        return next((row for row in self.jobs.values() if row.status == "running"), None)
+        return next((row for row in self.jobs.values() if row.status == Status.RUNNING), None)
 
     def queue_eta(self) -> tuple[float, int]:
         """Seconds until the queue is empty, at each model's measured rate (the running job's own
@@ -141,7 +141,7 @@ class Board:
         if row is None:
             row = self.jobs[job_id] = JobRow(job_id, data["spec"])
         else:  # a retry, or a restored job: keep what it already made
-            row.status, row.error, row.step, row.it_s, row.preview = "queued", None, 0, None, None
+            row.status, row.error, row.step, row.it_s, row.preview = Status.QUEUED, None, 0, None, None
         self._leave(job_id)
         self.queue.insert(data.get("position", len(self.queue)), job_id)
 
@@ -151,7 +151,7 @@ class Board:
 
     def _on_started(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
-        row.status, row.image, row.step, row.total = "running", 0, 0, int(row.spec.get("steps") or 0)
+        row.status, row.image, row.step, row.total = Status.RUNNING, 0, 0, int(row.spec.get("steps") or 0)
         row.timings = {k: data[k] for k in ("queue_wait_s", "load_s") if k in data}
 
     def _leave(self, job_id: str) -> None:
@@ -173,12 +173,12 @@ class Board:
 
     def _on_done(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
-        row.status, row.timings, row.peak_memory = "done", {**row.timings, **data["timings"]}, data["peak_memory"]
+        row.status, row.timings, row.peak_memory = Status.DONE, {**row.timings, **data["timings"]}, data["peak_memory"]
         row.it_s, row.preview = None, None
         self.last_done = job_id
         self._measure(row)
 
-    def _finish(self, status: str, job_id: str, data: dict[str, Any]) -> None:
+    def _finish(self, status: RowStatus, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
         row.status, row.error, row.it_s, row.preview = status, data.get("error"), None, None
         if job_id in self.queue:  # cancelled or held before it ran
@@ -186,20 +186,20 @@ class Board:
             self.history.append(job_id)
 
     def _on_failed(self, job_id, data):
-        self._finish("failed", job_id, data)
+        self._finish(Status.FAILED, job_id, data)
 
     def _on_cancelled(self, job_id, data):
-        self._finish("cancelled", job_id, data)
+        self._finish(Status.CANCELLED, job_id, data)
 
     def _on_held(self, job_id, data):
-        self._finish("held", job_id, data)
+        self._finish(Status.HELD, job_id, data)
 
     def not_resumed(self, job_id: str, error: str) -> None:
         """A job of the reopened session that could not be queued again (its model is gone...)."""
-        self._finish("not resumed", job_id, {"error": error})
+        self._finish(NOT_RESUMED, job_id, {"error": error})
 
     def _on_dequeued(self, job_id: str, data: dict[str, Any]) -> None:
-        self.jobs[job_id].status = "running"
+        self.jobs[job_id].status = Status.RUNNING
         self._leave(job_id)
         self.history.append(job_id)
 

@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.registry import Registry, RegistryError
 from diffdeck.engines.core.spec import JobSpec
-from diffdeck.engines.queue.dispatcher import DONE, Dispatcher
+from diffdeck.engines.queue.dispatcher import Dispatcher
 
 PROMPT = "a small red star on a blue background"
 IMPORT_PROBE = "import time; t = time.perf_counter(); import diffdeck.tui.cli.main, diffdeck.engines.queue.dispatcher; print(time.perf_counter() - t)"
@@ -67,7 +68,7 @@ async def _diffdeck_round(dispatcher: Dispatcher, model: str, spec: dict, n: int
     jobs = [dispatcher.submit(JobSpec(model=model, seed=i, **spec)) for i in range(n)]
     for job in jobs:
         await dispatcher.wait(job.id)
-        if job.status != DONE:
+        if job.status != Status.DONE:
             raise RuntimeError(f"{job.id} {job.status}: {job.error}")
     rendering = sum(job.timings[k] for job in jobs for k in ("denoise_s", "decode_s", "save_s"))
     return time.perf_counter() - start, rendering

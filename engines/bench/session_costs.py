@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from diffdeck.engines.core.events import EventKind
 from diffdeck.engines.core.registry import Registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.queue.dispatcher import Dispatcher
@@ -31,13 +32,13 @@ def job_events(session: Session, number: int) -> list[dict[str, Any]]:
             "seeds": [number, number + 1], "steps": 20, "guidance": 5.0, "width": 64, "height": 64,
             "scheduler": "default", "count": 2, "group": None}
     timings = {"denoise_s": 0.2113, "decode_s": 0.0122, "save_s": 0.0015, "total_s": 0.2251}
-    images = [{"type": "image", "job": job, "image": i, "seed": number + i,
+    images = [{"type": EventKind.IMAGE, "job": job, "image": i, "seed": number + i,
                "path": str(session.images_dir / f"{job}-{i:02d}-{number + i}.png"), "pixel_sha256": "5e" * 32,
                "timings": timings, "peak_memory": 423_297_024} for i in range(2)]
-    return [{"type": "queued", "job": job, "spec": spec, "position": 0},
-            {"type": "started", "job": job, "queue_wait_s": 0.0004, "load_s": 0.0},
+    return [{"type": EventKind.QUEUED, "job": job, "spec": spec, "position": 0},
+            {"type": EventKind.STARTED, "job": job, "queue_wait_s": 0.0004, "load_s": 0.0},
             *images,
-            {"type": "done", "job": job, "timings": {**timings, "queue_wait_s": 0.0004, "load_s": 0.0},
+            {"type": EventKind.DONE, "job": job, "timings": {**timings, "queue_wait_s": 0.0004, "load_s": 0.0},
              "peak_memory": 423_297_024}]
 
 

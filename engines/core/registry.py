@@ -105,6 +105,20 @@ class Registry:
                 menu[name] = {"problem": str(e)}
         return menu
 
+    def table(self) -> list[dict[str, Any]]:
+        """A row per model, as `diffdeck models` lists them: where it comes from, whether it is
+        here to render offline, and what is wrong with it if anything is."""
+        rows = []
+        for name, spec in self.models.items():
+            files = self.files(name)
+            rows.append({
+                "name": name, "source": spec.source, "family": files.family,
+                "pipeline_class": files.pipeline_class, "offline": files.available,
+                "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
+                "roles": list(spec.roles), "description": spec.description, "example": spec.example,
+            })
+        return rows
+
     def memory_gb(self, name: str) -> float:
         spec = self.get(name)
         if spec.memory_gb is not None:

@@ -12,28 +12,26 @@ import base64
 import contextlib
 import itertools
 import os
+import shlex
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Literal
 
-from diffdeck.engines.daemon.server import (
-    LINE_LIMIT,
-    PROTOCOL,
-    DaemonError,
-    encode,
-    peer_uid,
-    read_message,
-    socket_path,
-)
-from diffdeck.engines.queue.dispatcher import Event
+from diffdeck.engines.core.events import Event, EventKind, EventStream, JobRecord
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.daemon.server import peer_uid, socket_path
+from diffdeck.engines.daemon.wire import LINE_LIMIT, PROTOCOL, DaemonCalls, DaemonError, encode, read_message
+from diffdeck.engines.sets.variants import VariantSet
 
 
-class EngineClient:
+class EngineClient(DaemonCalls):
+    """A daemon's engine, driven through its typed calls (DaemonCalls); `call` is the wire's own."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  process: asyncio.subprocess.Process | None = None):
         self._reader, self._writer, self._process = reader, writer, process
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self._events = Events()
+        self._events = EventStream()
         self._reading: asyncio.Task | None = None
         self.hello: dict[str, Any] = {}
         self.closed_because: str | None = None
@@ -88,7 +86,7 @@ class EngineClient:
         return self
 
     async def call(self, name: str, **args: Any) -> Any:
-        """One Dispatcher command; raises DaemonError with the daemon's message when it refuses."""
+        """One call as the wire has it; raises DaemonError with the daemon's message when it refuses."""
         if self.closed_because:
             raise DaemonError(self.closed_because)
         request_id = next(self._ids)
@@ -101,7 +99,49 @@ class EngineClient:
             raise DaemonError(f"the connection to the daemon broke: {e}") from None
         return await answer
 
-    def events(self) -> "Events":
+    # DaemonCalls: each as the daemon's CALLS reads it (diffdeck.engines.daemon.server)
+
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        return JobRecord.from_dict(await self.call("submit", spec=spec.to_dict()))
+
+    async def submit_set(self, variants: VariantSet) -> tuple[str, list[str]]:
+        queued = await self.call("submit_set", set=variants.to_dict())
+        return queued["set"], queued["jobs"]
+
+    async def cancel(self, job_id: str) -> bool:
+        return await self.call("cancel", job=job_id)
+
+    async def cancel_all(self) -> int:
+        return await self.call("cancel_all")
+
+    async def move(self, job_id: str, position: int) -> None:
+        await self.call("move", job=job_id, position=position)
+
+    async def retry(self, job_id: str, force: bool = False) -> JobRecord:
+        return JobRecord.from_dict(await self.call("retry", job=job_id, force=force))
+
+    async def pause(self) -> None:
+        await self.call("pause")
+
+    async def resume(self) -> None:
+        await self.call("resume")
+
+    async def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
+        await self.call("pick", set=set_id, image=image, left=left, right=right, winner=winner)
+
+    async def rate(self, job_id: str, image: int, stars: int) -> None:
+        await self.call("rate", job=job_id, image=image, stars=stars)
+
+    async def state(self) -> dict[str, Any]:
+        return await self.call("state")
+
+    async def image(self, job_id: str, image: int, max_side: int | None = None) -> dict[str, str]:
+        return await self.call("image", job=job_id, image=image, max_side=max_side)
+
+    async def stop(self, now: bool = False) -> dict[str, Any]:
+        return await self.call("stop", now=now)
+
+    def events(self) -> EventStream:
         """Every event from the moment of attaching, until the connection closes."""
         return self._events
 
@@ -120,7 +160,8 @@ class EngineClient:
         try:
             while (message := await read_message(self._reader)) is not None:
                 if "event" in message:
-                    self._events.put(Event(**message["event"]))
+                    event = message["event"]
+                    self._events.put(Event(EventKind(event.get("type")), event.get("job"), event.get("data") or {}))
                 elif message.get("id") in self._pending:
                     answer = self._pending.pop(message["id"])
                     if "error" in message:
@@ -159,40 +200,6 @@ def save_image(answer: dict[str, Any], folder: Path, name: str | None = None) ->
     return path
 
 
-class Events:
-    """A daemon's events as they arrive, read as a Dispatcher's EventStream is: one at a time
-    (the iteration ends with the connection) or all that are waiting (`drain`)."""
-
-    def __init__(self):
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the connection ended
-
-    def put(self, event: Event) -> None:
-        self._queue.put_nowait(event)
-
-    def end(self) -> None:
-        self._queue.put_nowait(None)
-
-    def drain(self) -> list[Event]:
-        events = []
-        while not self._queue.empty():
-            event = self._queue.get_nowait()
-            if event is None:
-                self._queue.put_nowait(None)  # the end stays, for the next read
-                break
-            events.append(event)
-        return events
-
-    def __aiter__(self) -> "Events":
-        return self
-
-    async def __anext__(self) -> Event:
-        event = await self._queue.get()
-        if event is None:
-            self._queue.put_nowait(None)
-            raise StopAsyncIteration
-        return event
-
-
 HOLDING_PROBE_S = 5.0  # how long an engine of its own waits to learn what a daemon holds
 
 
@@ -201,7 +208,7 @@ async def daemon_holding(models: Iterable[str]) -> str | None:
     none runs, or none answers in time)."""
     try:
         async with await asyncio.wait_for(EngineClient.connect(), HOLDING_PROBE_S) as client:
-            state = await asyncio.wait_for(client.call("state"), HOLDING_PROBE_S)
+            state = await asyncio.wait_for(client.state(), HOLDING_PROBE_S)
     except (DaemonError, asyncio.TimeoutError):
         return None
     held = sorted(set(models) & {name for name, worker in state["workers"].items()
@@ -210,3 +217,40 @@ async def daemon_holding(models: Iterable[str]) -> str | None:
         return None
     return (f"the engine daemon (pid {state['pid']}) holds {', '.join(held)} loaded already; rendering it here "
             "loads another copy, in twice the memory")
+
+
+# which engine a command renders with
+
+ENGINES = ("auto", "local", "daemon")
+Connect = Callable[[], Awaitable[EngineClient]]
+
+
+def default_engine() -> str:
+    return os.environ.get("DIFFDECK_ENGINE", "auto")
+
+
+def choose_engine(engine: str, session: Path | None, remote: str | None,
+                  daemon_runs: Callable[[], bool]) -> Literal["local", "remote", "daemon", "start"]:
+    """Where a render or the workbench runs: in this process (local), on HOST's daemon over ssh
+    (remote), or on this machine's daemon, running (daemon) or to be started (start). `engine`:
+    --engine or default_engine(); `session`: a folder the user named; `daemon_runs` is asked
+    only when the answer decides it (each time is a connection, a hello and a state)."""
+    if engine not in ENGINES:  # from $DIFFDECK_ENGINE, which argparse does not check
+        raise SpecError("--engine", f"{engine!r} is not one of {', '.join(ENGINES)}")
+    if session and (remote or engine == "daemon"):
+        raise SpecError("--session", "a daemon writes its own session (diffdeck status names it); "
+                                     "--engine local renders into another")
+    if remote:
+        return "remote"
+    if engine == "local" or (engine == "auto" and session):
+        return "local"  # --session names a folder of the user's: that render writes it itself
+    if daemon_runs():
+        return "daemon"
+    return "local" if engine == "auto" else "start"
+
+
+def remote_connection(host: str) -> Connect:
+    """`ssh HOST diffdeck attach --stdio`, the two commands as $DIFFDECK_SSH and $DIFFDECK_REMOTE say."""
+    ssh = shlex.split(os.environ.get("DIFFDECK_SSH", "ssh"))
+    remote = shlex.split(os.environ.get("DIFFDECK_REMOTE", "diffdeck"))
+    return lambda: EngineClient.over_command([*ssh, host, *remote, "attach", "--stdio"])

@@ -19,8 +19,9 @@ The hello carries the session's whole record (jobs, sets, picks, ratings), so a 
 what happened before it attached and follow the events from there, and the daemon's models with
 their defaults (diffdeck.engines.core.registry.Registry.menu), which may not be the client's.
 
-A message longer than PAGE characters (a large session's hello, a whole image) goes as pages of
-its JSON text, each line well under LINE_LIMIT: {"part": "..."} lines, then {"last": "..."}.
+Each call is one of DaemonCalls' (diffdeck.engines.daemon.wire), answered by the RecordedQueue's
+method of that name (CALLS says how its arguments come over the wire), or by the daemon itself
+(state, stop). A long message goes as pages (wire).
 
 A client of another protocol version gets {"error": ...} naming both versions, then the line
 closes. UI side: never imports torch.
@@ -29,12 +30,10 @@ closes. UI side: never imports torch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import socket
@@ -43,28 +42,19 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from diffdeck.engines import __version__
+from diffdeck.engines.core.events import Event, EventStream, JobRecord, Status
 from diffdeck.engines.core.registry import RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
-from diffdeck.engines.queue.dispatcher import QUEUED, RUNNING, Event, EventStream, Job
-from diffdeck.engines.queue.telemetry import WorkerView
+from diffdeck.engines.daemon.wire import LINE_LIMIT, PROTOCOL, DaemonError, encode, read_message
 from diffdeck.engines.record.session import SessionError, SessionWriteError
 from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.engines.sets.variants import VariantSet
-from PIL import Image
 
-PROTOCOL = 2  # 2: messages past 1 MiB come as pages
-LINE_LIMIT = 2**24  # what a reader takes as one line; a longer message goes as pages
-PAGE = 2**20  # characters of JSON a line (at most twice as many once quoted: no more than 2 MiB)
-MESSAGE_LIMIT = 2**30  # characters of one message, all its pages together
 MAX_BACKLOG = 50_000  # events; previews, steps and telemetry make a few a second
 MAX_WHOLE = 2**31 - 1  # what a whole-number argument may be (a position, an image, stars, pixels)
-
-
-class DaemonError(Exception):
-    """The daemon cannot be reached, refused the connection, or answered a call with an error."""
 
 
 def socket_path() -> Path:
@@ -137,46 +127,6 @@ def hold_lock(where: Place) -> int:
     return fd
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """A message as protocol lines: one line, or pages of its text when it is longer than PAGE."""
-    text = json.dumps(message, separators=(",", ":"))
-    if len(text) <= PAGE:
-        return text.encode() + b"\n"
-    pages = [text[start:start + PAGE] for start in range(0, len(text), PAGE)]
-    return b"".join(_line({"part": page}) for page in pages[:-1]) + _line({"last": pages[-1]})
-
-
-def _line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """The next message, its pages joined; None at the end of the stream. ValueError for a line
-    that is not a JSON object, or past LINE_LIMIT, or pages past MESSAGE_LIMIT."""
-    pages, size = [], 0
-    while line := await reader.readline():
-        message = _read(line)
-        page = message.get("part", message.get("last"))
-        if page is None:
-            if pages:
-                raise ValueError("a message sent in pages was cut short")
-            return message
-        if not isinstance(page, str) or (size := size + len(page)) > MESSAGE_LIMIT:
-            raise ValueError(f"a message sent in pages was not text, or longer than {MESSAGE_LIMIT:,} characters")
-        pages.append(page)
-        if "last" in message:
-            return _read("".join(pages).encode())
-    if pages:
-        raise ValueError("a message sent in pages was cut short")
-    return None
-
-
-def job_state(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "status": job.status, "spec": job.spec.to_dict(), "images": job.images,
-            "timings": job.timings, "peak_memory": job.peak_memory, "error": job.error,
-            "worker_crashes": job.worker_crashes, "progress": job.progress}
-
-
 def event_message(event: Event) -> dict[str, Any]:
     return {"event": {"type": event.type, "job": event.job, "data": event.data}}
 
@@ -199,6 +149,7 @@ class Daemon:
         self._stop, self._now = asyncio.Event(), asyncio.Event()
         self._connections: dict[asyncio.StreamWriter, EventStream] = {}
         self.failure: str | None = None  # why it stopped of itself: its session could not be written
+        engine.listeners.append(self._pass_on)
 
     async def serve(self) -> int:
         """Serve until `stop` is called; then shut down, leaving unfinished jobs queued in the
@@ -217,7 +168,7 @@ class Daemon:
               f"session {self.engine.session.folder}", flush=True)
         try:
             await self._stop.wait()
-            running = [j.finished.wait() for j in self.dispatcher.jobs.values() if j.status == RUNNING]
+            running = [j.finished.wait() for j in self.dispatcher.jobs.values() if j.status == Status.RUNNING]
             if running and not self._now.is_set():  # after the running job, unless told "now" meanwhile
                 self.dispatcher.pause()
                 now = asyncio.ensure_future(self._now.wait())
@@ -258,15 +209,19 @@ class Daemon:
             print(f"diffdeck serve: {why}; stopping", flush=True)
         self.stop(now=True)
 
-    def state(self) -> dict[str, Any]:
-        d = self.dispatcher
-        return {"protocol": PROTOCOL, "version": __version__, "pid": os.getpid(),
-                "session": str(self.engine.session.folder), "paused": d.paused, "clients": len(self._connections),
-                "jobs": [job_state(job) for job in d.jobs.values()], "queue": [job.id for job in d.queue],
-                "workers": {name: {"state": w.state, "pid": w.pid, "job": w.job_id, "memory_gb": w.memory_gb}
-                            for name, w in d.workers.items()},
-                "memory_budget_gb": d.memory_budget_gb,
-                "telemetry": d.telemetry.sample([WorkerView(w.pid, w.model, w.state) for w in d.workers.values() if w.pid])}
+    async def state(self) -> dict[str, Any]:
+        """The engine's state, and the daemon's own: its protocol, version, pid and clients."""
+        state = await self.engine.state()
+        return {"protocol": PROTOCOL, "version": __version__, "pid": os.getpid(), "session": state.pop("session"),
+                "paused": state.pop("paused"), "clients": len(self._connections), **state}
+
+    async def stopping(self, now: bool) -> dict[str, Any]:
+        """The `stop` call: stop, and say what stays queued and what runs on till then."""
+        jobs = self.dispatcher.jobs.values()
+        queued = sum(job.status == Status.QUEUED for job in jobs)
+        running = [job.record().to_dict() for job in jobs if job.status == Status.RUNNING]
+        self.stop(now)
+        return {"queued_left": queued, "running": running}
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -281,12 +236,12 @@ class Daemon:
                                               f"the client spoke {theirs}: run the same diffdeck version on both ends"}))
                 return
             events = self._connections[writer] = self.dispatcher.subscribe()  # before the snapshot: nothing falls between
-            writer.write(encode({"hello": {**self.state(), "record": self.engine.session.record,
+            writer.write(encode({"hello": {**await self.state(), "record": self.engine.session.record,
                                            "models": self.dispatcher.registry.menu()}}))
             forward = asyncio.create_task(_forward(events, writer))
             try:
                 while (request := await read_message(reader)) is not None:
-                    writer.write(encode(self._answer(request)))
+                    writer.write(encode(await self._answer(request)))
             finally:
                 forward.cancel()
         except (ConnectionError, ValueError, RecursionError) as e:  # gone mid-line, garbage, a line past the limit
@@ -300,12 +255,14 @@ class Daemon:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         call, args = request.get("call"), request.get("args") or {}
         try:
             if not isinstance(args, dict):
                 raise ValueError(f"the arguments of {call!r} must be a JSON object")
-            return {"id": request.get("id"), "result": self._call(call, args)}
+            if not isinstance(call, str) or call not in CALLS:
+                raise ValueError(f"unknown call {call!r}")
+            return {"id": request.get("id"), "result": await CALLS[call](self, args)}
         except KeyError as e:
             return {"id": request.get("id"), "error": f"{call!r} needs the argument {e}"}
         except SessionWriteError as e:  # a pick or a rating
@@ -314,75 +271,41 @@ class Daemon:
         except (SpecError, RegistryError, SessionError, ValueError, TypeError, OSError) as e:
             return {"id": request.get("id"), "error": str(e)}
 
-    def _call(self, call: Any, args: dict[str, Any]) -> Any:
-        d = self.dispatcher
-        if call == "submit":
-            return job_state(d.submit(JobSpec.from_dict(args["spec"])))
-        if call == "submit_set":
-            set_id, jobs = d.submit_set(VariantSet.from_dict(args["set"]))
-            return {"set": set_id, "jobs": [job.id for job in jobs]}
-        if call == "cancel":
-            return d.cancel(args["job"])
-        if call == "cancel_all":
-            return d.cancel_all()
-        if call == "move":
-            d.move(args["job"], _whole(args, "position"))
-            return None
-        if call == "retry":
-            return job_state(d.retry(args["job"], bool(args.get("force"))))
-        if call == "pause":
-            d.pause()
-            return None
-        if call == "resume":
-            d.resume()
-            return None
-        if call == "state":
-            return self.state()
-        if call == "pick":
-            return self._pass_on(self.engine.session.pick(args["set"], _whole(args, "image"), args["left"],
-                                                          args["right"], args["winner"]))
-        if call == "rate":
-            return self._pass_on(self.engine.session.rate(args["job"], _whole(args, "image"), _whole(args, "stars")))
-        if call == "image":
-            if args["job"] not in d.jobs:
-                raise ValueError(f"no job {args['job']!r} in this daemon")
-            max_side = None if args.get("max_side") is None else _whole(args, "max_side")
-            return image_png(d.jobs[args["job"]], _whole(args, "image"), max_side, self.engine.session.resolve)
-        if call == "stop":
-            queued = sum(job.status == QUEUED for job in d.jobs.values())
-            running = [job_state(job) for job in d.jobs.values() if job.status == RUNNING]
-            self.stop(bool(args.get("now")))
-            return {"queued_left": queued, "running": running}
-        raise ValueError(f"unknown call {call!r}")
-
-    def _pass_on(self, said: dict[str, Any]) -> None:
+    def _pass_on(self, event: Event) -> None:
         """What a user said of an image (a pick, a rating; recorded), to every client as an event."""
-        event = Event(said["type"], said.get("job"), {k: v for k, v in said.items() if k not in ("type", "job")})
         for events in self._connections.values():
             events.put(event)
 
 
-def image_png(job: Job, index: int, max_side: int | None, resolve) -> dict[str, Any]:
-    """One image of a job as base64 PNG, for a client on another machine: whole (the file, its
-    metadata chunks included), or fitted within `max_side` pixels for a thumbnail."""
-    record = next((image for image in job.images if image["image"] == index), None)
-    if record is None:
-        raise ValueError(f"{job.id} has no image {index} (yet)")
-    path = resolve(record["path"])  # a resumed job's earlier images are recorded relative to the session
-    if max_side is not None and int(max_side) < 1:
-        raise ValueError("max_side is a number of pixels, at least 1")
-    if max_side is None:
-        data = path.read_bytes()
-    else:
-        try:
-            with Image.open(path) as image:
-                image.thumbnail((int(max_side), int(max_side)))
-                out = io.BytesIO()
-                image.save(out, "PNG")
-                data = out.getvalue()
-        except Image.DecompressionBombError as e:  # a file changed in the session folder since
-            raise ValueError(f"{job.id} image {index}: {e}") from None
-    return {"name": path.name, "png": base64.b64encode(data).decode("ascii")}
+Args = dict[str, Any]  # a call's arguments as they come over the wire
+
+# Each call of DaemonCalls: its arguments from the wire's, and its answer as the wire's. The
+# engine's calls go to the daemon's RecordedQueue; state and stop are the daemon's own.
+CALLS: dict[str, Callable[[Daemon, Args], Awaitable[Any]]] = {
+    "submit": lambda d, a: _as_dict(d.engine.submit(JobSpec.from_dict(a["spec"]))),
+    "submit_set": lambda d, a: _set_queued(d.engine.submit_set(VariantSet.from_dict(a["set"]))),
+    "cancel": lambda d, a: d.engine.cancel(a["job"]),
+    "cancel_all": lambda d, a: d.engine.cancel_all(),
+    "move": lambda d, a: d.engine.move(a["job"], _whole(a, "position")),
+    "retry": lambda d, a: _as_dict(d.engine.retry(a["job"], bool(a.get("force")))),
+    "pause": lambda d, a: d.engine.pause(),
+    "resume": lambda d, a: d.engine.resume(),
+    "pick": lambda d, a: d.engine.pick(a["set"], _whole(a, "image"), a["left"], a["right"], a["winner"]),
+    "rate": lambda d, a: d.engine.rate(a["job"], _whole(a, "image"), _whole(a, "stars")),
+    "state": lambda d, a: d.state(),
+    "image": lambda d, a: d.engine.image(a["job"], _whole(a, "image"),
+                                         None if a.get("max_side") is None else _whole(a, "max_side")),
+    "stop": lambda d, a: d.stopping(bool(a.get("now"))),
+}
+
+
+async def _as_dict(record: Awaitable[JobRecord]) -> dict[str, Any]:
+    return (await record).to_dict()
+
+
+async def _set_queued(queued: Awaitable[tuple[str, list[str]]]) -> dict[str, Any]:
+    set_id, jobs = await queued
+    return {"set": set_id, "jobs": jobs}
 
 
 def _whole(args: dict[str, Any], key: str) -> int:
@@ -395,16 +318,6 @@ def _whole(args: dict[str, Any], key: str) -> int:
     else:  # as JSON wrote it: true, 2.5, Infinity, NaN, null, "3"; or an integer past the bound
         what = "a larger one" if isinstance(value, int) and not isinstance(value, bool) else json.dumps(value)[:40]
     raise ValueError(f"{key} must be a whole number of at most {MAX_WHOLE:,}, not {what}")
-
-
-def _read(line: bytes) -> dict[str, Any]:
-    try:
-        message = json.loads(line)
-    except ValueError:
-        raise ValueError(f"not a line of JSON: {line[:80]!r}") from None
-    if not isinstance(message, dict):
-        raise ValueError("a line must be one JSON object")
-    return message
 
 
 async def _forward(events: EventStream, writer: asyncio.StreamWriter) -> None:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.registry import Registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.demo.score import ATTRIBUTES, TARGETS, check
@@ -42,7 +43,7 @@ async def render_and_check(dispatcher: Dispatcher, model: str, scenes: list[Scen
     checks = []
     for scene, job in zip(scenes, jobs):
         job = await dispatcher.wait(job.id)
-        if job.status != "done":
+        if job.status != Status.DONE:
             raise RenderFailed(f"{scene.caption()!r}: {job.id} {job.status}: {job.error}")
         with Image.open(job.images[0]["path"]) as image:
             checks.append(check(image, scene))

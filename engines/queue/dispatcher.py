@@ -19,9 +19,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import psutil
+from diffdeck.engines.core.events import UNFINISHED, Event, EventKind, EventStream, JobRecord, Status
 from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.registry import ModelFiles, Registry, RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError, draw_seeds
@@ -33,23 +34,16 @@ from diffdeck.engines.sets.variants import VariantSet
 
 log = logging.getLogger("diffdeck.dispatcher")
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED, HELD = "queued", "running", "done", "failed", "cancelled", "held"
-FINISHED = (DONE, FAILED, CANCELLED, HELD)
 CRASHES_BEFORE_HOLD = 2
 
 
 @dataclass
-class Event:
-    type: str
-    job: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Job:
+    """A job in the queue, live; `record()` is how every other side sees it."""
+
     id: str
     spec: JobSpec  # resolved: model defaults filled in, seeds fixed
-    status: str = QUEUED
+    status: Status = Status.QUEUED
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # when it left the queue
     images: list[dict[str, Any]] = field(default_factory=list)
@@ -62,38 +56,9 @@ class Job:
     progress: dict[str, Any] = field(default_factory=dict)  # its last step: image, count, step, total, it_s
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
-
-class EventStream:
-    """One subscriber's view of the events, from the moment it subscribed."""
-
-    def __init__(self, subscribers: list["EventStream"]):
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._subscribers = subscribers
-        subscribers.append(self)
-
-    def put(self, event: Event) -> None:
-        self._queue.put_nowait(event)
-
-    def backlog(self) -> int:
-        """Events put and not yet taken: how far behind this subscriber is."""
-        return self._queue.qsize()
-
-    def drain(self) -> list[Event]:
-        """The events waiting right now, without waiting for more (to coalesce redraws)."""
-        events = []
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
-        return events
-
-    def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(self)
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        return await self._queue.get()
+    def record(self) -> JobRecord:
+        return JobRecord(self.id, self.spec.to_dict(), self.status, self.images, self.timings, self.peak_memory,
+                         self.error, self.worker_crashes, self.progress)
 
 
 class Dispatcher:
@@ -149,7 +114,7 @@ class Dispatcher:
         every worker."""
         self.paused = True
         self.cancel_all()
-        running = [j.finished.wait() for j in self.jobs.values() if j.status == RUNNING]
+        running = [j.finished.wait() for j in self.jobs.values() if j.status == Status.RUNNING]
         if running:
             await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=grace_s)
         for task in self._tasks:
@@ -190,24 +155,24 @@ class Dispatcher:
                 raise RegistryError(f"variant {variant.label}: {e}") from None
         set_id = set_id or f"set-{next(self._set_ids):04d}"
         jobs = [Job(f"job-{next(self._ids):04d}", dataclasses.replace(spec, group=set_id)) for spec in specs]
-        self._emit("set", None, set=set_id, **variants.record(),
+        self._emit(EventKind.SET, None, set=set_id, **variants.record(),
                    variants=[{**v.to_dict(), "job": job.id} for v, job in zip(variants.variants, jobs)])
         for job in jobs:
             self.jobs[job.id] = job
             self._enqueue(job)
         return set_id, jobs
 
-    def restore(self, job_id: str, spec: dict[str, Any], images: list[dict[str, Any]] = (),
-                worker_crashes: int = 0) -> Job:
+    def restore(self, record: JobRecord) -> Job:
         """Queue again a job from a reopened session, under its own id and with its seeds.
         Images it already made are kept and not rendered again; a job that stopped its worker
         twice is held instead. Raises SpecError or RegistryError."""
-        if job_id in self.jobs:
-            raise ValueError(f"{job_id} is already in this queue")
-        job = Job(job_id, self._resolve(JobSpec.from_dict(spec)), images=list(images), worker_crashes=worker_crashes)
+        if record.id in self.jobs:
+            raise ValueError(f"{record.id} is already in this queue")
+        job = Job(record.id, self._resolve(JobSpec.from_dict(record.spec)), images=list(record.images),
+                  worker_crashes=record.worker_crashes)
         self.jobs[job.id] = job
-        if worker_crashes >= CRASHES_BEFORE_HOLD:
-            self._fail(job, f"{job_id} stopped its worker {worker_crashes} times (a crash, or diffdeck "
+        if job.worker_crashes >= CRASHES_BEFORE_HOLD:
+            self._fail(job, f"{job.id} stopped its worker {job.worker_crashes} times (a crash, or diffdeck "
                             "stopping mid-run); held: retry it with force to run it again", "crash")
             return job
         return self._enqueue(job)
@@ -238,16 +203,16 @@ class Dispatcher:
         """Cancel a queued job, or stop a running one: at the next module its worker enters,
         or within `cancel_grace_s` by stopping the worker."""
         job = self._job(job_id)
-        if job.status == QUEUED:
+        if job.status == Status.QUEUED:
             self.queue.remove(job)
-            self._finish(job, CANCELLED)
-        elif job.status == RUNNING:
+            self._finish(job, Status.CANCELLED)
+        elif job.status == Status.RUNNING:
             worker = self.workers.get(job.spec.model)
             if worker is not None and worker.job_id == job.id:
                 worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
                 self._in_background(self._enforce_cancel(job, worker))
             else:  # still waiting for its model to load
-                self._finish(job, CANCELLED)
+                self._finish(job, Status.CANCELLED)
                 if worker is not None and not any(j.spec.model == worker.model for j in self.queue):
                     self._in_background(self._retire(worker, "cancelled while loading"))
         else:
@@ -260,51 +225,51 @@ class Dispatcher:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(job.finished.wait(), self.cancel_grace_s)
             return
-        if job.status == RUNNING and worker.job_id == job.id:
-            self._finish(job, CANCELLED, step=None)
+        if job.status == Status.RUNNING and worker.job_id == job.id:
+            self._finish(job, Status.CANCELLED, step=None)
             # No await in between: the worker is out of service before any task can give it a job.
             await self._retire(worker, "the cancel did not land in time", grace_s=0.0)
 
     def cancel_all(self) -> int:
-        targets = [j for j in self.jobs.values() if j.status in (QUEUED, RUNNING)]
+        targets = [j for j in self.jobs.values() if j.status in UNFINISHED]
         return sum(self.cancel(j.id) for j in targets)
 
     def move(self, job_id: str, position: int) -> None:
         """Put a queued job at `position` in the queue (0: next; clamped to the queue)."""
         job = self._job(job_id)
-        if job.status != QUEUED:
+        if job.status != Status.QUEUED:
             raise ValueError(f"{job_id} is {job.status}; only queued jobs can be moved")
         self.queue.remove(job)
         position = max(0, min(position, len(self.queue)))
         self.queue.insert(position, job)
-        self._emit("moved", job, position=position)
+        self._emit(EventKind.MOVED, job, position=position)
 
     def pause(self) -> None:
         """Start no new job once the current one ends."""
         self.paused = True
-        self._emit("paused", None)
+        self._emit(EventKind.PAUSED, None)
 
     def resume(self) -> None:
         self.paused = False
-        self._emit("resumed", None)
+        self._emit(EventKind.RESUMED, None)
         self._wakeup.set()
 
     def retry(self, job_id: str, force: bool = False) -> Job:
         """Queue a failed, cancelled or (with force) held job again, with the same seeds."""
         job = self._job(job_id)
-        if job.status == HELD and not force:
+        if job.status == Status.HELD and not force:
             raise ValueError(f"{job_id} is held: it crashed its worker {job.worker_crashes} times; "
                              "retry with force to try again")
-        if job.status not in (FAILED, CANCELLED, HELD):
+        if job.status not in (Status.FAILED, Status.CANCELLED, Status.HELD):
             raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
-        job.status, job.images, job.timings, job.error, job.error_kind = QUEUED, [], {}, None, None
+        job.status, job.images, job.timings, job.error, job.error_kind = Status.QUEUED, [], {}, None, None
         job.submitted_at, job.started_at, job.passed_over, job.progress = time.monotonic(), None, 0, {}
         job.finished = asyncio.Event()
         return self._enqueue(job)
 
     def _enqueue(self, job: Job) -> Job:
         self.queue.append(job)
-        self._emit("queued", job, spec=job.spec.to_dict(), position=len(self.queue) - 1,
+        self._emit(EventKind.QUEUED, job, spec=job.spec.to_dict(), position=len(self.queue) - 1,
                    worker_crashes=job.worker_crashes)
         self._wakeup.set()
         return job
@@ -340,13 +305,13 @@ class Dispatcher:
                 await self._wakeup.wait()
                 continue
             self.queue.remove(job)
-            job.status, job.started_at = RUNNING, time.monotonic()
-            self._emit("dequeued", job)  # its model may take a while to load before `started`
+            job.status, job.started_at = Status.RUNNING, time.monotonic()
+            self._emit(EventKind.DEQUEUED, job)  # its model may take a while to load before `started`
             try:
                 await self._run(job)
             except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue
                 log.exception("%s failed in the dispatcher", job.id)
-                if job.status == RUNNING:
+                if job.status == Status.RUNNING:
                     self._fail(job, f"{type(e).__name__}: {e}", "error")
 
     async def _run(self, job: Job) -> None:
@@ -354,20 +319,20 @@ class Dispatcher:
         load_s = 0.0
         if worker is None:
             worker = await self._spawn(job.spec.model)
-            self._emit("loading", job, model=job.spec.model, pid=worker.pid)
+            self._emit(EventKind.LOADING, job, model=job.spec.model, pid=worker.pid)
             identity = self._identify(job.spec.model)  # hashes weights while the worker loads
             try:
                 await worker.wait_ready()
             except WorkerError as e:
-                if job.status == RUNNING:
+                if job.status == Status.RUNNING:
                     self._fail(job, str(e), "load")
                 return
             identity = identity or self._identify(job.spec.model)  # a hub model it just downloaded
-            self._emit("worker_ready", None, model=worker.model, pid=worker.pid, environment=worker.environment,
+            self._emit(EventKind.WORKER_READY, None, model=worker.model, pid=worker.pid, environment=worker.environment,
                        identity=await identity if identity else None,
                        **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "settings", "memory")})
             load_s = time.monotonic() - job.started_at
-        if job.status != RUNNING:  # cancelled while its model loaded
+        if job.status != Status.RUNNING:  # cancelled while its model loaded
             return
         job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": round(load_s, 4)}
         try:
@@ -376,7 +341,7 @@ class Dispatcher:
         except WorkerError as e:  # it died, or is being retired, between its load and now
             self._fail(job, str(e), "crash")
             return
-        self._emit("started", job, model=job.spec.model, pid=worker.pid, **job.timings)
+        self._emit(EventKind.STARTED, job, model=job.spec.model, pid=worker.pid, **job.timings)
         await job.finished.wait()
         worker.release()
 
@@ -390,7 +355,7 @@ class Dispatcher:
                                self.intervals)
         await worker.start()
         self.workers[model] = worker
-        self._emit("worker_spawned", None, model=model, pid=worker.pid)
+        self._emit(EventKind.WORKER_SPAWNED, None, model=model, pid=worker.pid)
         return worker
 
     def _identify(self, model: str) -> asyncio.Future | None:
@@ -404,7 +369,7 @@ class Dispatcher:
         when this returns."""
         if self.workers.get(worker.model) is worker:
             del self.workers[worker.model]
-        self._emit("worker_evicted", None, model=worker.model, pid=worker.pid, reason=reason, **data)
+        self._emit(EventKind.WORKER_EVICTED, None, model=worker.model, pid=worker.pid, reason=reason, **data)
         await worker.stop(grace_s)
 
     async def _watch(self) -> None:
@@ -412,7 +377,7 @@ class Dispatcher:
         while True:
             views = [WorkerView(w.pid, w.model, w.state) for w in self.workers.values() if w.pid]
             try:
-                self._emit("telemetry", None, **self.telemetry.sample(views))
+                self._emit(EventKind.TELEMETRY, None, **self.telemetry.sample(views))
             except Exception:  # noqa: BLE001 - a sensor failing must not stop idle eviction
                 log.exception("telemetry sample failed")
             now = time.monotonic()
@@ -428,7 +393,7 @@ class Dispatcher:
         if kind in ("hello", "ready", "load_failed"):
             return  # the worker keeps these; _run reports the load
         job = self.jobs.get(message.pop("id", None))
-        if job is None or job.status != RUNNING:
+        if job is None or job.status != Status.RUNNING:
             return
         if kind == "image":
             message["timings"]["total_s"] = round(time.monotonic() - job.submitted_at, 4)
@@ -437,10 +402,10 @@ class Dispatcher:
             job.timings.update(message["timings"])
             job.timings["total_s"] = round(time.monotonic() - job.submitted_at, 4)
             job.peak_memory = message["peak_memory"]
-            self._finish(job, DONE, images=job.images, timings=job.timings, peak_memory=job.peak_memory)
+            self._finish(job, Status.DONE, images=job.images, timings=job.timings, peak_memory=job.peak_memory)
             return
         elif kind == "cancelled":
-            self._finish(job, CANCELLED, step=message["step"])
+            self._finish(job, Status.CANCELLED, step=message["step"])
             return
         elif kind == "failed":
             if message["kind"] == "fatal" and self.workers.get(worker.model) is worker:
@@ -449,14 +414,14 @@ class Dispatcher:
             return
         elif kind == "step":
             job.progress = dict(message)
-        self._emit(kind, job, **message)
+        self._emit(EventKind(kind), job, **message)  # step, preview, image
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
         if self.workers.get(worker.model) is worker:
             del self.workers[worker.model]
-        self._emit("worker_exited", None, model=worker.model, pid=worker.pid, returncode=worker.returncode)
+        self._emit(EventKind.WORKER_EXITED, None, model=worker.model, pid=worker.pid, returncode=worker.returncode)
         job = self.jobs.get(worker.job_id) if worker.job_id else None
-        if job is not None and job.status == RUNNING:
+        if job is not None and job.status == Status.RUNNING:
             if worker.stop_requested:  # we stopped it: the job did not crash anything
                 self._fail(job, f"the worker for {worker.model!r} was stopped during {job.id}", "stopped")
                 return
@@ -470,16 +435,16 @@ class Dispatcher:
 
     def _fail(self, job: Job, error: str, kind: str) -> None:
         job.error, job.error_kind = error, kind
-        status = HELD if job.worker_crashes >= CRASHES_BEFORE_HOLD else FAILED
+        status = Status.HELD if job.worker_crashes >= CRASHES_BEFORE_HOLD else Status.FAILED
         self._finish(job, status, error=error, kind=kind, worker_crashes=job.worker_crashes)
 
-    def _finish(self, job: Job, status: str, /, **data: Any) -> None:
+    def _finish(self, job: Job, status: Status, /, **data: Any) -> None:
         job.status = status
         job.finished.set()
-        self._emit(status, job, **data)
+        self._emit(EventKind(status), job, **data)
         self._wakeup.set()
 
-    def _emit(self, event_type: str, job: Job | None, /, **data: Any) -> None:
+    def _emit(self, event_type: EventKind, job: Job | None, /, **data: Any) -> None:
         event = Event(event_type, job.id if job else None, data)
         for subscriber in list(self._subscribers):
             subscriber.put(event)

@@ -30,6 +30,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from diffdeck.engines.core.events import (
+    RECORDED_EVENTS,
+    STATUSES,
+    UNFINISHED,
+    VERDICT_EVENTS,
+    EventKind,
+    JobRecord,
+    Status,
+)
 from diffdeck.engines.core.files import write_whole
 from diffdeck.engines.core.jsontext import parse_json
 from diffdeck.engines.core.spec import MAX_COUNT, JobSpec
@@ -41,11 +50,6 @@ DEFAULT_ROOT = Path("sessions")
 RECORD = "session.yaml"
 JOURNAL = "journal.jsonl"
 LOCK = "session.lock"
-# Dispatcher events that change the record; progress, previews and telemetry do not.
-STATUSES = ("queued", "running", "done", "failed", "cancelled", "held")
-RECORDED_EVENTS = ("queued", "started", "image", "done", "failed", "cancelled", "held", "worker_ready", "set")
-# What the user says of the images, appended by the workbench: who won a pair, how many stars.
-VERDICT_EVENTS = ("pick", "rating")
 TIE = "tie"
 JOB_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
 
@@ -187,8 +191,8 @@ class Session:
         for job_id, job in self.jobs.items():
             if not isinstance(job_id, str):
                 raise SessionError(f"{where}: the job key {job_id!r} is not a job id such as job-0001")
-            if not isinstance(job, dict) or job.get("status") not in STATUSES:
-                raise SessionError(f"{where}: job {job_id!r} has no valid status ({', '.join(STATUSES)})")
+            if not isinstance(job, dict) or not _is_a(STATUSES, job.get("status")):
+                raise SessionError(f"{where}: job {job_id!r} has no valid status ({', '.join(Status)})")
             spec = job.get("spec")
             if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or not isinstance(spec.get("prompt"), str):
                 raise SessionError(f"{where}: job {job_id!r} has no spec with a model and a prompt")
@@ -234,7 +238,7 @@ class Session:
         raises it: the record in memory holds an event the journal does not."""
         if self.write_error is not None:
             raise SessionWriteError(*self.write_error.args)
-        if event["type"] == "image":
+        if event["type"] == EventKind.IMAGE:
             event = {**event, "path": os.path.relpath(Path(event["path"]).resolve(), self.folder.resolve())}
         self.apply(event)
         self._write_line(json.dumps(event, separators=(",", ":")).encode() + b"\n")
@@ -278,41 +282,41 @@ class Session:
                                 f"write); its {size} bytes were moved to {path}")
 
     def apply(self, event: dict[str, Any]) -> None:
-        kind, job_id = event["type"], event.get("job")
-        if kind == "worker_ready":
+        kind, job_id = EventKind(event["type"]), event.get("job")
+        if kind == EventKind.WORKER_READY:
             self.record["models"][event["model"]] = {k: event.get(k) for k in (
                 "family", "device", "dtype", "settings", "identity", "environment")}
             return
-        if kind == "set":
+        if kind == EventKind.SET:
             entry = self.sets.setdefault(event["set"], {"picks": []})
             entry.update({k: event[k] for k in ("kind", "base", "axes", "variants")})
             return
-        if kind == "pick":
+        if kind == EventKind.PICK:
             self._pick(event)
             return
-        if kind == "queued":
-            self.jobs.setdefault(job_id, {"spec": event["spec"], "status": "queued", "images": []})
-            self.jobs[job_id].update(status="queued", error=None)
+        if kind == EventKind.QUEUED:
+            self.jobs.setdefault(job_id, {"spec": event["spec"], "status": Status.QUEUED, "images": []})
+            self.jobs[job_id].update(status=Status.QUEUED, error=None)
             if "worker_crashes" in event:
                 self.jobs[job_id]["worker_crashes"] = event["worker_crashes"]
             return
         job = self.jobs.get(job_id)
         if job is None:
             raise SessionError(f"journal event {kind!r} for unknown job {job_id!r}")
-        if kind == "started":
-            job.update(status="running", timings={k: event[k] for k in ("queue_wait_s", "load_s")})
-        elif kind == "image":
+        if kind == EventKind.STARTED:
+            job.update(status=Status.RUNNING, timings={k: event[k] for k in ("queue_wait_s", "load_s")})
+        elif kind == EventKind.IMAGE:
             image = {k: event[k] for k in ("image", "seed", "path", "pixel_sha256", "timings", "peak_memory")}
             job["images"] = [i for i in job["images"] if i["image"] != image["image"]] + [image]
-        elif kind == "rating":
+        elif kind == EventKind.RATING:
             image = next((i for i in job["images"] if i["image"] == event["image"]), None)
             if image is None:
                 raise SessionError(f"a rating for {job_id} image {event['image']}, which it does not have")
             image["rating"] = event["stars"]
-        elif kind == "done":
-            job.update(status="done", timings=event["timings"], peak_memory=event["peak_memory"])
+        elif kind == EventKind.DONE:
+            job.update(status=Status.DONE, timings=event["timings"], peak_memory=event["peak_memory"])
         else:  # failed, cancelled, held
-            job.update(status=kind, error=event.get("error"))
+            job.update(status=Status(kind), error=event.get("error"))
             if "worker_crashes" in event:
                 job["worker_crashes"] = event["worker_crashes"]
 
@@ -329,14 +333,14 @@ class Session:
 
     def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> dict[str, Any]:
         """Record who won a pair; returns the event recorded."""
-        return self.append({"type": "pick", "set": set_id, "image": image, "left": left, "right": right,
+        return self.append({"type": EventKind.PICK, "set": set_id, "image": image, "left": left, "right": right,
                             "winner": winner})
 
     def rate(self, job_id: str, image: int, stars: int) -> dict[str, Any]:
         """1 to 5 stars; 0 takes the rating back. Returns the event recorded."""
         if not 0 <= stars <= 5:
             raise ValueError(f"a rating is 1 to 5 stars (0 clears it), not {stars}")
-        return self.append({"type": "rating", "job": job_id, "image": image, "stars": stars})
+        return self.append({"type": EventKind.RATING, "job": job_id, "image": image, "stars": stars})
 
     def wins(self, set_id: str) -> dict[str, int]:
         """Picks won per variant label, and ties, in the set's variant order."""
@@ -366,17 +370,19 @@ class Session:
                     marks[key] = text
         return marks
 
-    def unfinished(self) -> list[tuple[str, dict[str, Any]]]:
+    def job(self, job_id: str) -> JobRecord:
+        """A job of the record in the shape every side shares; its image paths are relative to the folder."""
+        return JobRecord.from_dict({"id": job_id, **self.jobs[job_id]})
+
+    def unfinished(self) -> list[JobRecord]:
         """The jobs a reopened session queues again: those queued, and those running when
         diffdeck stopped, in the order they were queued. Each keeps only the images still on disk.
         A run cut short counts as a crash of its worker: a job that keeps taking diffdeck down
         (the host's OOM killer, say) is held after two, not retried forever."""
-        pending = []
-        for job_id, job in self.jobs.items():
-            if job["status"] in ("queued", "running"):
-                images = [i for i in job["images"] if self.resolve(i["path"]).is_file()]
-                crashes = job.get("worker_crashes", 0) + (job["status"] == "running")
-                pending.append((job_id, {**job, "images": images, "worker_crashes": crashes}))
+        pending = [self.job(job_id) for job_id, job in self.jobs.items() if job["status"] in UNFINISHED]
+        for job in pending:
+            job.images = [i for i in job.images if self.resolve(i["path"]).is_file()]
+            job.worker_crashes += job.status == Status.RUNNING
         return pending
 
     def resolve(self, relative: str) -> Path:
@@ -558,6 +564,11 @@ def _set_problem(entry: Any) -> str | None:
     return None
 
 
+def _is_a(words: frozenset[str], value: Any) -> bool:
+    """Whether `value` is one of `words` (a Status, say): never true of a list or a mapping from a hostile file."""
+    return isinstance(value, str) and value in words
+
+
 def _is_inside(path: Any) -> bool:
     """Whether `path` names a file inside the session folder: relative, never through .., not the folder."""
     if not isinstance(path, str) or os.path.isabs(path):
@@ -660,7 +671,7 @@ def _read_journal(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if number == len(lines):  # the last line, cut short by a kill: the event never happened
                 break
             raise SessionError(f"{path} line {number} is not a JSON event") from None
-        if not isinstance(event, dict) or event.get("type") not in RECORDED_EVENTS + VERDICT_EVENTS:
+        if not isinstance(event, dict) or not _is_a(RECORDED_EVENTS | VERDICT_EVENTS, event.get("type")):
             raise SessionError(f"{path} line {number} is not a session event")
         events.append((number, event))
     return events

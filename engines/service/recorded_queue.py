@@ -1,6 +1,7 @@
 """A Dispatcher bound to a Session: every event recorded as it comes, the session's unfinished
 jobs queued again at start, and at shut-down whatever is queued or running left queued in the
-session, so the next start resumes it. The workbench and the engine daemon both run one.
+session, so the next start resumes it. The workbench and the engine daemon both run one, and
+drive it through its Engine calls (diffdeck.engines.service.engine).
 
 UI side: never imports torch.
 """
@@ -8,14 +9,23 @@ UI side: never imports torch.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+from pathlib import Path
+from typing import Any, Callable
 
+from diffdeck.engines.core.events import Event, EventKind, EventStream, JobRecord, Status
 from diffdeck.engines.core.registry import Registry, RegistryError
-from diffdeck.engines.core.spec import SpecError
-from diffdeck.engines.queue.dispatcher import RUNNING, Dispatcher, EventStream
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.queue.dispatcher import Dispatcher, Job
+from diffdeck.engines.queue.telemetry import WorkerView
 from diffdeck.engines.record.session import Session, SessionWriteError
+from diffdeck.engines.service.engine import Engine
+from diffdeck.engines.sets.variants import VariantSet
+from PIL import Image
 
 
-class RecordedQueue:
+class RecordedQueue(Engine):
     def __init__(self, registry: Registry, session: Session, **dispatcher_options):
         self.session = session
         self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
@@ -24,6 +34,8 @@ class RecordedQueue:
         self._recorder: EventStream | None = None
         self._closed = False
         self._problem: str | None = None
+        # told of each pick and rating once it is recorded (a daemon: its clients)
+        self.listeners: list[Callable[[Event], None]] = []
 
     def start(self) -> list[tuple[str, str]]:
         """Start recording and rendering, and queue the session's unfinished jobs again. Returns
@@ -33,12 +45,64 @@ class RecordedQueue:
         self.dispatcher.start()
         self.recording = asyncio.create_task(self.session.record_events(self._recorder))
         refused = []
-        for job_id, job in self.session.unfinished():
+        for job in self.session.unfinished():
             try:
-                self.dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"])
+                self.dispatcher.restore(job)
             except (SpecError, RegistryError) as e:
-                refused.append((job_id, str(e)))
+                refused.append((job.id, str(e)))
         return refused
+
+    # the Engine's calls
+
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        return self.dispatcher.submit(spec).record()
+
+    async def submit_set(self, variants: VariantSet) -> tuple[str, list[str]]:
+        set_id, jobs = self.dispatcher.submit_set(variants)
+        return set_id, [job.id for job in jobs]
+
+    async def cancel(self, job_id: str) -> bool:
+        return self.dispatcher.cancel(job_id)
+
+    async def cancel_all(self) -> int:
+        return self.dispatcher.cancel_all()
+
+    async def move(self, job_id: str, position: int) -> None:
+        self.dispatcher.move(job_id, position)
+
+    async def retry(self, job_id: str, force: bool = False) -> JobRecord:
+        return self.dispatcher.retry(job_id, force).record()
+
+    async def pause(self) -> None:
+        self.dispatcher.pause()
+
+    async def resume(self) -> None:
+        self.dispatcher.resume()
+
+    async def pick(self, set_id: str, image: int, left: str, right: str, winner: str | None) -> None:
+        self._tell(self.session.pick(set_id, image, left, right, winner))
+
+    async def rate(self, job_id: str, image: int, stars: int) -> None:
+        self._tell(self.session.rate(job_id, image, stars))
+
+    async def state(self) -> dict[str, Any]:
+        d = self.dispatcher
+        return {"session": str(self.session.folder), "paused": d.paused,
+                "jobs": [job.record().to_dict() for job in d.jobs.values()], "queue": [job.id for job in d.queue],
+                "workers": {name: {"state": w.state, "pid": w.pid, "job": w.job_id, "memory_gb": w.memory_gb}
+                            for name, w in d.workers.items()},
+                "memory_budget_gb": d.memory_budget_gb,
+                "telemetry": d.telemetry.sample([WorkerView(w.pid, w.model, w.state) for w in d.workers.values() if w.pid])}
+
+    async def image(self, job_id: str, image: int, max_side: int | None = None) -> dict[str, str]:
+        if job_id not in self.dispatcher.jobs:
+            raise ValueError(f"no job {job_id!r} in this engine")
+        return image_png(self.dispatcher.jobs[job_id], image, max_side, self.session.resolve)
+
+    def _tell(self, said: dict[str, Any]) -> None:
+        event = Event(EventKind(said["type"]), said.get("job"), {k: v for k, v in said.items() if k not in ("type", "job")})
+        for listener in self.listeners:
+            listener(event)
 
     async def shut_down(self) -> str | None:
         """Stop the workers, leaving queued and running jobs queued in the session, and compact
@@ -60,8 +124,8 @@ class RecordedQueue:
                 for event in self._recorder.drain():  # emitted, not yet written
                     self.session.record_event(event)
             for job in self.dispatcher.jobs.values():
-                if job.status == RUNNING:  # stopped by the user, not crashed: queued, not counted
-                    self.session.append({"type": "queued", "job": job.id, "spec": job.spec.to_dict(),
+                if job.status == Status.RUNNING:  # stopped by the user, not crashed: queued, not counted
+                    self.session.append({"type": EventKind.QUEUED, "job": job.id, "spec": job.spec.to_dict(),
                                          "position": 0, "worker_crashes": job.worker_crashes})
         except SessionWriteError:
             pass  # the session's write_error says it
@@ -77,3 +141,26 @@ class RecordedQueue:
             except SessionWriteError as e:
                 return str(e)
         return None
+
+
+def image_png(job: Job, index: int, max_side: int | None, resolve: Callable[[str], Path]) -> dict[str, str]:
+    """One image of a job as base64 PNG, for a client on another machine: whole (the file, its
+    metadata chunks included), or fitted within `max_side` pixels for a thumbnail."""
+    record = next((image for image in job.images if image["image"] == index), None)
+    if record is None:
+        raise ValueError(f"{job.id} has no image {index} (yet)")
+    path = resolve(record["path"])  # a resumed job's earlier images are recorded relative to the session
+    if max_side is not None and int(max_side) < 1:
+        raise ValueError("max_side is a number of pixels, at least 1")
+    if max_side is None:
+        data = path.read_bytes()
+    else:
+        try:
+            with Image.open(path) as image:
+                image.thumbnail((int(max_side), int(max_side)))
+                out = io.BytesIO()
+                image.save(out, "PNG")
+                data = out.getvalue()
+        except Image.DecompressionBombError as e:  # a file changed in the session folder since
+            raise ValueError(f"{job.id} image {index}: {e}") from None
+    return {"name": path.name, "png": base64.b64encode(data).decode("ascii")}

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.registry import Registry
@@ -71,7 +72,7 @@ def new_replay_folder(root: Path) -> Path:
 
 def select_jobs(session: Session, selector: str | None) -> list[str]:
     """'all' (default), or job ids separated by commas."""
-    done = [job_id for job_id, job in session.jobs.items() if job["status"] == "done"]
+    done = [job_id for job_id, job in session.jobs.items() if job["status"] == Status.DONE]
     if not selector or selector == "all":
         return done
     wanted = [s.strip() for s in selector.split(",") if s.strip()]
@@ -198,3 +199,29 @@ def result_dict(result: ImageResult) -> dict[str, Any]:
     data = asdict(result)
     data["verdict"] = asdict(result.verdict) if result.verdict else None
     return data
+
+
+VERDICT_KINDS = ("identical", "near-identical", "different", "altered", "missing")  # as a summary counts them
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    images: int
+    counts: dict[str, int]  # images of each verdict kind, in VERDICT_KINDS' order
+    not_rendered: int
+    folder: Path  # the replay's
+    environment: EnvironmentCheck
+
+    def passed(self, checked: bool) -> bool:
+        """Every image rendered again and, when they were checked, none different, altered or missing."""
+        return self.not_rendered == 0 and (not checked or self.counts["different"] + self.counts["altered"]
+                                           + self.counts["missing"] == 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, **self.counts, "not_rendered": self.not_rendered, "replay": str(self.folder),
+                "environment_differences": self.environment.differences, "drift_factors": self.environment.drift}
+
+
+def summarize_replay(results: list[ImageResult], folder: Path, environment: EnvironmentCheck) -> ReplaySummary:
+    counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind) for kind in VERDICT_KINDS}
+    return ReplaySummary(len(results), counts, sum(1 for r in results if r.replayed is None), folder, environment)

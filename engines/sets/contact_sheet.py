@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.record.session import TIE, Session
 from diffdeck.engines.sets.variants import AXES
 from PIL import Image, ImageDraw, ImageFont
@@ -186,7 +187,7 @@ def _image(sheet: Image.Image, draw: ImageDraw.ImageDraw, session: Session, entr
             picture = opened.convert("RGB")
     if picture is None:
         draw.rectangle((left, top, right - 1, bottom - 1), fill=MISSING)
-        why = "file missing" if record else job["status"] if job and job["status"] != "done" else "not rendered"
+        why = "file missing" if record else job["status"] if job and job["status"] != Status.DONE else "not rendered"
         draw.text(((left + right) // 2, (top + bottom) // 2), why, font=FONT, fill=TEXT, anchor="mm")
         return
     factor = min((right - left) / picture.width, (bottom - top) / picture.height)

@@ -149,6 +149,27 @@ def plan_ab(specs: list[JobSpec]) -> VariantSet:
     return VariantSet("ab", base, tuple(_cheapest_order(variants)))
 
 
+def plan_varied(base: JobSpec, prompts: list[str], vary: list[str]) -> VariantSet:
+    """An A/B set as `diffdeck ab` gives it: one variant per prompt, or one prompt and a value per
+    variant of each field in `vary` (`FIELD=A,B`, the grid's syntax), all on `base`'s seeds."""
+    axes = [parse_axis(text, base, "--vary") for text in vary]
+    one_axis_per_field([axis.name for axis in axes])
+    if any(axis.name == "seed" for axis in axes):
+        raise SpecError("--vary", "variants share their seeds; to vary the seed, use diffdeck grid --x seed=...")
+    if len(prompts) > 1 and any(axis.name == "prompt" for axis in axes):
+        raise SpecError("--vary", "give several prompts or --vary prompt=..., not both")
+    n = len(prompts) if len(prompts) > 1 else len(axes[0].values) if axes else 1
+    for axis in axes:
+        if len(axis.values) != n:
+            values = f"{len(axis.values)} value{'' if len(axis.values) == 1 else 's'}"
+            raise SpecError("--vary", f"{axis.text} gives {values} for {n} variants; "
+                                      "give one per variant (for every combination, use diffdeck grid)")
+    prompts = prompts if len(prompts) > 1 else prompts * n
+    return plan_ab([dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes
+                                                                      for k, v in axis.changes(i, 1).items()}})
+                    for i, prompt in enumerate(prompts)])
+
+
 def plan_grid(base: JobSpec, axes: dict[str, str]) -> VariantSet:
     """A grid over up to three axes (x, y, page), each given as text, as in the module doc."""
     unknown = [a for a in axes if a not in AXES]

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.registry import Registry
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.app import Workbench
@@ -43,7 +44,7 @@ async def _bench(registry: Registry, keys: int, folder: Path) -> tuple[list[floa
         app.query_one("#prompt").text = "a long render to keep the worker busy"
         await pilot.press("ctrl+j")
         deadline = time.monotonic() + 120
-        while not any(row.status == "running" and row.step for row in app.board.rows()):
+        while not any(row.status == Status.RUNNING and row.step for row in app.board.rows()):
             if time.monotonic() > deadline:
                 raise RuntimeError("the demo render did not start within two minutes")
             await pilot.pause(0.1)
@@ -51,7 +52,7 @@ async def _bench(registry: Registry, keys: int, folder: Path) -> tuple[list[floa
         busy = await _type(pilot, keys)
         running = app.board.running()
         rate = running.it_s if running and running.it_s else 0.0
-        await app.engine.call("cancel_all")
+        await app.engine.calls.cancel_all()
         await pilot.press("ctrl+q")
     return idle, busy, rate
 

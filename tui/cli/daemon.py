@@ -19,24 +19,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Iterable
 
+from diffdeck.engines.core.events import FINISHING_EVENTS, JobRecord, Status
 from diffdeck.engines.core.registry import load_registry
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.core.text import visible
-from diffdeck.engines.daemon.client import EngineClient, daemon_holding, save_image
-from diffdeck.engines.daemon.server import Daemon, DaemonError, Place, hold_lock, place, socket_path
-from diffdeck.engines.queue.dispatcher import FINISHED
+from diffdeck.engines.daemon.client import (
+    ENGINES,
+    Connect,
+    EngineClient,
+    choose_engine,
+    daemon_holding,
+    default_engine,
+    remote_connection,
+    save_image,
+)
+from diffdeck.engines.daemon.server import Daemon, Place, hold_lock, place, socket_path
+from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionError, is_session, new_session_dir
 from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.tui.cli.progress import Progress, counted, exit_status, follow_jobs
 
-ENGINES = ("auto", "local", "daemon")
 START_TIMEOUT_S = 60.0
 WATCH_S = 1.0  # status --watch: seconds between two drawings
-
-Connect = Callable[[], Awaitable[EngineClient]]
-
 
 def add_commands(commands, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[common], help="run the engine as a daemon: renders outlive the terminal")
@@ -86,7 +92,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
 
 
 def add_engine_options(parser: argparse.ArgumentParser, fetch: bool = True) -> None:
-    parser.add_argument("--engine", choices=ENGINES, default=os.environ.get("DIFFDECK_ENGINE", "auto"),
+    parser.add_argument("--engine", choices=ENGINES, default=default_engine(),
                         help="local: render in this process; daemon: through the daemon (started if none "
                              "runs); auto: the daemon if one runs and no --session is given, else local "
                              "(default: $DIFFDECK_ENGINE or auto)")
@@ -184,7 +190,7 @@ def start_daemon(models: str | None, session: Path | None = None, new_session: b
 
 async def _state() -> dict[str, Any]:
     async with await EngineClient.connect() as client:
-        return await client.call("state")
+        return await client.state()
 
 
 def _answers() -> bool:
@@ -222,7 +228,7 @@ async def _watch_status() -> int:
         while True:
             client.events().drain()  # the state says it all; events would only pile up
             try:
-                state = await client.call("state")
+                state = await client.state()
             except DaemonError as e:
                 print(f"diffdeck: {visible(str(e))}", file=sys.stderr)
                 return 0
@@ -243,19 +249,19 @@ def status_lines(state: dict[str, Any]) -> list[str]:
     if not telemetry["gpus"]:
         lines.append(f"  no GPU figures: {telemetry['gpu_problem']}; RAM {telemetry['ram_used'] / 2**30:.1f} "
                      f"of {telemetry['ram_total'] / 2**30:.1f} GiB used")
-    jobs = {job["id"]: job for job in state["jobs"]}
-    running = [job for job in state["jobs"] if job["status"] == "running"]
+    jobs = {job.id: job for job in map(JobRecord.from_dict, state["jobs"])}
+    running = [job for job in jobs.values() if job.status == Status.RUNNING]
     for job in running + [jobs[job_id] for job_id in state["queue"]]:
-        lines.append(f"  {job['id']} {job['status']:8} {job['spec']['model']}: {job['spec']['prompt']}"
-                     + (f" ({where_it_is(job)})" if job["status"] == "running" else ""))
-    done = sum(job["status"] == "done" for job in state["jobs"])
+        lines.append(f"  {job.id} {job.status:8} {job.spec['model']}: {job.spec['prompt']}"
+                     + (f" ({where_it_is(job)})" if job.status == Status.RUNNING else ""))
+    done = sum(job.status == Status.DONE for job in jobs.values())
     lines.append(f"  {len(state['queue'])} queued, {len(running)} running, {done} done since the daemon started")
     return lines
 
 
-def where_it_is(job: dict[str, Any]) -> str:
+def where_it_is(job: JobRecord) -> str:
     """How far a running job has come: 'image 1/2, step 12/40', or that its model loads."""
-    p = job.get("progress")
+    p = job.progress
     return f"image {p['image'] + 1}/{p['count']}, step {p['step']}/{p['total']}" if p else "its model loading"
 
 
@@ -263,8 +269,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     async def stop() -> int:
         """Stop the daemon and follow it until it has: what stays queued in its session."""
         async with await EngineClient.connect() as client:
-            answer = await client.call("stop", now=args.now)
-            running = {job["id"]: job for job in answer.get("running", [])}
+            answer = await client.stop(args.now)
+            running = {job.id: job for job in map(JobRecord.from_dict, answer.get("running", []))}
             if running and not args.now:
                 print(visible(f"diffdeck: waiting for {', '.join(f'{j} ({where_it_is(job)})' for j, job in running.items())}"
                               " to finish; diffdeck stop --now interrupts it (it stays queued)"), file=sys.stderr, flush=True)
@@ -272,7 +278,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             async for event in client.events():  # until the daemon closes the connection as it exits
                 if event.job in running and progress:
                     progress.show(event)
-                if event.job in running and event.type in FINISHED:
+                if event.job in running and event.type in FINISHING_EVENTS:
                     del running[event.job]
             if progress:
                 progress.clear()
@@ -302,20 +308,20 @@ async def _queue(connect: Connect, args: argparse.Namespace) -> int:
     """What the workbench's queue keys do, for the daemon's queue: each job refused is named, the others go ahead."""
     async with await connect() as client:
         if args.action in ("pause", "resume"):
-            await client.call(args.action)
+            await (client.pause() if args.action == "pause" else client.resume())
             print("diffdeck: the daemon's queue " + ("is paused: the running job finishes, no other starts "
                                                      "(diffdeck queue resume)" if args.action == "pause" else "goes on"))
             return 0
         if args.all:
-            print(f"diffdeck: {counted(await client.call('cancel_all'), 'job')} cancelled")
+            print(f"diffdeck: {counted(await client.cancel_all(), 'job')} cancelled")
             return 0
         status = 0
         for job_id in args.jobs:
             try:
                 if args.action == "cancel":
-                    said = "cancelled" if await client.call("cancel", job=job_id) else "had finished; nothing to cancel"
+                    said = "cancelled" if await client.cancel(job_id) else "had finished; nothing to cancel"
                 else:
-                    await client.call("retry", job=job_id, force=args.force)
+                    await client.retry(job_id, args.force)
                     said = "queued again"
                 print(visible(f"{job_id} {said}"))
             except DaemonError as e:
@@ -364,7 +370,7 @@ async def _fetch_session(connect: Connect, folder: Path) -> int:
                 path = session.images_dir / Path(os.path.normpath(image["path"])).name  # adopt kept it inside
                 image["path"] = str(path.relative_to(folder))  # where the record says it is here, fetched or not
                 try:
-                    save_image(await client.call("image", job=job_id, image=image["image"]), session.images_dir, path.name)
+                    save_image(await client.image(job_id, image["image"]), session.images_dir, path.name)
                 except DaemonError as e:
                     print(visible(f"diffdeck: {job_id} image {image['image']}: {e}"), file=sys.stderr)
                     missing += 1
@@ -415,21 +421,12 @@ async def _pipe(path: Path) -> int:
 
 def daemon_connection(args: argparse.Namespace) -> Connect | None:
     """How to reach the daemon this render should use; None: render in this process."""
-    if args.engine not in ENGINES:  # from $DIFFDECK_ENGINE, which argparse does not check
-        raise SpecError("--engine", f"{args.engine!r} is not one of {', '.join(ENGINES)}")
-    if args.session and (args.remote or args.engine == "daemon"):
-        raise SpecError("--session", "a daemon writes its own session (diffdeck status names it); "
-                                     "--engine local renders into another")
-    if args.remote:
+    engine = choose_engine(args.engine, args.session, args.remote, _answers)
+    if engine == "remote":
         return remote_connection(args.remote)
-    if args.engine == "local" or (args.engine == "auto" and args.session):
-        return None  # --session names a folder of the user's: that render writes it itself
-    running = _answers()  # one probe: each is a connection, a hello and a state
-    if not running and args.engine == "auto":
-        return None
-    if not running:
+    if engine == "start":
         start_daemon(args.models)
-    return EngineClient.connect
+    return None if engine == "local" else EngineClient.connect
 
 
 async def warn_of_a_daemon_holding(models: Iterable[str]) -> None:
@@ -441,21 +438,14 @@ async def warn_of_a_daemon_holding(models: Iterable[str]) -> None:
                       "there)"), file=sys.stderr)
 
 
-def remote_connection(host: str) -> Connect:
-    """`ssh HOST diffdeck attach --stdio`, the two commands as $DIFFDECK_SSH and $DIFFDECK_REMOTE say."""
-    ssh = shlex.split(os.environ.get("DIFFDECK_SSH", "ssh"))
-    remote = shlex.split(os.environ.get("DIFFDECK_REMOTE", "diffdeck"))
-    return lambda: EngineClient.over_command([*ssh, host, *remote, "attach", "--stdio"])
-
-
 async def render_attached(connect: Connect, specs: list[JobSpec], as_json: bool, fetch: Path | None) -> int:
     """Queue the jobs on the daemon and print each image as it is saved there (and copy them into
     `fetch`, if given). ctrl+c detaches: the jobs go on, and `diffdeck status` shows them."""
     async with await connect() as client:
         jobs = {}
         for spec in specs:
-            job = await client.call("submit", spec=spec.to_dict())
-            jobs[job["id"]] = job["spec"]["model"]
+            job = await client.submit(spec)
+            jobs[job.id] = job.spec["model"]
         print(visible(f"diffdeck: {', '.join(jobs)} queued on the daemon (session {client.hello['session']}); "
                       "ctrl+c detaches, the renders go on"), file=sys.stderr)
         following = asyncio.create_task(follow_jobs(client.events(), jobs, as_json))
@@ -480,10 +470,10 @@ async def render_attached(connect: Connect, specs: list[JobSpec], as_json: bool,
 
 
 async def _fetch(client: EngineClient, job_ids: list[str], folder: Path) -> None:
-    jobs = {job["id"]: job for job in (await client.call("state"))["jobs"]}
+    jobs = {job["id"]: job for job in (await client.state())["jobs"]}
     for job_id in job_ids:
         for image in jobs[job_id]["images"]:
-            path = save_image(await client.call("image", job=job_id, image=image["image"]), folder)
+            path = save_image(await client.image(job_id, image["image"]), folder)
             print(visible(f"fetched {path}"), file=sys.stderr)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import difflib
 import json
 import os
@@ -20,11 +19,12 @@ import sys
 from pathlib import Path
 
 from diffdeck.engines import __version__
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.registry import Registry, RegistryError, load_registry
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from diffdeck.engines.core.text import visible
-from diffdeck.engines.daemon.server import DaemonError
-from diffdeck.engines.queue.dispatcher import CANCELLED, FAILED, HELD, QUEUED, RUNNING, Dispatcher, Job
+from diffdeck.engines.daemon.wire import DaemonError
+from diffdeck.engines.queue.dispatcher import Dispatcher, Job
 from diffdeck.engines.queue.environment_probe import probe_environment
 from diffdeck.engines.queue.telemetry import Telemetry
 from diffdeck.engines.record.png_metadata import MetadataError, image_job
@@ -45,6 +45,7 @@ from diffdeck.engines.service.replay import (
     replay,
     result_dict,
     select_jobs,
+    summarize_replay,
 )
 from diffdeck.engines.sets.contact_sheet import contact_sheet
 from diffdeck.engines.sets.pairs import set_differences
@@ -53,10 +54,8 @@ from diffdeck.engines.sets.variants import (
     AXIS_FIELDS,
     CONFIRM_ABOVE,
     VariantSet,
-    one_axis_per_field,
-    parse_axis,
-    plan_ab,
     plan_grid,
+    plan_varied,
 )
 from diffdeck.tui.cli.daemon import add_commands as add_daemon_commands
 from diffdeck.tui.cli.daemon import (
@@ -172,12 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo_eval.set_defaults(run=cmd_demo_eval)
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
-    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys"), default="render",
+    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys", "frame"), default="render",
                        help="render: per-image overhead (default); sessions: autosave, open and replay costs; "
-                            "keys: keystroke latency in the workbench, idle and while rendering")
+                            "keys: keystroke latency in the workbench, idle and while rendering; "
+                            "frame: the workbench's first frame in tmux against a minimal Textual app's")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
-    bench.add_argument("--rounds", type=int, default=60, help="alternating rounds of each (default: 60)")
+    bench.add_argument("--rounds", type=_at_least_one, metavar="N",
+                       help="alternating rounds of each (default: 60; frame: 10)")
     bench.add_argument("--keys", type=_at_least_one, default=200, metavar="N",
                        help="keys: keystrokes idle, then as many while rendering (default: 200)")
     bench.set_defaults(run=cmd_bench)
@@ -307,7 +308,8 @@ def run_workbench(args: argparse.Namespace) -> int:
             raise SessionError(f"{args.session} is a folder but not a diffdeck session; name a new or existing session")
         engine = LocalEngine(load_registry(args.models),
                              Session.open_for_writing(args.session or new_session_dir(), this_command()))
-    asked, tmux_blocks = args.images or config.images, tmux_blocks_graphics()
+    asked = args.images or config.images
+    tmux_blocks = tmux_blocks_graphics(asked)
 
     async def run() -> int:
         await engine.start()  # before the screen: a daemon's models are its own, and a failed connection is one line
@@ -375,22 +377,7 @@ def _given_job_options(args: argparse.Namespace) -> list[str]:
 # A/B sets and grids
 
 def cmd_ab(args: argparse.Namespace) -> int:
-    base = _job_spec(args, args.prompts[0])
-    axes = [parse_axis(text, base, "--vary") for text in args.vary]
-    one_axis_per_field([axis.name for axis in axes])
-    if any(axis.name == "seed" for axis in axes):
-        raise SpecError("--vary", "variants share their seeds; to vary the seed, use diffdeck grid --x seed=...")
-    if len(args.prompts) > 1 and any(axis.name == "prompt" for axis in axes):
-        raise SpecError("--vary", "give several prompts or --vary prompt=..., not both")
-    n = len(args.prompts) if len(args.prompts) > 1 else len(axes[0].values) if axes else 1
-    for axis in axes:
-        if len(axis.values) != n:
-            raise SpecError("--vary", f"{axis.text} gives {counted(len(axis.values), 'value')} for {n} variants; "
-                                      "give one per variant (for every combination, use diffdeck grid)")
-    prompts = args.prompts if len(args.prompts) > 1 else args.prompts * n
-    specs = [dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes for k, v in axis.changes(i, 1).items()}})
-             for i, prompt in enumerate(prompts)]
-    return _run_set(args, plan_ab(specs))
+    return _run_set(args, plan_varied(_job_spec(args, args.prompts[0]), args.prompts, args.vary))
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -449,15 +436,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     def restore(dispatcher: Dispatcher) -> list[Job]:
         jobs = []
-        for job_id, job in pending:
+        for job in pending:
             try:
-                jobs.append(dispatcher.restore(job_id, job["spec"], job["images"], job["worker_crashes"]))
+                jobs.append(dispatcher.restore(job))
             except (SpecError, RegistryError) as e:  # left queued in the session, for another day
-                refused.append(job_id)
-                print(visible(f"{job_id}: not resumed: {e}"), file=sys.stderr)
+                refused.append(job.id)
+                print(visible(f"{job.id}: not resumed: {e}"), file=sys.stderr)
                 continue
-            kept = len(job["images"])
-            print(visible(f"{job_id}: {jobs[-1].status}") + (f", keeping {kept} image(s) already made" if kept else ""),
+            kept = len(job.images)
+            print(visible(f"{job.id}: {jobs[-1].status}") + (f", keeping {kept} image(s) already made" if kept else ""),
                   file=sys.stderr)
         return jobs
 
@@ -544,19 +531,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         results = asyncio.run(replay(registry, session, job_ids, target, check, report))
     finally:
         _finish(target)
-    counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind)
-              for kind in ("identical", "near-identical", "different", "altered", "missing")}
-    not_rendered = sum(1 for r in results if r.replayed is None)
-    summary = {"images": len(results), **counts, "not_rendered": not_rendered, "replay": str(target.folder),
-               "environment_differences": environment.differences, "drift_factors": environment.drift}
+    summary = summarize_replay(results, target.folder, environment)
     if args.json:
-        print(json.dumps({"summary": summary}))
+        print(json.dumps({"summary": summary.to_dict()}))
     else:
-        print(f"{len(results)} images replayed into {target.folder}"
-              + (": " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) if args.check else "")
-              + (f"; {not_rendered} not rendered" if not_rendered else ""))
-    ok = not_rendered == 0 and (not args.check or counts["different"] + counts["altered"] + counts["missing"] == 0)
-    return 0 if ok else 1
+        print(f"{summary.images} images replayed into {target.folder}"
+              + (": " + ", ".join(f"{n} {k}" for k, n in summary.counts.items() if n) if args.check else "")
+              + (f"; {summary.not_rendered} not rendered" if summary.not_rendered else ""))
+    return 0 if summary.passed(args.check) else 1
 
 
 # sessions
@@ -583,22 +565,15 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-NOT_DONE = (QUEUED, RUNNING, FAILED, HELD, CANCELLED)  # the statuses `sessions` counts, in this order
+# the statuses `sessions` counts, in this order
+NOT_DONE = (Status.QUEUED, Status.RUNNING, Status.FAILED, Status.HELD, Status.CANCELLED)
 
 
 # models
 
 def cmd_models(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    rows = []
-    for name, spec in registry.models.items():
-        files = registry.files(name)
-        rows.append({
-            "name": name, "source": spec.source, "family": files.family,
-            "pipeline_class": files.pipeline_class, "offline": files.available,
-            "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
-            "roles": list(spec.roles), "description": spec.description, "example": spec.example,
-        })
+    rows = registry.table()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -704,9 +679,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from diffdeck.engines.bench.session_costs import run_session_bench
 
         return run_session_bench(load_registry(args.models))
+    if args.what == "frame":
+        from diffdeck.tui.cli.bench_frame import run_frame_bench
+
+        return run_frame_bench(args.rounds or 10, args.models)
     from diffdeck.engines.bench.render_overhead import run_bench
 
-    return run_bench(load_registry(args.models), args.model, args.n, args.rounds)
+    return run_bench(load_registry(args.models), args.model, args.n, args.rounds or 60)
 
 
 if __name__ == "__main__":

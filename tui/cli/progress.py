@@ -9,18 +9,18 @@ import shutil
 import sys
 from typing import Any, TextIO
 
+from diffdeck.engines.core.events import FINISHING_EVENTS, EventKind, Status
 from diffdeck.engines.core.text import visible
-from diffdeck.engines.queue.dispatcher import CANCELLED, DONE, FINISHED
 
 
-async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) -> dict[str, tuple[str, str | None]]:
+async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) -> dict[str, tuple[Status, str | None]]:
     """Follow the events of `jobs` (id -> model) until each has finished or the stream ends:
     record each (and each job-less one) with `record`, show progress on a terminal, print each
     image as it is saved. Returns how each job ended, with its error."""
     if not jobs:
         return {}
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
-    ended: dict[str, tuple[str, str | None]] = {}
+    ended: dict[str, tuple[Status, str | None]] = {}
     timings: dict[str, dict[str, float]] = {}
     try:
         async for event in events:
@@ -30,14 +30,14 @@ async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) 
                 record(event)
             if progress:
                 progress.show(event)
-            if event.type == "started":
+            if event.type == EventKind.STARTED:
                 timings[event.job] = {k: event.data[k] for k in ("queue_wait_s", "load_s")}
-            elif event.type == "image":
+            elif event.type == EventKind.IMAGE:
                 if progress:
                     progress.clear()  # the path goes on a line of its own
                 _print_image(event.data, event.job, jobs[event.job], timings.get(event.job, {}), as_json)
-            elif event.type in FINISHED:
-                ended[event.job] = (event.type, event.data.get("error"))
+            elif event.type in FINISHING_EVENTS:
+                ended[event.job] = (Status(event.type), event.data.get("error"))
                 if len(ended) == len(jobs):
                     break
     finally:
@@ -51,13 +51,13 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def exit_status(ended: dict[str, tuple[str, str | None]]) -> int:
+def exit_status(ended: dict[str, tuple[Status, str | None]]) -> int:
     status = 0
     for job_id, (how, error) in ended.items():
-        if how == CANCELLED:
+        if how == Status.CANCELLED:
             print(visible(f"diffdeck: {job_id} cancelled"), file=sys.stderr)
             status = status or 130
-        elif how != DONE:
+        elif how != Status.DONE:
             print(visible(f"diffdeck: error: {job_id} {how}: {error}"), file=sys.stderr)
             status = 1
     return status
@@ -82,9 +82,9 @@ class Progress:
     def show(self, event) -> None:
         d = event.data
         text = {
-            "loading": lambda: f"loading {d['model']} (worker {d['pid']})",
-            "started": lambda: f"{event.job}: rendering on {d['model']}",
-            "step": lambda: (f"{event.job}: image {d['image'] + 1}/{d['count']}  step {d['step']}/{d['total']}"
+            EventKind.LOADING: lambda: f"loading {d['model']} (worker {d['pid']})",
+            EventKind.STARTED: lambda: f"{event.job}: rendering on {d['model']}",
+            EventKind.STEP: lambda: (f"{event.job}: image {d['image'] + 1}/{d['count']}  step {d['step']}/{d['total']}"
                              f"  {d['it_s'] or 0:.1f} it/s"),
         }.get(event.type)
         if text:

@@ -5,8 +5,9 @@ and the progress cell says as much as its width holds."""
 
 from __future__ import annotations
 
+from diffdeck.engines.core.events import Status
 from diffdeck.tui.plain import plain
-from diffdeck.tui.workbench_state import Board, JobRow
+from diffdeck.tui.workbench_state import NOT_RESUMED, Board, JobRow
 from textual.binding import Binding
 from textual.geometry import Region, Spacing
 from textual.message import Message
@@ -80,7 +81,7 @@ class QueueView(DataTable):
     def _keep_running_in_view(self, rows: list[JobRow]) -> None:
         """Scroll the running job into view (the panels around may have moved it out), unless the
         user is moving through the queue."""
-        running = next((row.id for row in rows if row.status == "running"), None)
+        running = next((row.id for row in rows if row.status == Status.RUNNING), None)
         if running is None or self.has_focus:
             return
         row = Region(0, self.header_height + [row.id for row in rows].index(running), 1, 1)
@@ -118,7 +119,7 @@ def row_cells(row: JobRow, variant: tuple[str, str] | None, progress_width: int)
 def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
     """What the job has done and has left, in `width` columns: the bar and step first, then
     the ETA, the image and the rate as they fit; a done job's images and render time."""
-    if row.status == "running" and row.steps_total:
+    if row.status == Status.RUNNING and row.steps_total:
         bar = 8 if width >= 24 else 4
         filled = round(bar * row.steps_done / row.steps_total)
         eta = row.eta_s()
@@ -126,15 +127,15 @@ def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
                        f"ETA {duration(eta)}" if eta is not None else "",
                        f"img {row.image + 1}/{row.count}" if row.count > 1 else "",
                        f"{row.it_s:.1f} it/s" if row.it_s else ""], width)
-    if row.status == "running":
+    if row.status == Status.RUNNING:
         return "loading" if not row.step else ""
-    if row.status == "done":
+    if row.status == Status.DONE:
         render_s = row.render_s()
         return fitted([f"{len(row.images)} image{'s' * (len(row.images) != 1)}",
                        f"{render_s:.1f}s" if render_s is not None else ""], width)
-    if row.status in ("failed", "held", "not resumed") and row.error:
+    if row.status in (Status.FAILED, Status.HELD, NOT_RESUMED) and row.error:
         return row.error.splitlines()[0][:60]
-    if row.status == "queued" and row.images:
+    if row.status == Status.QUEUED and row.images:
         return f"{len(row.images)}/{row.count} kept"
     return ""
 
