@@ -16,11 +16,13 @@ from pathlib import Path
 from PIL import Image as PILImage
 
 THUMB_PX = 128
+GRAPHICS_MODES = ("auto", "kitty", "sixel")  # the modes that send the terminal graphics
 
 
-def tmux_blocks_graphics() -> bool:
-    """Inside a tmux that does not pass graphics through (asked once, at start-up)."""
-    return bool(os.environ.get("TMUX")) and not _tmux_passthrough()
+def tmux_blocks_graphics(mode: str) -> bool:
+    """Whether `mode` sends graphics into a tmux that does not pass them through (asked once, at
+    start-up, and only for such a mode: asking runs tmux, before the first frame)."""
+    return mode in GRAPHICS_MODES and bool(os.environ.get("TMUX")) and not _tmux_passthrough()
 
 
 def effective_mode(mode: str, tmux_blocks: bool) -> str:
@@ -54,7 +56,7 @@ def terminal_hint(mode: str, tmux_blocks: bool) -> str | None:
     hints = []
     if os.environ.get("COLORTERM", "").lower() not in ("truecolor", "24bit"):
         hints.append("no truecolour (COLORTERM unset; over SSH forward it, e.g. SendEnv COLORTERM)")
-    if mode in ("auto", "kitty", "sixel") and tmux_blocks:
+    if mode in GRAPHICS_MODES and tmux_blocks:
         drawn = "images as half-blocks" if mode == "auto" else f"{mode} images may not show"
         hints.append(f"tmux without passthrough: {drawn} (set -g allow-passthrough on)")
     return "; ".join(hints) or None
