@@ -1,12 +1,13 @@
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from daemons import serve
 from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
+from helpers import write_models
 
 # The tests run in two processes (pytest -n 2, pyproject.toml), each starting workers that render
 # with torch. One thread each: two torches of two threads on two cores made OpenMP's spin-waits
@@ -21,12 +22,6 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny")
     return {family: tinypipes.save(family, root / f"tiny-{family}") for family in ("sdxl", "sd3", "flux")}
-
-
-def write_models(folder: Path, models: dict) -> Path:
-    path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": models}))
-    return path
 
 
 @pytest.fixture
@@ -68,3 +63,17 @@ def daemon(tmp_path):
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A real 2 MB tmpfs, mounted for the test; skipped where mounting is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True) if os.geteuid() == 0 else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("a small real disk needs `mount -t tmpfs`, which is not permitted here"
+                    + (f": {mounted.stderr.strip()}" if mounted else " (not root)"))
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)

@@ -4,30 +4,31 @@ and the calls the tests make of it from synchronous code."""
 import asyncio
 import contextlib
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from diffdeck.engines.daemon.client import EngineClient
-from diffdeck.engines.daemon.server import DaemonError
+from diffdeck.engines.daemon.wire import DaemonError
+from helpers import diffdeck, start, wait_until
 
 PROMPT = "a large red circle on a blue background"
 
 
-def serve(cwd: Path, *args: str) -> subprocess.Popen:
-    """`diffdeck serve --foreground`, once it answers as itself (not a dead daemon's socket)."""
+def serve(cwd: Path, *args: str, file_limit: int | None = None) -> subprocess.Popen:
+    """`diffdeck serve --foreground` (under a file-size limit, if given: helpers.file_size_limit),
+    once it answers as itself (not a dead daemon's socket)."""
     log = cwd / "daemon.log"
     with open(log, "a") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "serve", "--foreground", *args], cwd=cwd,
-                                  stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
+        daemon = start("serve", "--foreground", *args, cwd=cwd, file_limit=file_limit, stdout=out,
+                       stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
         with contextlib.suppress(DaemonError):
             if state()["pid"] == daemon.pid:
-                return daemon
+                return True
         assert daemon.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the daemon did not answer"
-        time.sleep(0.05)
+        return False
+    wait_until(answers, 120, "the daemon to answer", every=0.05)
+    return daemon
 
 
 def call(name: str, **args):
@@ -43,16 +44,13 @@ def state() -> dict:
 
 
 def until_done(job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         job = next((j for j in state()["jobs"] if j["id"] == job_id), None)
-        if job and job["status"] in ("done", "failed", "held", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"{job_id} did not finish")
+        return job if job and job["status"] in ("done", "failed", "held", "cancelled") else None
+    return wait_until(finished, timeout, f"{job_id} to finish")
 
 
 def stop(daemon: subprocess.Popen, *args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "stop", *args], capture_output=True, text=True, timeout=300)
+    result = diffdeck("stop", *args, cwd=Path.cwd())
     assert result.returncode == 0, result.stderr
     assert daemon.wait(timeout=60) == 0

@@ -1,24 +1,20 @@
 """A/B sets and grids end to end: real workers, real sessions, the CLI as a user runs it."""
 
 import json
-import os
 import stat
-import subprocess
-import sys
 
+import pytest
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.spec import JobSpec
-from diffdeck.engines.queue.dispatcher import CANCELLED, DONE, Dispatcher
+from diffdeck.engines.queue.dispatcher import Dispatcher
 from diffdeck.engines.record.session import Session
 from diffdeck.engines.sets.contact_sheet import contact_sheet
 from diffdeck.engines.sets.variants import plan_grid
+from helpers import diffdeck
 
 
-def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True,
-                          env=os.environ, timeout=300, stdin=subprocess.DEVNULL)
-
-
+@pytest.mark.slow
 def test_ab_on_the_command_line_shares_seeds_and_each_image_rerenders_alone(tmp_path):
     result = diffdeck("ab", "a red circle", "a blue circle", "--seed", "40", "--count", "2", "--steps", "3",
                       "--session", "s", "--json", cwd=tmp_path)
@@ -41,6 +37,7 @@ def test_ab_on_the_command_line_shares_seeds_and_each_image_rerenders_alone(tmp_
         assert file_pixel_sha256(tmp_path / path) == file_pixel_sha256(tmp_path / image["path"])
 
 
+@pytest.mark.slow
 async def test_a_3x3_grid_loads_each_model_once_and_a_cancelled_cell_leaves_the_others(registry, tmp_path):
     grid = plan_grid(JobSpec(prompt="a red circle", seed=3, width=64, height=64),
                      {"x": "model=demo, demo2, tiny-sdxl", "y": "steps=2, 3, 4"})
@@ -53,7 +50,7 @@ async def test_a_3x3_grid_loads_each_model_once_and_a_cancelled_cell_leaves_the_
             await dispatcher.wait(job.id)
         loads = [e.data["model"] for e in events.drain() if e.type == "loading"]
     assert loads == ["demo", "demo2", "tiny-sdxl"], "each model loaded once, in the set's order"
-    assert [j.status for j in jobs] == [DONE] * 4 + [CANCELLED] + [DONE] * 4
+    assert [j.status for j in jobs] == [Status.DONE] * 4 + [Status.CANCELLED] + [Status.DONE] * 4
     assert [(j.spec.model, j.spec.steps) for j in jobs[3:6]] == [("demo2", 2), ("demo2", 3), ("demo2", 4)]
     assert {j.spec.seeds for j in jobs} == {(3,)} and {j.spec.group for j in jobs} == {"set-0001"}
 
@@ -72,6 +69,7 @@ def test_bad_grids_queue_nothing_and_say_why(tmp_path):
         assert not (tmp_path / "s").exists(), "nothing queued, no session written"
 
 
+@pytest.mark.slow
 def test_a_replayed_ab_set_is_the_same_set_with_the_same_seeds(tmp_path):
     made = diffdeck("ab", "a red circle", "--vary", "steps=2,4", "--seed", "9", "--session", "s", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
@@ -92,6 +90,7 @@ def test_a_replayed_ab_set_is_the_same_set_with_the_same_seeds(tmp_path):
     assert contact_sheet(alone, "set-0001")[0].is_file()
 
 
+@pytest.mark.slow
 def test_ab_varies_a_word_of_the_prompt(tmp_path):
     result = diffdeck("ab", "a red cat", "--vary", "cat -> dog", "--vary", "steps=2,3", "--session", "s",
                       cwd=tmp_path)

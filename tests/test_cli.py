@@ -4,8 +4,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,31 +13,25 @@ from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.record.png_metadata import read_record
 from diffdeck.engines.record.session import Session
+from helpers import diffdeck, one_line_error, start, wait_until
 from PIL import Image
 
 
-def diffdeck(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True,
-                          env={**os.environ, **(env or {})}, timeout=300, stdin=subprocess.DEVNULL)
-
-
-def text(out: bytes) -> str:
-    return out.decode(errors="replace")
-
-
+@pytest.mark.slow
 def test_render_prints_one_path_per_image(tmp_path):
     result = diffdeck("render", "a red circle", "--count", "2", "--seed", "5", "--session", "s", cwd=tmp_path)
-    assert result.returncode == 0, text(result.stderr)
-    paths = text(result.stdout).split()
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.split()
     assert [Path(p).name for p in paths] == ["job-0001-00-5.png", "job-0001-01-6.png"]
     assert all((tmp_path / "s" / "images" / Path(p).name).is_file() for p in paths)
     assert read_record(tmp_path / paths[1])["seed"] == 6
 
 
+@pytest.mark.slow
 def test_render_json_and_default_session_folder(tmp_path):
     result = diffdeck("render", "a blue square", "--json", "--steps", "4", "--size", "64x128", cwd=tmp_path)
-    assert result.returncode == 0, text(result.stderr)
-    (line,) = text(result.stdout).splitlines()
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
     image = json.loads(line)
     assert image["model"] == "demo" and isinstance(image["seed"], int) and image["peak_memory"] > 0
     assert set(image["timings"]) == {"queue_wait_s", "load_s", "denoise_s", "decode_s", "save_s", "total_s"}
@@ -68,7 +60,7 @@ def test_bad_input_is_one_clear_line_and_nothing_is_lost(tmp_path, args, message
     earlier.write_bytes(b"an image rendered earlier")
     models = [] if "--models" in args else ["--models", "models.yaml"]
     result = diffdeck(*models, "render", "a red circle", *args, "--session", "s", cwd=tmp_path)
-    stderr = text(result.stderr)
+    stderr = result.stderr
     assert result.returncode == 2
     assert stderr.startswith("diffdeck: error: ") and message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
@@ -79,17 +71,16 @@ def test_malformed_models_yaml_names_the_line(tmp_path):
     (tmp_path / "models.yaml").write_text("models:\n  sd:\n    source: [unclosed\n")
     result = diffdeck("render", "x", cwd=tmp_path)
     assert result.returncode == 2
-    assert "models.yaml line" in text(result.stderr) and "not valid YAML" in text(result.stderr)
+    assert "models.yaml line" in result.stderr and "not valid YAML" in result.stderr
 
 
 def test_a_prompt_in_the_wrong_encoding_is_named(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", b"caf\xe9 au lait"], cwd=tmp_path,
-                            capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "LC_ALL": "C.UTF-8"})
+    result = diffdeck("render", b"caf\xe9 au lait", cwd=tmp_path, env={"LC_ALL": "C.UTF-8"}, timeout=60)
     assert result.returncode == 2
-    assert "prompt: is not valid UTF-8: an undecodable byte at character 3" in text(result.stderr)
+    assert "prompt: is not valid UTF-8: an undecodable byte at character 3" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_fails_the_render_with_exit_1(tmp_path):
     (tmp_path / "broken" / "unet").mkdir(parents=True)
     (tmp_path / "broken" / "model_index.json").write_text(
@@ -97,29 +88,27 @@ def test_a_model_that_cannot_load_fails_the_render_with_exit_1(tmp_path):
     (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"broken": {"source": "./broken"}}}))
     result = diffdeck("render", "x", "--model", "broken", cwd=tmp_path)
     assert result.returncode == 1
-    assert "could not load model 'broken'" in text(result.stderr) and "Traceback" not in text(result.stderr)
+    assert "could not load model 'broken'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_running_job(tmp_path):
     """The terminal sends SIGINT to the whole foreground process group, as here."""
-    proc = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "render", "slow", "--steps", "1000", "--size", "256x256"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("sessions/*")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # the worker made the session folder: it is rendering
+    proc = start("render", "slow", "--steps", "1000", "--size", "256x256", cwd=tmp_path, capture=True,
+                 start_new_session=True)
+    wait_until(lambda: list(tmp_path.glob("sessions/*")), 120, "the worker to make the session folder (rendering)")
     time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, text(err)
-    assert "job-0001 cancelled" in text(err) and out == b""
+    assert proc.returncode == 130, err
+    assert "job-0001 cancelled" in err and out == ""
 
 
 def test_render_refuses_a_size_far_past_the_model_with_one_line(tmp_path):
     result = diffdeck("render", "a red circle", "--size", "4096x4096", cwd=tmp_path)
     assert result.returncode == 2
-    assert text(result.stderr).startswith("diffdeck: error: size: 4096x4096 is 4,096 times the area model 'demo' ")
-    assert text(result.stderr).count("\n") == 1 and "try 1024x1024 or smaller" in text(result.stderr)
+    assert result.stderr.startswith("diffdeck: error: size: 4096x4096 is 4,096 times the area model 'demo' ")
+    assert result.stderr.count("\n") == 1 and "try 1024x1024 or smaller" in result.stderr
     assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
 
 
@@ -130,35 +119,37 @@ def test_models_lists_the_registry(tmp_path):
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["demo"]["offline"] is True and rows["demo"]["family"] == "sd"
     assert rows["sd-turbo"]["offline"] is False and "not downloaded" in rows["sd-turbo"]["problem"]
-    table = text(diffdeck("models", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")}).stdout)
+    table = diffdeck("models", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")}).stdout
     assert "demo" in table and "stabilityai/sd-turbo" in table
 
 
 def test_doctor_reports_the_machine(tmp_path):
     result = diffdeck("doctor", cwd=tmp_path)
-    out = text(result.stdout)
+    out = result.stdout
     assert result.returncode == 0
     assert "torch 2." in out and "diffusers" in out
     assert "CUDA: not available" in out and "NVML:" in out and "terminal:" in out
 
 
+@pytest.mark.slow
 def test_bench_prints_the_side_by_side_figures(tmp_path):
     result = diffdeck("bench", "-n", "2", "--rounds", "1", cwd=tmp_path)
-    out = text(result.stdout)
-    assert result.returncode == 0, text(result.stderr)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
     assert re.search(r"round 1: bare [\d.]+ s/image   diffdeck [\d.]+ s/image", out), out
     assert re.search(r"median of paired ratios [+-][\d.]+ %", out), out
     assert re.search(r"outside the worker's render and save .*: [\d.]+ ms/image", out), out
     assert re.search(r"UI-side import of engines \+ diffdeck.tui.cli.main: \d+ ms", out), out
 
 
+@pytest.mark.slow
 def test_render_from_an_image_renders_that_image_again(tmp_path):
     first = diffdeck("render", "a red circle", "--count", "3", "--seed", "40", "--steps", "6", "--session", "a",
                      cwd=tmp_path)
-    third = text(first.stdout).split()[2]
+    third = first.stdout.split()[2]
     again = diffdeck("render", "--from", third, "--session", "b", cwd=tmp_path)
-    assert again.returncode == 0, text(again.stderr)
-    (path,) = text(again.stdout).split()
+    assert again.returncode == 0, again.stderr
+    (path,) = again.stdout.split()
     assert read_record(tmp_path / path)["seed"] == 42 and read_record(tmp_path / path)["spec"]["steps"] == 6
     assert file_pixel_sha256(tmp_path / path) == file_pixel_sha256(tmp_path / third)
 
@@ -170,21 +161,12 @@ def test_render_from_an_image_renders_that_image_again(tmp_path):
 def test_render_from_a_foreign_file_is_one_clear_line(tmp_path, make, message):
     make(tmp_path / "x.png")
     result = diffdeck("render", "--from", "x.png", cwd=tmp_path)
-    assert result.returncode == 2 and message in text(result.stderr) and "Traceback" not in text(result.stderr)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_render_needs_a_prompt_or_an_image(tmp_path):
     result = diffdeck("render", cwd=tmp_path)
-    assert result.returncode == 2 and "prompt: is missing" in text(result.stderr)
-
-
-def one_line_error(result, *says) -> str:
-    """A refusal as the CLI gives one: exit 2, one line naming what is wrong, no traceback."""
-    stderr = text(result.stderr)
-    assert result.returncode == 2, stderr
-    assert stderr.startswith("diffdeck: error: ") and len(stderr.strip().splitlines()) == 1, stderr
-    assert all(part in stderr for part in says), stderr
-    return stderr
+    assert result.returncode == 2 and "prompt: is missing" in result.stderr
 
 
 @pytest.mark.parametrize("args", [["ab", "a red circle", "a blue circle", "--count", "0"],
@@ -208,7 +190,7 @@ def test_a_mistyped_command_or_session_is_refused_and_creates_nothing(tmp_path, 
 
 def test_help_lists_the_workbench_options_too(tmp_path):
     result = diffdeck("--help", cwd=tmp_path)
-    out = text(result.stdout)
+    out = result.stdout
     assert result.returncode == 0
     assert all(option in out for option in ("--images", "--new", "--engine", "--remote", "render", "queue")), out
 
@@ -240,32 +222,33 @@ def test_sessions_counts_jobs_by_status_and_survives_a_closed_pipe(tmp_path):
                         "position": 0, "worker_crashes": 0})
         if status != "queued":
             session.append({"type": status, "job": job, "error": "it broke", "kind": "error", "worker_crashes": 0})
-    out = text(diffdeck("sessions", cwd=tmp_path).stdout)
+    out = diffdeck("sessions", cwd=tmp_path).stdout
     assert "3 jobs (1 queued, 1 failed, 1 held)" in out, out
     rows = json.loads(diffdeck("sessions", "--json", cwd=tmp_path).stdout)
     assert rows[0]["statuses"] == {"queued": 1, "failed": 1, "held": 1}
 
-    proc = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "sessions", "--json"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = start("sessions", "--json", cwd=tmp_path, capture=True)
     proc.stdout.close()  # `| head` that has read all it wants
-    assert "Traceback" not in text(proc.stderr.read())
+    assert "Traceback" not in proc.stderr.read()
     assert proc.wait(timeout=60) == 141
 
 
+@pytest.mark.slow
 def test_bench_keys_measures_and_reports(tmp_path):
     """The keystroke benchmark's whole path, with a handful of keys rather than hundreds."""
     result = diffdeck("bench", "keys", "--keys", "3", cwd=tmp_path)
-    out = text(result.stdout)
-    assert result.returncode == 0, text(result.stderr)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
     assert re.search(r"idle: median [\d.]+ ms", out) and re.search(r"busy: median [\d.]+ ms", out), out
     assert re.search(r"busy/idle median ratio [\d.]+ \(the worker rendering at [\d.]+ it/s", out), out
 
 
+@pytest.mark.slow
 def test_a_hub_model_not_in_the_cache_offline_gets_a_short_hint(tmp_path):
     (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"turbo": {"source": "stabilityai/sd-turbo"}}}))
     result = diffdeck("render", "x", "--model", "turbo", "--session", "s", cwd=tmp_path,
                       env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
-    stderr = text(result.stderr)
+    stderr = result.stderr
     assert result.returncode == 1, stderr
     assert "stabilityai/sd-turbo is not in the hub cache" in stderr and "Traceback" not in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1, stderr

@@ -13,20 +13,24 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from daemons import PROMPT, serve, state, stop, until_done
 from diffdeck.engines.daemon.client import EngineClient
-from diffdeck.engines.daemon.server import PROTOCOL, DaemonError, socket_path
+from diffdeck.engines.daemon.server import socket_path
+from diffdeck.engines.daemon.wire import PROTOCOL, DaemonError
 from diffdeck.engines.record.session import Session
+from helpers import diffdeck, start
 from PIL import Image
-from test_ab_grid import diffdeck
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_render_outlives_its_client_and_a_new_client_sees_it_done(tmp_path, daemon):
-    client = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "render", PROMPT, "--steps", "60", "--seed", "3",
-                               "--engine", "daemon", "--json"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    client = start("render", PROMPT, "--steps", "60", "--seed", "3", "--engine", "daemon", "--json", cwd=tmp_path,
+                   stderr=subprocess.PIPE, text=True)
     assert "job-0001 queued on the daemon" in client.stderr.readline()
     client.kill()  # the connection drops mid-render, as an ssh session does
     client.wait()
@@ -110,10 +114,9 @@ def test_a_remote_engine_over_ssh_renders_on_the_far_side_and_its_session_can_be
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text('#!/bin/sh\nshift  # the host\nexec "$@"\n')
     fake_ssh.chmod(0o755)
-    env = {**os.environ, "DIFFDECK_SSH": str(fake_ssh), "DIFFDECK_REMOTE": f"{sys.executable} -m diffdeck.tui"}
-    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", PROMPT, "--steps", "4", "--seed", "5",
-                             "--remote", "gpubox", "--json", "--fetch", "here"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {"DIFFDECK_SSH": str(fake_ssh), "DIFFDECK_REMOTE": f"{sys.executable} -m diffdeck.tui"}
+    result = diffdeck("render", PROMPT, "--steps", "4", "--seed", "5", "--remote", "gpubox", "--json", "--fetch", "here",
+                      cwd=tmp_path, env=env)
     try:
         assert result.returncode == 0, result.stderr
         image = json.loads(result.stdout)
@@ -121,10 +124,9 @@ def test_a_remote_engine_over_ssh_renders_on_the_far_side_and_its_session_can_be
         far = Path(image["path"])  # on "the GPU box", in its daemon's session
         assert (tmp_path / "here" / far.name).read_bytes() == far.read_bytes()
 
-        fetch = [sys.executable, "-m", "diffdeck.tui", "fetch", "--remote", "gpubox"]
-        refused = subprocess.run([*fetch, "here"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        refused = diffdeck("fetch", "--remote", "gpubox", "here", cwd=tmp_path, env=env, timeout=60)
         assert refused.returncode == 2 and "is not an empty folder" in refused.stderr
-        fetched = subprocess.run([*fetch, "copy"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        fetched = diffdeck("fetch", "--remote", "gpubox", "copy", cwd=tmp_path, env=env, timeout=120)
         assert fetched.returncode == 0, fetched.stderr
         copy = Session.open(tmp_path / "copy", create=False)
         job = copy.jobs["job-0001"]
@@ -139,8 +141,9 @@ def test_a_client_of_another_version_or_sending_garbage_is_told_what_is_wrong(da
         answers = []
         for line in lines:
             writer.write(line + b"\n")
-            answer = {"event": None}
+            answer, deadline = {"event": None}, time.monotonic() + 60
             while "event" in answer:  # telemetry may come in between
+                assert time.monotonic() < deadline, f"no answer to {line!r}, only events"
                 answer = json.loads(await reader.readline())
             answers.append(answer)
         writer.close()

@@ -3,8 +3,6 @@
 
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,33 +10,19 @@ import pytest
 from daemons import PROMPT, call, state
 from diffdeck.engines.daemon.server import place
 from diffdeck.engines.record.session import Session
-from test_ab_grid import diffdeck
-from test_cli import diffdeck as cli_run
-from test_cli import one_line_error
+from helpers import diffdeck, one_line_error, start, wait_until
 
 
 def job(job_id: str) -> dict:
     return next(j for j in state()["jobs"] if j["id"] == job_id)
 
 
-def until(condition, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "it did not happen"
-        time.sleep(0.1)
-    return value
-
-
-def cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-
-
+@pytest.mark.slow
 def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_waits_for(tmp_path, daemon):
-    render = cli("render", PROMPT, "--steps", "1000", "--size", "128x128", "--seed", "1", "--engine", "daemon",
-                 cwd=tmp_path)
+    render = start("render", PROMPT, "--steps", "1000", "--size", "128x128", "--seed", "1", "--engine", "daemon",
+                   cwd=tmp_path, capture=True)
     assert "job-0001 queued on the daemon" in render.stderr.readline()
-    until(lambda: job("job-0001")["progress"])  # rendering
+    wait_until(lambda: job("job-0001")["progress"], 120, "job-0001 rendering")
     render.send_signal(signal.SIGINT)
     assert "detached; job-0001 goes on in the daemon" in render.communicate(timeout=60)[1]
 
@@ -54,7 +38,7 @@ def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_wa
     assert re.search(r"job-0001 running .*\(image 1/1, step \d+/1000\)", status), status
     assert "1 queued, 1 running" in status, status
 
-    watch = cli("status", "--watch", cwd=tmp_path)
+    watch = start("status", "--watch", cwd=tmp_path, capture=True)
     frames, deadline = 0, time.monotonic() + 60
     while frames < 2:  # drawn, then drawn again
         line = watch.stdout.readline()
@@ -68,14 +52,14 @@ def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_wa
     assert f"warning: the engine daemon (pid {daemon.pid}) holds demo loaded already" in local.stderr
 
     session = Path(state()["session"])
-    stopping = cli("stop", cwd=tmp_path)
+    stopping = start("stop", cwd=tmp_path, capture=True)
     assert re.search(r"waiting for job-0001 \(image 1/1, step \d+/1000\) to finish; diffdeck stop --now",
                      stopping.stderr.readline())
     now = diffdeck("stop", "--now", cwd=tmp_path)
     assert now.returncode == 0 and "2 jobs stay queued in its session" in now.stdout, now.stdout + now.stderr
     assert "2 jobs stay queued in its session" in stopping.communicate(timeout=60)[0]
     assert daemon.wait(timeout=60) == 0
-    assert [job_id for job_id, _ in Session.open(session, create=False).unfinished()] == ["job-0001", "job-0002"]
+    assert [job.id for job in Session.open(session, create=False).unfinished()] == ["job-0001", "job-0002"]
 
 
 def test_logs_shows_the_daemons_last_lines_and_follows_what_it_writes(tmp_path):
@@ -85,7 +69,7 @@ def test_logs_shows_the_daemons_last_lines_and_follows_what_it_writes(tmp_path):
     shown = diffdeck("logs", "-n", "2", cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout == "two\nthree \u241b]0;title\u2407\n"
 
-    follow = cli("logs", "-f", "-n", "1", cwd=tmp_path)
+    follow = start("logs", "-f", "-n", "1", cwd=tmp_path, capture=True)
     assert follow.stdout.readline() == "three \u241b]0;title\u2407\n"
     with open(log, "a") as out:
         out.write("fo")
@@ -104,4 +88,4 @@ def test_logs_shows_the_daemons_last_lines_and_follows_what_it_writes(tmp_path):
     (["status", "--watch", "--json"], "--watch: draws the status for a person to read"),
 ])
 def test_a_queue_command_that_cannot_mean_anything_is_one_line_before_any_daemon_is_asked(tmp_path, args, says):
-    one_line_error(cli_run(*args, cwd=tmp_path), says)
+    one_line_error(diffdeck(*args, cwd=tmp_path), says)

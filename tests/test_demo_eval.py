@@ -4,9 +4,10 @@ import json
 
 import pytest
 from diffdeck.engines.demo.score import ATTRIBUTES
-from test_ab_grid import diffdeck
+from helpers import diffdeck
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("registry")  # its models.yaml, in tmp_path, names tiny-sdxl
 def test_demo_eval_scores_every_attribute_and_fails_a_model_that_misses_the_targets(tmp_path):
     result = diffdeck("demo-eval", "--model", "tiny-sdxl", "--per-group", "2", "--json", cwd=tmp_path)

@@ -4,6 +4,7 @@ that a model drawing the wrong colour or ignoring the caption would not meet."""
 
 import asyncio
 
+import pytest
 from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
 from diffdeck.engines.demo.evaluate import render_and_check
 from diffdeck.engines.demo.score import check
@@ -36,12 +37,14 @@ def right(results, attribute):
     return sum(result[attribute] for result in results)
 
 
+@pytest.mark.slow
 def test_the_demo_model_draws_what_the_caption_asks(tmp_path):
     results = checks(tmp_path, SCENES)
     assert right(results, "colour") >= 8 and right(results, "background") >= 8, results
     assert right(results, "shape") >= 7 and right(results, "position") >= 7 and right(results, "size") >= 8, results
 
 
+@pytest.mark.slow
 def test_one_word_changed_with_the_same_seeds_changes_the_colour_drawn(tmp_path):
     """The same two seeds for a red and for a blue star and square: each comes out in the colour
     its own caption asks for, so the colour follows the word, not the seed."""

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 from diffdeck.engines.worker.previews import LATENT_RGB_FILE
-from test_ab_grid import diffdeck
+from helpers import diffdeck
 
 
+@pytest.mark.slow
 def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
     out = tmp_path / "model"
     (out / "stale").mkdir(parents=True)  # an earlier model's leftovers do not survive
@@ -29,6 +30,7 @@ def test_a_short_training_run_saves_a_pipeline_the_engine_renders(tmp_path):
     assert json.loads(result.stdout)["model"] == "mine"
 
 
+@pytest.mark.slow
 def test_an_autoencoder_that_misses_the_targets_stops_the_run_before_the_unet(tmp_path, capsys):
     from diffdeck.engines.demo import train  # in this process: a second interpreter's imports cost seconds
 

@@ -9,13 +9,16 @@ import time
 
 import numpy as np
 import pytest
+from diffdeck.engines.core.events import EventKind, Status
 from diffdeck.engines.core.registry import DEMO
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import PREVIEW_MAX_BYTES, Intervals
-from diffdeck.engines.queue.dispatcher import CANCELLED, DONE, FAILED, HELD, Dispatcher
+from diffdeck.engines.queue.dispatcher import Dispatcher
 from diffdeck.engines.queue.worker_handles import EXITED
 from diffdeck.engines.record.png_metadata import parse_parameters, read_record
 from PIL import Image
+
+pytestmark = pytest.mark.slow
 
 TIMEOUT = 120
 EVERY_STEP = Intervals(progress_s=0.0, preview_s=0.0)
@@ -52,7 +55,7 @@ def pixels(path):
 
 async def test_render_writes_png_whose_metadata_round_trips(dispatcher):
     job = await render(dispatcher, negative_prompt="blurry", count=2, seed=1000)
-    assert job.status == DONE, job.error
+    assert job.status == Status.DONE, job.error
     assert [img["seed"] for img in job.images] == [1000, 1001]
     path = job.images[1]["path"]
     record = read_record(path)
@@ -82,7 +85,7 @@ async def test_two_models_run_in_two_worker_processes(dispatcher):
     a = await render(dispatcher, model="demo")
     pid_a = dispatcher.workers["demo"].pid
     b = await render(dispatcher, model="demo2")
-    assert a.status == b.status == DONE
+    assert a.status == b.status == Status.DONE
     assert set(dispatcher.workers) == {"demo", "demo2"}
     assert pid_a != dispatcher.workers["demo2"].pid and pid_a != os.getpid()
 
@@ -93,13 +96,13 @@ async def test_cancel_lands_within_one_step_and_skips_the_decode(dispatcher, tmp
     seen = await until(events, lambda e: e.type == "step" and e.data["step"] >= 3)
     dispatcher.cancel(job.id)
     last_seen = seen[-1].data["step"]
-    rest = await until(events, lambda e: e.type == CANCELLED)
-    assert job.status == CANCELLED
+    rest = await until(events, lambda e: e.type == EventKind.CANCELLED)
+    assert job.status == Status.CANCELLED
     steps_after = [e.data["step"] for e in rest if e.type == "step"]
     assert rest[-1].data["step"] <= last_seen + 2, (last_seen, steps_after)
     assert not any(e.type == "image" for e in rest)
     assert not list((tmp_path / "images").glob("*.png"))
-    assert (await render(dispatcher)).status == DONE
+    assert (await render(dispatcher)).status == Status.DONE
 
 
 async def test_killed_worker_fails_its_job_clearly_and_the_queue_goes_on(dispatcher):
@@ -108,13 +111,13 @@ async def test_killed_worker_fails_its_job_clearly_and_the_queue_goes_on(dispatc
     after = dispatcher.submit(JobSpec(prompt="after", seed=2))
     await until(events, lambda e: e.type == "step")
     os.kill(dispatcher.workers["demo"].pid, signal.SIGKILL)
-    rest = await until(events, lambda e: e.type == DONE and e.job == after.id)
-    failed = [e for e in rest if e.type == FAILED]
+    rest = await until(events, lambda e: e.type == EventKind.DONE and e.job == after.id)
+    failed = [e for e in rest if e.type == EventKind.FAILED]
     assert [e.job for e in failed] == [doomed.id] and failed[0].data["kind"] == "crash"
     assert failed[0].data["error"] == doomed.error
-    assert doomed.status == FAILED
+    assert doomed.status == Status.FAILED
     assert "SIGKILL" in doomed.error and "'demo'" in doomed.error and doomed.error_kind == "crash"
-    assert after.status == DONE, after.error
+    assert after.status == Status.DONE, after.error
 
 
 async def test_job_that_kills_its_worker_twice_is_held(dispatcher):
@@ -125,9 +128,9 @@ async def test_job_that_kills_its_worker_twice_is_held(dispatcher):
         os.kill(dispatcher.workers["demo"].pid, signal.SIGKILL)
         await asyncio.wait_for(dispatcher.wait(job.id), TIMEOUT)
         if attempt == 0:
-            assert job.status == FAILED
+            assert job.status == Status.FAILED
             dispatcher.retry(job.id)
-    assert job.status == HELD and job.worker_crashes == 2
+    assert job.status == Status.HELD and job.worker_crashes == 2
     with pytest.raises(ValueError, match="held"):
         dispatcher.retry(job.id)
 
@@ -136,7 +139,7 @@ async def test_job_that_kills_its_worker_twice_is_held(dispatcher):
 async def test_every_family_renders_through_the_same_worker_path(dispatcher, family):
     events = dispatcher.subscribe()
     job = await render(dispatcher, model=f"tiny-{family}", count=2)
-    assert job.status == DONE, job.error
+    assert job.status == Status.DONE, job.error
     record = read_record(job.images[0]["path"])
     assert record["model"]["family"] == family
     assert Image.open(job.images[0]["path"]).size == (64, 64)
@@ -184,7 +187,7 @@ async def test_pause_move_resume(dispatcher):
     await asyncio.wait_for(dispatcher.wait(jobs[1].id), TIMEOUT)
     started = [e.job for e in events.drain() if e.type == "started"]
     assert started == [jobs[2].id, jobs[1].id]
-    assert jobs[0].status == CANCELLED and not jobs[0].images
+    assert jobs[0].status == Status.CANCELLED and not jobs[0].images
 
 
 async def test_memory_budget_evicts_the_least_recently_used_idle_worker(registry, tmp_path):
@@ -204,7 +207,7 @@ async def test_idle_worker_is_stopped_after_its_timeout(registry, tmp_path):
         await render(d)
         await until(events, lambda e: e.type == "worker_exited")
         assert d.workers == {}
-        assert (await render(d)).status == DONE, "a new worker is started on demand"
+        assert (await render(d)).status == Status.DONE, "a new worker is started on demand"
 
 
 async def test_telemetry_without_a_gpu_says_so_and_reports_workers(registry, tmp_path):
@@ -229,9 +232,9 @@ async def test_a_model_that_fails_to_load_fails_its_job_and_the_queue_goes_on(re
         bad = d.submit(JobSpec(prompt="x", model="broken"))
         good = d.submit(JobSpec(prompt="x"))
         await asyncio.wait_for(d.wait(good.id), TIMEOUT)
-    assert bad.status == FAILED and bad.error_kind == "load"
+    assert bad.status == Status.FAILED and bad.error_kind == "load"
     assert "could not load model 'broken'" in bad.error
-    assert good.status == DONE
+    assert good.status == Status.DONE
 
 
 async def test_cancel_during_the_model_load_stops_that_worker(registry, tmp_path):
@@ -239,10 +242,10 @@ async def test_cancel_during_the_model_load_stops_that_worker(registry, tmp_path
         events = d.subscribe()
         job = d.submit(JobSpec(prompt="never", model="demo2"))
         await until(events, lambda e: e.type == "loading")
-        assert d.cancel(job.id) and job.status == CANCELLED
+        assert d.cancel(job.id) and job.status == Status.CANCELLED
         evicted = await until(events, lambda e: e.type == "worker_evicted")
         assert evicted[-1].data["reason"] == "cancelled while loading"
-        assert (await render(d)).status == DONE
+        assert (await render(d)).status == Status.DONE
         assert set(d.workers) == {"demo"}
 
 
@@ -254,7 +257,7 @@ async def test_close_while_a_job_runs_cancels_it_without_blaming_it(registry, tm
     await until(events, lambda e: e.type == "step")
     worker = d.workers["demo"]
     await asyncio.wait_for(d.close(), 30)
-    assert job.status == CANCELLED and job.worker_crashes == 0
+    assert job.status == Status.CANCELLED and job.worker_crashes == 0
     assert worker.state == EXITED and worker.returncode == 0
 
 
@@ -274,7 +277,7 @@ async def test_cancel_lands_inside_a_step_not_at_its_end(dispatcher):
     (*_, first) = await until(events, lambda e: e.type == "step" and e.job == job.id)
     sent = time.monotonic()
     dispatcher.cancel(job.id)
-    rest = await until(events, lambda e: e.type == CANCELLED)
+    rest = await until(events, lambda e: e.type == EventKind.CANCELLED)
     latency, step_s = time.monotonic() - sent, first.data["elapsed_s"]
     assert [e.data["step"] for e in rest if e.type == "step"] == [], "step 2 never ended"
     assert rest[-1].data["step"] == 1

@@ -7,13 +7,14 @@ import time
 
 import numpy as np
 import pytest
-from conftest import write_models
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import PREVIEW_MAX_BYTES, Intervals
-from diffdeck.engines.queue.dispatcher import DONE, Dispatcher
+from diffdeck.engines.queue.dispatcher import Dispatcher
 from diffdeck.engines.worker.main import Commands, Wire, Worker
 from diffdeck.engines.worker.previews import FACTORS, LATENT_RGB_FILE, encode_preview, latents_to_rgb, preview_factors
+from helpers import write_models
 from PIL import Image
 
 
@@ -63,6 +64,7 @@ def test_latents_no_published_map_fits_get_a_generic_one(channels, tmp_path):
     assert preview_factors("sd3", tmp_path, 16) is FACTORS["sd3"], "the published map where it fits"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("family", "channels"), [("sd3", 4), ("flux", 1)])
 async def test_previews_on_every_step_never_fail_a_job_whatever_its_latent_channels(family, channels, tmp_path):
     import tinypipes
@@ -75,7 +77,7 @@ async def test_previews_on_every_step_never_fail_a_job_whatever_its_latent_chann
         job = d.submit(JobSpec(prompt="a red circle", model="odd", seed=1))
         await asyncio.wait_for(d.wait(job.id), 120)
         previews = [e for e in events.drain() if e.type == "preview"]
-    assert job.status == DONE, job.error
+    assert job.status == Status.DONE, job.error
     assert [e.data["step"] for e in previews] == [2, 3], "every step that has a step before it"
     assert Image.open(io.BytesIO(base64.b64decode(previews[0].data["data"]))).size == (8, 8)
 

@@ -12,15 +12,11 @@ from diffdeck.engines.core.pixels import pixel_sha256
 from diffdeck.engines.record.session import Session
 from diffdeck.engines.service.replay import drift_factors
 from diffdeck.engines.sets.similarity import Tolerance, compare, dhash, psnr
+from helpers import diffdeck
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "sessions" / "examples" / "demo-red-circle"
-
-
-def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
 
 
 def this_environment():
@@ -86,6 +82,7 @@ def git_status(*paths):
                           check=True).stdout
 
 
+@pytest.mark.slow
 def test_the_committed_example_replays_identically_where_its_cpu_is_this_one(tmp_path):
     """Identical pixels where nothing that decides bit-exactness differs from the record (the
     CPU it was made on); elsewhere the difference is named first and only last-bit noise passes."""
@@ -119,6 +116,7 @@ def made_here(tmp_path_factory):
     return folder / "s"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cpu_name", [None, "Another CPU"], ids=["same-cpu", "other-cpu"])
 def test_near_identical_passes_only_when_a_drift_factor_is_named(tmp_path, made_here, cpu_name):
     copy = tmp_path / "s"
@@ -146,6 +144,7 @@ def test_near_identical_passes_only_when_a_drift_factor_is_named(tmp_path, made_
         assert result.returncode == 1
 
 
+@pytest.mark.slow
 def test_an_altered_recorded_image_is_reported_altered_whatever_the_render_gives(tmp_path):
     copy = tmp_path / "example"
     shutil.copytree(EXAMPLE, copy)
@@ -157,6 +156,7 @@ def test_an_altered_recorded_image_is_reported_altered_whatever_the_render_gives
     assert "1 altered" in result.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_missing_image_is_reported_missing_and_fails_the_check(tmp_path):
     copy = tmp_path / "example"
     shutil.copytree(EXAMPLE, copy)
@@ -197,6 +197,7 @@ def test_sessions_lists_what_is_under_a_folder(tmp_path):
     assert "session format 7" in rows["broken"]["problem"]
 
 
+@pytest.mark.slow
 def test_a_changed_scheduler_config_or_weight_file_is_named_before_rendering(tmp_path):
     from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER
 

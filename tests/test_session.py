@@ -4,13 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionError
+from helpers import diffdeck, start
 
 
 def events(folder):
@@ -104,11 +104,7 @@ def test_a_mangled_file_is_named_and_left_alone(tmp_path, name, content, message
     assert (tmp_path / "s" / name).read_bytes() == content
 
 
-def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-
-
+@pytest.mark.slow
 def test_renders_into_one_session_add_up(tmp_path):
     for seed in ("1", "2"):
         assert diffdeck("render", "a red circle", "--seed", seed, "--session", "s", cwd=tmp_path).returncode == 0
@@ -126,12 +122,12 @@ def test_bad_input_leaves_no_session_behind(tmp_path):
     assert not (tmp_path / "sessions").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_queue_loses_nothing_and_resume_finishes_the_queue(tmp_path):
     prompts = ["a red circle", "a blue square", "a green star"]
-    render = [sys.executable, "-m", "diffdeck.tui", "render", *prompts, "--count", "3", "--seed", "5"]
-    proc = subprocess.Popen([*render, "--session", "s"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    written = [proc.stdout.readline().decode().strip() for _ in range(2)]
+    render = ["render", *prompts, "--count", "3", "--seed", "5"]
+    proc = start(*render, "--session", "s", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    written = [proc.stdout.readline().strip() for _ in range(2)]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)  # its worker sees the pipe close and stops within a step
@@ -141,23 +137,24 @@ def test_kill_9_mid_queue_loses_nothing_and_resume_finishes_the_queue(tmp_path):
     assert first["status"] == "running"
     kept = {image["path"]: file_pixel_sha256(tmp_path / "s" / image["path"]) for image in first["images"]}
     assert {os.path.relpath(path, "s") for path in written} <= set(kept)
-    assert [job_id for job_id, _ in session.unfinished()] == ["job-0001", "job-0002", "job-0003"]
+    assert [job.id for job in session.unfinished()] == ["job-0001", "job-0002", "job-0003"]
 
     resumed = diffdeck("resume", "s", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr.decode()
-    assert f"job-0001: queued, keeping {len(kept)} image(s) already made" in resumed.stderr.decode()
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"job-0001: queued, keeping {len(kept)} image(s) already made" in resumed.stderr
     done = Session.open(tmp_path / "s")
     assert [job["status"] for job in done.jobs.values()] == ["done"] * 3
     for path, pixels in kept.items():  # made before the kill, not rendered again
-        assert path.encode() not in resumed.stdout and file_pixel_sha256(tmp_path / "s" / path) == pixels
+        assert path not in resumed.stdout and file_pixel_sha256(tmp_path / "s" / path) == pixels
 
     # the same queue, never interrupted, makes the same pixels
-    assert subprocess.run([*render, "--session", "straight"], cwd=tmp_path, capture_output=True).returncode == 0
+    assert diffdeck(*render, "--session", "straight", cwd=tmp_path).returncode == 0
     straight = Session.open(tmp_path / "straight")
     assert ([[i["pixel_sha256"] for i in sorted(job["images"], key=lambda i: i["image"])] for job in done.jobs.values()]
             == [[i["pixel_sha256"] for i in job["images"]] for job in straight.jobs.values()])
 
 
+@pytest.mark.slow
 def test_a_job_running_at_its_second_stop_is_held_on_resume(tmp_path):
     """It crashed its worker once, was retried, and was running when diffdeck was killed."""
     session = Session.open(tmp_path / "s")
@@ -171,11 +168,12 @@ def test_a_job_running_at_its_second_stop_is_held_on_resume(tmp_path):
     session.close()
     result = diffdeck("resume", "s", cwd=tmp_path)
     assert result.returncode == 1
-    assert "job-0001 stopped its worker 2 times" in result.stderr.decode()
+    assert "job-0001 stopped its worker 2 times" in result.stderr
     jobs = Session.open(tmp_path / "s").jobs
     assert jobs["job-0001"]["status"] == "held" and jobs["job-0002"]["status"] == "done"
 
 
+@pytest.mark.slow
 def test_the_crash_a_resume_counts_is_recorded(tmp_path):
     """Else a job that takes diffdeck down at every resume would come back forever."""
     session = Session.open(tmp_path / "s")

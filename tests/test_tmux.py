@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from diffdeck.engines.record.session import Session
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
 
 def tmux(*args, socket):

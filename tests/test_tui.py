@@ -4,8 +4,8 @@ Dispatcher, real worker processes rendering the demo model."""
 import json
 import os
 import signal
-import time
 
+import pytest
 from diffdeck.engines.core.registry import DEMO_FOLDER, load_registry
 from diffdeck.engines.record.session import JOURNAL, Session
 from diffdeck.tui.app import Workbench
@@ -16,6 +16,7 @@ from diffdeck.tui.screens.help import HelpScreen
 from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.gallery import LIVE, Thumb
 from diffdeck.tui.widgets.queue_view import QueueView
+from helpers import until
 from textual.widgets import Input, Select, Static, TextArea
 from textual.widgets.data_table import CellDoesNotExist
 
@@ -29,14 +30,6 @@ def make_app(folder, config_dir=None, **kwargs):
     session = folder if isinstance(folder, Session) else Session.open(folder)
     return Workbench(LocalEngine(registry, session, telemetry_interval_s=0.2), config,
                      [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"), **kwargs)
-
-
-async def until(pilot, condition, timeout=90.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 async def type_prompt(pilot, prompt, steps=None, size=None, count=None):
@@ -60,6 +53,7 @@ def cell(app, job_id, column):
         return None
 
 
+@pytest.mark.slow
 async def test_a_prompt_goes_queued_running_done_and_its_thumbnail_appears(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:
@@ -112,6 +106,7 @@ async def test_an_invalid_size_is_marked_on_its_field_and_nothing_is_queued(tmp_
         await pilot.press("ctrl+q")
 
 
+@pytest.mark.slow
 async def test_cancel_a_running_job_with_a_remapped_key(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text("keys:\n  cancel_job: k\n")
@@ -130,6 +125,7 @@ async def test_cancel_a_running_job_with_a_remapped_key(tmp_path):
     assert Session.open(tmp_path / "s").jobs["job-0001"]["status"] == "cancelled"
 
 
+@pytest.mark.slow
 async def test_the_queue_reorders_and_runs_in_its_new_order(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:
@@ -152,6 +148,7 @@ async def test_the_queue_reorders_and_runs_in_its_new_order(tmp_path):
         await pilot.press("ctrl+q")
 
 
+@pytest.mark.slow
 async def test_a_worker_killed_mid_job_fails_that_job_and_the_app_carries_on(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:
@@ -166,6 +163,7 @@ async def test_a_worker_killed_mid_job_fails_that_job_and_the_app_carries_on(tmp
         await pilot.press("ctrl+q")
 
 
+@pytest.mark.slow
 async def test_reopening_a_session_resumes_its_queue_and_shows_its_images(tmp_path):
     session = Session.open(tmp_path / "s")
     spec = {"prompt": "left over", "model": "demo", "seeds": [4], "count": 1, "steps": 10}
@@ -187,6 +185,7 @@ async def test_reopening_a_session_resumes_its_queue_and_shows_its_images(tmp_pa
         await pilot.press("escape", "ctrl+q")
 
 
+@pytest.mark.slow
 async def test_quitting_leaves_unfinished_jobs_queued_for_next_time(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:
@@ -197,9 +196,9 @@ async def test_quitting_leaves_unfinished_jobs_queued_for_next_time(tmp_path):
         await type_prompt(pilot, "tomorrow")
         await until(pilot, lambda: app.board.queue == ["job-0002"], what="queued")
         await pilot.press("ctrl+q")
-    unfinished = dict(Session.open(tmp_path / "s").unfinished())
+    unfinished = {job.id: job for job in Session.open(tmp_path / "s").unfinished()}
     assert list(unfinished) == ["job-0001", "job-0002"]
-    assert unfinished["job-0001"]["worker_crashes"] == 0, "a quit is not a crash"
+    assert unfinished["job-0001"].worker_crashes == 0, "a quit is not a crash"
     lines = [json.loads(line) for line in (tmp_path / "s" / JOURNAL).read_text().splitlines()]
     assert not any(e["type"] == "cancelled" for e in lines)
 

@@ -8,6 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
 from daemons import PROMPT, state, stop, until_done
 from diffdeck.engines.core.registry import DEMO_FOLDER
 from diffdeck.engines.daemon.client import EngineClient
@@ -18,11 +19,13 @@ from diffdeck.tui.engine import AttachedEngine
 from diffdeck.tui.images import image_widget
 from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.gallery import Thumb
+from helpers import diffdeck, until
 from PIL import Image
-from test_ab_grid import diffdeck
-from test_tui import SIZE, make_app, type_prompt, until
+from test_tui import SIZE, make_app, type_prompt
 from test_tui_workbench import screen_text
 from textual.widgets import Select, TextArea
+
+pytestmark = pytest.mark.slow
 
 
 async def attached_app(engine: AttachedEngine) -> Workbench:
@@ -53,7 +56,7 @@ async def test_leaving_the_workbench_leaves_the_queue_running_and_attaching_agai
         await until(pilot, lambda: again.query(Thumb), what="the image made meanwhile, in the gallery")
         assert statuses(again) == {"job-0001": "done"}
         assert Path(again.board.jobs["job-0001"].images[0]["path"]) == Path(job["images"][0]["path"])
-        await again.engine.rate("job-0001", 0, 4)  # as the compare view does
+        await again.engine.calls.rate("job-0001", 0, 4)  # as the compare view does
         await until(pilot, lambda: again.marks.get(("job-0001", 0)) == "★4", what="the rating, back as an event")
         await pilot.press("ctrl+q")
 

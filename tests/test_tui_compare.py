@@ -1,12 +1,14 @@
 """A/B in the workbench, driven through Pilot: variants taken in the prompt editor with ctrl+t,
 rendered by real workers, compared side by side; a pick and a rating survive a reopen."""
 
+import pytest
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.screens.compare import CompareScreen
 from diffdeck.tui.screens.grid_dialog import GridDialog
 from diffdeck.tui.screens.grid_view import Cell, GridView
 from diffdeck.tui.widgets.gallery import Thumb
-from test_tui import SIZE, make_app, until
+from helpers import until
+from test_tui import SIZE, make_app
 from textual.widgets import DataTable, Input, Static
 
 
@@ -33,6 +35,7 @@ def all_done(app):
     return app.board.jobs and all(row.status == "done" for row in app.board.jobs.values())
 
 
+@pytest.mark.slow
 async def test_ab_from_the_editor_then_pick_a_winner_and_rate_and_the_session_keeps_them(tmp_path):
     folder = tmp_path / "s"
     app = make_app(folder)
@@ -77,6 +80,7 @@ async def test_ab_from_the_editor_then_pick_a_winner_and_rate_and_the_session_ke
         assert app.screen.query_one("#side-1").has_class("-winner")
 
 
+@pytest.mark.slow
 async def test_grid_dialog_counts_before_queuing_and_refuses_bad_axes(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE) as pilot:

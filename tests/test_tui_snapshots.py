@@ -18,6 +18,7 @@ from diffdeck.tui.images import image_widget
 from diffdeck.tui.screens.compare import CompareScreen
 from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.gallery import Thumb
+from helpers import until
 from test_telemetry import FakeNVML
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "sessions" / "examples"
@@ -42,9 +43,9 @@ async def settle(pilot):
     app = pilot.app
     for area in app.query("PromptArea"):
         area.cursor_blink = False
-    while app.board.telemetry is None or len(app.query(Thumb)) < 2 or not all(
-            any(i.image is not None for i in t.query(app.image_class)) for t in app.query(Thumb)):
-        await pilot.pause(0.05)
+    await until(pilot, lambda: app.board.telemetry is not None and len(app.query(Thumb)) >= 2 and all(
+        any(i.image is not None for i in t.query(app.image_class)) for t in app.query(Thumb)),
+        what="the telemetry and every thumbnail drawn")
     await pilot.pause(0.3)
 
 
@@ -57,11 +58,12 @@ async def open_compare(pilot):
     """The committed A/B example (B won image 0 and has four stars there), side by side."""
     await settle(pilot)
     await pilot.press("f5")
-    screen = pilot.app.screen
-    while not isinstance(screen, CompareScreen) or "distance" not in str(screen.query_one("#measures").render()) \
-            or any(i.image is None for i in screen.query(pilot.app.image_class)):
-        await pilot.pause(0.05)
+
+    def drawn() -> bool:
         screen = pilot.app.screen
+        return isinstance(screen, CompareScreen) and "distance" in str(screen.query_one("#measures").render()) \
+            and all(i.image is not None for i in screen.query(pilot.app.image_class))
+    await until(pilot, drawn, what="the compare view with its images and measures")
     await pilot.pause(0.3)
 
 
@@ -74,9 +76,8 @@ async def open_image(pilot):
     """The newest image, larger, beside every parameter it was made with."""
     await settle(pilot)
     await pilot.press("f4", "enter")
-    while type(pilot.app.screen).__name__ != "ImageScreen" or any(
-            i.image is None for i in pilot.app.screen.query(pilot.app.image_class)):
-        await pilot.pause(0.05)
+    await until(pilot, lambda: type(pilot.app.screen).__name__ == "ImageScreen" and all(
+        i.image is not None for i in pilot.app.screen.query(pilot.app.image_class)), what="the image view with its image")
     await pilot.pause(0.3)
 
 

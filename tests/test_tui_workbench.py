@@ -6,13 +6,14 @@ import json
 import shutil
 
 import pytest
-from diffdeck.engines.queue.dispatcher import Event
+from diffdeck.engines.core.events import Event, EventKind
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.history import LIMIT, load_history, save_history
 from diffdeck.tui.screens.grid_dialog import GridDialog
 from diffdeck.tui.screens.help import HelpScreen
 from diffdeck.tui.widgets.gallery import LIVE, Thumb
-from test_tui import make_app, type_prompt, until
+from helpers import until
+from test_tui import make_app, type_prompt
 from test_tui_snapshots import EXAMPLES, example, settle
 
 SIZES = [(80, 24), (120, 40)]
@@ -28,7 +29,7 @@ async def test_the_main_screen_fits_every_column_and_thumbnail(tmp_path, size):
     app = example(tmp_path, "demo-red-circle")
     async with app.run_test(size=size) as pilot:
         await settle(pilot)
-        app.board.apply(Event("worker_ready", None, {"model": "demo", "pid": 1}))
+        app.board.apply(Event(EventKind.WORKER_READY, None, {"model": "demo", "pid": 1}))
         app._show_warm_models()
         await pilot.pause(0.2)
         shown = screen_text(app)
@@ -117,6 +118,7 @@ async def test_a_theme_picked_in_the_palette_is_saved_keeping_the_rest(tmp_path)
     assert not list(config.parent.glob("*.part")), "written beside it, then renamed over it"
 
 
+@pytest.mark.slow
 async def test_the_running_job_stays_in_view_and_the_queue_has_an_eta(tmp_path, monkeypatch):
     """A session with many finished jobs and one left queued, at 80x24: when it runs, its row is
     on the screen; the queue's title has an ETA for the whole queue; F4 opens a finished image,
@@ -150,6 +152,7 @@ async def test_the_running_job_stays_in_view_and_the_queue_has_an_eta(tmp_path, 
                              f"reopen it with: diffdeck {tmp_path / 's'}"
 
 
+@pytest.mark.slow
 async def test_prompts_outlive_the_workbench_and_the_bell_rings_when_the_queue_empties(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     (tmp_path / "config").mkdir()

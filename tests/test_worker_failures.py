@@ -3,13 +3,13 @@ raises the very exceptions torch raises on one; everything around it is the real
 
 import io
 import json
-import time
 
 import pytest
 import torch
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import Intervals
 from diffdeck.engines.worker.main import Commands, Wire, Worker
+from helpers import wait_until
 
 
 class GPUModel:
@@ -31,8 +31,8 @@ def serve(error, jobs=2, dispatcher_stays=True):
     if dispatcher_stays:  # it ends its workers with a shutdown; without one the input just ends
         lines += b'{"type": "shutdown"}\n'
     commands = Commands(io.BytesIO(lines))
-    while commands.jobs.qsize() < jobs + 1:  # every command read, and the end of input seen
-        time.sleep(0.001)
+    wait_until(lambda: commands.jobs.qsize() >= jobs + 1, 10, "the worker's reader to take every command and the end",
+               every=0.001)
     status = Worker(GPUModel(error), Wire(out), commands, Intervals()).serve()
     return status, [json.loads(line) for line in out.getvalue().splitlines()]
 

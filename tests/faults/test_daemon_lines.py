@@ -4,14 +4,16 @@ is submitted, not recorded to lock everyone out later."""
 
 import asyncio
 import json
-import subprocess
-import sys
 
+import pytest
 from daemons import serve, stop
 from diffdeck.engines.core.spec import MAX_PROMPT, JobSpec
 from diffdeck.engines.daemon.client import EngineClient
-from diffdeck.engines.daemon.server import LINE_LIMIT, DaemonError
+from diffdeck.engines.daemon.wire import LINE_LIMIT, DaemonError
 from diffdeck.engines.record.session import Session
+from helpers import diffdeck
+
+pytestmark = pytest.mark.slow
 
 JOBS = 1800
 PROMPT = ("a large red circle on a blue background, " * 300)[:MAX_PROMPT - 10]  # long, yet accepted
@@ -27,11 +29,6 @@ def big_session(folder):
     session.compact()
     session.close()
     assert (folder / "session.yaml").stat().st_size > LINE_LIMIT
-
-
-def diffdeck(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "diffdeck.tui", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
 
 
 def test_a_session_past_the_line_limit_still_lets_clients_in_and_a_huge_prompt_is_refused(tmp_path):

@@ -11,16 +11,18 @@ import math
 import shlex
 import sys
 
+import pytest
 from daemons import PROMPT
 from diffdeck.engines.daemon.client import EngineClient
-from diffdeck.engines.daemon.server import DaemonError
+from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session
-from fault_tools import diffdeck
+from helpers import diffdeck
 from PIL import Image
 
 NOT_WHOLE = [math.inf, -math.inf, math.nan, True, "3", 2.5, 10**30, [1], {"n": 1}]
 
 
+@pytest.mark.slow
 def test_a_call_with_a_number_that_is_not_whole_is_answered_and_the_line_stays_open(daemon, tmp_path):
     async def calls() -> tuple[list[str], dict]:
         async with await EngineClient.connect() as client:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from diffdeck.engines.record.session import Session
-from fault_tools import diffdeck
+from helpers import diffdeck
 from PIL import Image, PngImagePlugin
 
 DEEP = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit, in JSON and in YAML alike
@@ -179,6 +179,7 @@ def test_a_daemon_lock_that_is_a_symbolic_link_is_never_followed(tmp_path, monke
     assert sorted(p.name for p in run.iterdir()) == ["engine.sock.lock"]
 
 
+@pytest.mark.slow
 def test_a_recorded_image_replaced_by_a_decompression_bomb_is_altered_not_a_traceback(tmp_path):
     example = Path(__file__).resolve().parents[2] / "sessions" / "examples" / "demo-red-circle"
     shutil.copytree(example, tmp_path / "s")

@@ -17,10 +17,11 @@ from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.daemon.client import EngineClient
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.engine import AttachedEngine
+from helpers import diffdeck, until
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from test_tmux import tmux, wait_for
-from test_tui import SIZE, make_app, until
+from test_tui import SIZE, make_app
 from test_tui_attached import attached_app
 from textual.widgets import TextArea
 
@@ -43,19 +44,19 @@ def hostile_png(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_escapes_in_a_pngs_prompt_reach_no_terminal(tmp_path):
     png = hostile_png(tmp_path / "hostile.png")
-    rendered = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", "--from", str(png), "--session", "s"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    rendered = diffdeck("render", "--from", str(png), "--session", "s", cwd=tmp_path)
     assert rendered.returncode == 0, rendered.stderr
     assert "\x1b" not in rendered.stdout + rendered.stderr
     assert Session.open(tmp_path / "s").jobs["job-0001"]["spec"]["prompt"] == ESCAPES  # kept as it was
 
     socket = f"diffdeck-hostile-{os.getpid()}"
     (tmp_path / "tmux.conf").write_text("set -g set-clipboard on\n")  # OSC 52 would land in tmux's buffer
-    diffdeck = Path(sys.executable).parent / "diffdeck"
-    command = f"cd {tmp_path} && {diffdeck} s --images off; echo EXITED $?; sleep 30"
+    program = Path(sys.executable).parent / "diffdeck"
+    command = f"cd {tmp_path} && {program} s --images off; echo EXITED $?; sleep 30"
     subprocess.run(["tmux", "-L", socket, "-f", str(tmp_path / "tmux.conf"), "new-session", "-d", "-s", "dd",
                     "-x", "160", "-y", "30", command], env={**os.environ, "TERM": "xterm-256color"}, check=True,
                    timeout=10)
@@ -73,10 +74,11 @@ def test_escapes_in_a_pngs_prompt_reach_no_terminal(tmp_path):
         tmux("kill-server", socket=socket)
 
 
+@pytest.mark.slow
 async def test_markup_in_prompts_is_queued_and_shown_as_typed_even_when_reopened(tmp_path):
     app = make_app(tmp_path / "s")
     async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await app.engine.call("pause")  # nothing renders: what matters is how the jobs are shown
+        await app.engine.calls.pause()  # nothing renders: what matters is how the jobs are shown
         for n, prompt in enumerate([*MARKUP, ESCAPES], start=1):
             app.query_one("#prompt", TextArea).text = prompt
             await pilot.press("ctrl+j")
@@ -95,11 +97,12 @@ async def test_markup_in_prompts_is_queued_and_shown_as_typed_even_when_reopened
 
     again = make_app(tmp_path / "s")  # they stayed queued: opening the session again shows them too
     async with again.run_test(size=SIZE) as pilot:
-        await again.engine.call("pause")
+        await again.engine.calls.pause()
         await until(pilot, lambda: all(p in screen_text(again) for p in MARKUP), timeout=10, what="the prompts")
         await pilot.press("ctrl+q")
 
 
+@pytest.mark.slow
 async def test_hostile_prompts_through_a_daemon_reach_attached_workbenches_and_status_as_text(tmp_path, daemon):
     async with await EngineClient.connect() as client:
         await client.call("pause")
@@ -115,8 +118,7 @@ async def test_hostile_prompts_through_a_daemon_reach_attached_workbenches_and_s
             await pilot.press("f10")
         assert app.return_code in (None, 0)
 
-    status = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "diffdeck.tui", "status"], cwd=tmp_path,
-                                     capture_output=True, text=True, timeout=60)
+    status = await asyncio.to_thread(diffdeck, "status", cwd=tmp_path, timeout=60)
     assert status.returncode == 0 and "\x1b" not in status.stdout, status.stderr
     assert f"job-0004 queued   demo: {SHOWN}" in status.stdout and "job-0001 queued   demo: [/] a red circle" in status.stdout
     assert len((await asyncio.to_thread(state))["queue"]) == 4
@@ -126,8 +128,7 @@ def test_an_error_relayed_from_a_remote_daemon_is_printed_as_text(tmp_path):
     fake_ssh = tmp_path / "ssh"  # the far side answers with an error that carries escapes
     fake_ssh.write_text("#!/bin/sh\nprintf '%s\\n' '{\"error\": \"\\u001b]2;PWNED\\u0007\\u001b[2J it broke\"}'\n")
     fake_ssh.chmod(0o755)
-    result = subprocess.run([sys.executable, "-m", "diffdeck.tui", "render", "a red circle", "--remote", "gpubox"], cwd=tmp_path,
-                            env={**os.environ, "DIFFDECK_SSH": str(fake_ssh)}, capture_output=True, text=True,
-                            timeout=60, stdin=subprocess.DEVNULL)
+    result = diffdeck("render", "a red circle", "--remote", "gpubox", cwd=tmp_path, env={"DIFFDECK_SSH": str(fake_ssh)},
+                      timeout=60)
     assert result.returncode == 2 and "\x1b" not in result.stderr
     assert result.stderr.splitlines()[-1] == "diffdeck: error: ␛]2;PWNED␇␛[2J it broke"

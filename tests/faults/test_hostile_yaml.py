@@ -7,7 +7,7 @@ import time
 
 import pytest
 from diffdeck.engines.core.spec import JobSpec
-from fault_tools import diffdeck
+from helpers import diffdeck
 
 # nine levels of nine aliases each: 9**9 strings once expanded (gigabytes, minutes)
 ANCHORS = "".join(f"  l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9) if n else ', '.join(['lol'] * 9)}]\n"

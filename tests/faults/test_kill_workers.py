@@ -12,9 +12,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from diffdeck.engines.core.registry import DEMO
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import encode
+from helpers import start, wait_until
+
+pytestmark = pytest.mark.slow
 
 SLOW = ["--size", "1024x1024", "--steps", "1000"]
 GONE_WITHIN_S = 8.0  # ~3 s here, alone; before the fix 20 s to minutes (a shared 2-core machine needs margin)
@@ -22,26 +26,29 @@ GONE_WITHIN_S = 8.0  # ~3 s here, alone; before the fix 20 s to minutes (a share
 
 def gone_within(pid: int, seconds: float) -> float | None:
     """Seconds until `pid` no longer runs (a zombie counts as gone), or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return time.monotonic() - start
+                return time.monotonic() - began
         except psutil.NoSuchProcess:
-            return time.monotonic() - start
+            return time.monotonic() - began
         time.sleep(0.05)
     return None
 
 
 def render_in_the_background(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """`diffdeck render` of a slow job, once its worker is inside the first step; and the worker's pid."""
-    cli = subprocess.Popen([sys.executable, "-m", "diffdeck.tui", "render", "slow", *SLOW, "--session", "s"], cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                           start_new_session=True)
-    journal, deadline = tmp_path / "s" / "journal.jsonl", time.monotonic() + 120
-    while not (journal.is_file() and '"started"' in journal.read_text()):
-        assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
-        time.sleep(0.1)
+    cli = start("render", "slow", *SLOW, "--session", "s", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True)
+    journal = tmp_path / "s" / "journal.jsonl"
+
+    def started() -> bool:
+        if journal.is_file() and '"started"' in journal.read_text():
+            return True
+        assert cli.poll() is None, cli.communicate()
+        return False
+    wait_until(started, 120, "the render to start")
     (worker,) = psutil.Process(cli.pid).children()
     time.sleep(1.0)  # into the step
     return cli, worker.pid
@@ -59,10 +66,10 @@ def test_killing_the_cli_leaves_no_worker_running(tmp_path):
 
 def test_ctrl_c_mid_step_cancels_and_exits_130_within_seconds(tmp_path):
     cli, worker = render_in_the_background(tmp_path)
-    start = time.monotonic()
+    began = time.monotonic()
     os.killpg(cli.pid, signal.SIGINT)  # as a terminal does: the whole foreground group
     out, err = cli.communicate(timeout=60)
-    took = time.monotonic() - start
+    took = time.monotonic() - began
     assert cli.returncode == 130, err.decode(errors="replace")
     assert took < GONE_WITHIN_S, f"render took {took:.1f} s to stop after ctrl+c"
     assert "job-0001 cancelled" in err.decode() and out == b""
@@ -74,8 +81,9 @@ def test_a_worker_whose_input_ends_mid_step_exits(tmp_path):
     worker = subprocess.Popen([sys.executable, "-m", "diffdeck.engines.worker", "--model", json.dumps(DEMO.to_dict())],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 120
         while json.loads(worker.stdout.readline())["type"] != "ready":
-            pass
+            assert time.monotonic() < deadline, "the worker never said it was ready"
         spec = JobSpec(prompt="slow", seed=1, seeds=(1,), steps=1000, width=1024, height=1024, guidance=5.0)
         worker.stdin.write(encode("job", id="job-1", spec=spec.to_dict(), out_dir=str(tmp_path)))
         worker.stdin.flush()

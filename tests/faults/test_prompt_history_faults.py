@@ -1,7 +1,8 @@
 """A prompt history that cannot be read is said once and left as it is: no run writes over it."""
 
 from diffdeck.tui.history import history_file
-from test_tui import make_app, type_prompt, until
+from helpers import until
+from test_tui import make_app, type_prompt
 
 
 async def test_an_unreadable_history_is_named_and_not_written_over(tmp_path, monkeypatch):

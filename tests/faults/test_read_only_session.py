@@ -5,11 +5,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fault_tools import diffdeck
+import pytest
+from helpers import diffdeck
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "examples" / "demo-red-circle"
 
 
+@pytest.mark.slow
 def test_a_read_only_session_replays_into_a_folder_of_its_own(small_disk, tmp_path):
     shutil.copytree(EXAMPLE, small_disk / "example")
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_tools import diffdeck
+from helpers import diffdeck
 
 
 def runtime_folder() -> Path:

@@ -15,7 +15,8 @@ from diffdeck.engines.core.registry import load_registry
 from diffdeck.engines.daemon.server import place
 from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionWriteError
 from diffdeck.engines.service.recorded_queue import RecordedQueue
-from fault_tools import PROMPT, diffdeck, fill, start
+from fault_tools import PROMPT, fill
+from helpers import diffdeck, start
 
 SPEC = {"prompt": PROMPT, "model": "demo", "seeds": [1], "steps": 2}
 
@@ -35,6 +36,7 @@ def one_line_error(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_render_that_cannot_append_stops_at_once_and_the_journal_stays_whole(tmp_path):
     cancelled_jobs(tmp_path / "s", 40).close()  # a journal longer than an image file, so images still fit
     journal = tmp_path / "s" / JOURNAL
@@ -57,6 +59,7 @@ def test_a_render_that_cannot_append_stops_at_once_and_the_journal_stays_whole(t
     assert job["status"] == "running" and len(job["images"]) >= 1
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_is_set_aside_before_the_next_event_and_a_crash_after_loses_nothing(tmp_path):
     session = cancelled_jobs(tmp_path / "s", 2)
     session.close()
@@ -110,6 +113,7 @@ def test_a_torn_line_that_cannot_be_set_aside_stops_the_recording(small_disk):
     assert journal.read_bytes() == cut and not (small_disk / "s" / RECORD).exists()
 
 
+@pytest.mark.slow
 def test_a_render_whose_compaction_fails_says_the_journal_holds_everything(tmp_path):
     cancelled_jobs(tmp_path / "s", 60).compact()
     record = (tmp_path / "s" / RECORD).read_bytes()
@@ -149,20 +153,7 @@ async def test_a_recorded_queue_whose_compaction_fails_shuts_down_and_says_why(s
     assert len(Session.open(small_disk / "s").jobs) == 3
 
 
-def daemon_under_limit(cwd: Path, limit: int, *args: str) -> subprocess.Popen:
-    log = open(cwd / "daemon.log", "a")
-    daemon = start("serve", "--foreground", *args, cwd=cwd, file_limit=limit, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if state()["pid"] == daemon.pid:
-                return daemon
-        except Exception:
-            assert daemon.poll() is None, (cwd / "daemon.log").read_text()
-        time.sleep(0.05)
-    raise AssertionError("the daemon did not answer")
-
-
+@pytest.mark.slow
 def test_a_daemon_that_cannot_write_its_journal_stops_promptly_and_lets_everything_go(tmp_path):
     import asyncio
 
@@ -171,7 +162,7 @@ def test_a_daemon_that_cannot_write_its_journal_stops_promptly_and_lets_everythi
     cancelled_jobs(tmp_path / "s", 40).close()
     journal = tmp_path / "s" / JOURNAL
     before = journal.read_bytes()
-    daemon = daemon_under_limit(tmp_path, len(before) + 100, "--session", "s")
+    daemon = serve(tmp_path, "--session", "s", file_limit=len(before) + 100)
 
     async def submit():
         async with await EngineClient.connect() as client:
@@ -193,6 +184,7 @@ def test_a_daemon_that_cannot_write_its_journal_stops_promptly_and_lets_everythi
     assert again.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 async def test_a_workbench_whose_disk_is_full_stops_its_workers_and_ends_saying_why(small_disk):
     from diffdeck.tui.app import Workbench
     from diffdeck.tui.config import load_config
@@ -216,6 +208,7 @@ async def test_a_workbench_whose_disk_is_full_stops_its_workers_and_ends_saying_
     assert (small_disk / "s" / JOURNAL).read_bytes() == b""
 
 
+@pytest.mark.slow
 def test_serve_names_the_remembered_session_it_cannot_read_and_starts_no_other(tmp_path):
     daemon = serve(tmp_path, "--session", "s")  # remembered, to resume after a crash
     os.kill(daemon.pid, signal.SIGKILL)

@@ -7,26 +7,23 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from daemons import serve
 from diffdeck.engines.record.session import JOURNAL, LOCK, Session, SessionLocked
-from fault_tools import PROMPT, diffdeck, start
+from fault_tools import PROMPT
+from helpers import diffdeck, start, wait_until
 
 
 def held(folder) -> dict:
     """The lock's holder, once a writer has taken it."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def holder() -> dict | None:
         try:
-            holder = json.loads((folder / LOCK).read_text())
-            if "pid" in holder:
-                return holder
+            said = json.loads((folder / LOCK).read_text())
         except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError("no writer took the session's lock")
+            return None
+        return said if "pid" in said else None
+    return wait_until(holder, 60, "a writer to take the session's lock", every=0.02)
 
 
 def refused(result: subprocess.CompletedProcess, holder_pid: int, command: str) -> None:
@@ -37,6 +34,7 @@ def refused(result: subprocess.CompletedProcess, holder_pid: int, command: str) 
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_second_render_into_a_session_being_rendered_is_refused_naming_the_first(tmp_path):
     first = start("render", PROMPT, "--count", "3", "--steps", "40", "--session", "s", cwd=tmp_path,  # seconds long
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -52,6 +50,7 @@ def test_a_second_render_into_a_session_being_rendered_is_refused_naming_the_fir
     assert not (tmp_path / "s" / LOCK).exists(), "let go at the end"
 
 
+@pytest.mark.slow
 def test_a_local_render_into_a_daemons_session_is_refused(tmp_path):
     daemon = serve(tmp_path, "--session", "s")
     try:
@@ -63,6 +62,7 @@ def test_a_local_render_into_a_daemons_session_is_refused(tmp_path):
     assert not (tmp_path / "s" / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_two_resumes_at_once_render_each_image_once(tmp_path):
     session = Session.open(tmp_path / "s")
     session.append({"type": "queued", "job": "job-0001", "spec": {"prompt": PROMPT, "model": "demo", "seeds": [3, 4],
