@@ -89,3 +89,34 @@ def test_logs_shows_the_daemons_last_lines_and_follows_what_it_writes(tmp_path):
 ])
 def test_a_queue_command_that_cannot_mean_anything_is_one_line_before_any_daemon_is_asked(tmp_path, args, says):
     one_line_error(diffdeck(*args, cwd=tmp_path), says)
+
+
+def test_queue_control_of_a_session_nobody_renders_changes_its_record(tmp_path):
+    """Without a daemon: cancel and retry jobs of a session folder at rest, for `resume` (or the
+    workbench) to render later; a session being written by another process is refused by name."""
+    spec = {"prompt": PROMPT, "model": "demo", "seeds": [1], "count": 1, "steps": 2}
+    session = Session.open(tmp_path / "s")
+    for n, end in ((1, None), (2, "failed"), (3, "held")):
+        session.append({"type": "queued", "job": f"job-000{n}", "spec": spec})
+        if end:
+            session.append({"type": end, "job": f"job-000{n}", "error": "boom", "worker_crashes": 2})
+    session.close()
+
+    cancelled = diffdeck("queue", "cancel", "job-0001", "--session", "s", cwd=tmp_path)
+    assert cancelled.returncode == 0 and cancelled.stdout == "job-0001 cancelled\n", cancelled.stderr
+    retried = diffdeck("queue", "retry", "job-0002", "--session", "s", cwd=tmp_path)
+    assert retried.returncode == 0 and "job-0002 queued again; diffdeck resume s renders it" in retried.stdout
+    one_line_error(diffdeck("queue", "retry", "job-0003", "--session", "s", cwd=tmp_path), "job-0003 is held", "--force")
+    assert diffdeck("queue", "retry", "job-0003", "--force", "--session", "s", cwd=tmp_path).returncode == 0
+    jobs = Session.open(tmp_path / "s").jobs
+    assert [jobs[j]["status"] for j in ("job-0001", "job-0002", "job-0003")] == ["cancelled", "queued", "queued"]
+    assert jobs["job-0003"]["worker_crashes"] == 0 and jobs["job-0002"]["worker_crashes"] == 2
+
+    one_line_error(diffdeck("queue", "pause", "--session", "s", cwd=tmp_path), "--session: takes cancel or retry")
+    holder = Session.open_for_writing(tmp_path / "s", "a workbench")
+    try:
+        one_line_error(diffdeck("queue", "cancel", "--all", "--session", "s", cwd=tmp_path), "is being written by",
+                       "a workbench")
+    finally:
+        holder.close()
+    assert diffdeck("queue", "cancel", "--all", "--session", "s", cwd=tmp_path).stdout.count("cancelled") == 2

@@ -385,6 +385,31 @@ class Session:
             job.worker_crashes += job.status == Status.RUNNING
         return pending
 
+    def cancel_at_rest(self, job_id: str) -> bool:
+        """Cancel a job of a session nobody is rendering (the caller holds its lock): one queued,
+        or running when diffdeck stopped. False when it had finished."""
+        if self._known(job_id)["status"] not in UNFINISHED:
+            return False
+        self.append({"type": EventKind.CANCELLED, "job": job_id, "error": None})
+        return True
+
+    def retry_at_rest(self, job_id: str, force: bool = False) -> None:
+        """Queue a failed, cancelled or (with force) held job of a session nobody is rendering
+        again, with its seeds; the next `resume` or workbench renders the images it lacks."""
+        job = self._known(job_id)
+        if job["status"] == Status.HELD and not force:
+            raise SessionError(f"{job_id} is held: it crashed its worker {job.get('worker_crashes', 0)} times; "
+                               "retry it with --force to try again")
+        if job["status"] not in (Status.FAILED, Status.CANCELLED, Status.HELD):
+            raise SessionError(f"{job_id} is {job['status']}; only failed, cancelled or held jobs can be retried")
+        self.append({"type": EventKind.QUEUED, "job": job_id, "spec": job["spec"],
+                     **({"worker_crashes": 0} if force else {})})
+
+    def _known(self, job_id: str) -> dict[str, Any]:
+        if job_id not in self.jobs:
+            raise SessionError(f"{self.folder} has no job {job_id!r}")
+        return self.jobs[job_id]
+
     def resolve(self, relative: str) -> Path:
         """A path from the record, made absolute. Paths were checked to stay inside on open."""
         return self.folder / relative

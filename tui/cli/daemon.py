@@ -73,6 +73,8 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     queue.add_argument("--all", action="store_true", help="cancel every queued and running job")
     queue.add_argument("--force", action="store_true", help="retry a held job too (it stopped its worker twice)")
     queue.add_argument("--remote", metavar="HOST", help="the daemon on HOST, over ssh")
+    queue.add_argument("--session", type=Path, metavar="DIR",
+                       help="cancel or retry in a session folder nobody is rendering, not the daemon's")
     queue.set_defaults(run=cmd_queue)
 
     logs = commands.add_parser("logs", help="the daemon's log")
@@ -301,7 +303,37 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.action in ("cancel", "retry") and not (args.jobs or args.all):
         raise SpecError("queue", f"{args.action} needs job ids, such as job-0003 (diffdeck status lists them)"
                                  + (", or --all" if args.action == "cancel" else ""))
+    if args.session is not None:
+        return _queue_at_rest(args)
     return asyncio.run(_queue(remote_connection(args.remote) if args.remote else EngineClient.connect, args))
+
+
+def _queue_at_rest(args: argparse.Namespace) -> int:
+    """Cancel or retry jobs in a session folder that no process is rendering (its lock says so):
+    the record changes, and `diffdeck resume` or the workbench renders what is queued then."""
+    if args.action in ("pause", "resume") or args.remote:
+        raise SpecError("--session", "takes cancel or retry, here: a session nobody renders has no queue "
+                                     "running to pause (diffdeck resume SESSION renders what it has queued)")
+    session = Session.open_for_writing(args.session, this_command(), create=False)
+    try:
+        for notice in session.notices:
+            print(f"diffdeck: {visible(notice)}", file=sys.stderr)
+        status = 0
+        for job_id in [job.id for job in session.unfinished()] if args.all else args.jobs:
+            try:
+                if args.action == "cancel":
+                    said = "cancelled" if session.cancel_at_rest(job_id) else "had finished; nothing to cancel"
+                else:
+                    session.retry_at_rest(job_id, args.force)
+                    said = f"queued again; diffdeck resume {args.session} renders it"
+                print(visible(f"{job_id} {said}"))
+            except SessionError as e:  # this job; the others go ahead
+                print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)
+                status = 2
+        session.compact()
+    finally:
+        session.close()
+    return status
 
 
 async def _queue(connect: Connect, args: argparse.Namespace) -> int:
