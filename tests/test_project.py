@@ -7,6 +7,8 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,3 +51,13 @@ def test_the_wheel_installs_one_top_level_package_whose_command_runs(tmp_path):
                             "print(u.find_spec('engines'), u.find_spec('tui'))"], capture_output=True, text=True,
                            env=deps, cwd=tmp_path, check=True).stdout.split("\n")
     assert where[0].startswith(str(site)) and where[1] == "None None"
+
+
+def test_every_package_folder_is_in_the_installed_package_list():
+    """pyproject.toml lists the packages by hand (a package-dir mapping): a new room must be in it,
+    or the wheel would leave it out while an editable install still finds it."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11 reads TOML")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(("diffdeck", *init.parent.relative_to(ROOT).parts))
+               for top in ("engines", "tui", "themes") for init in (ROOT / top).rglob("__init__.py")}
+    assert listed == folders

@@ -36,3 +36,8 @@ def _shown(char: str, newlines: bool, one_for_one: bool) -> str:
     if one_for_one:
         return "\ufffd"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 job', '2 jobs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -22,6 +22,8 @@ from diffdeck.engines.daemon.server import peer_uid, socket_path
 from diffdeck.engines.daemon.wire import LINE_LIMIT, PROTOCOL, DaemonCalls, DaemonError, encode, read_message
 from diffdeck.engines.sets.variants import VariantSet
 
+KINDS = frozenset(EventKind)
+
 
 class EngineClient(DaemonCalls):
     """A daemon's engine, driven through its typed calls (DaemonCalls); `call` is the wire's own."""
@@ -161,7 +163,8 @@ class EngineClient(DaemonCalls):
             while (message := await read_message(self._reader)) is not None:
                 if "event" in message:
                     event = message["event"]
-                    self._events.put(Event(EventKind(event.get("type")), event.get("job"), event.get("data") or {}))
+                    if event.get("type") in KINDS:  # a kind a newer daemon emits is not this client's to draw
+                        self._events.put(Event(EventKind(event["type"]), event.get("job"), event.get("data") or {}))
                 elif message.get("id") in self._pending:
                     answer = self._pending.pop(message["id"])
                     if "error" in message:

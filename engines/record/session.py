@@ -302,7 +302,7 @@ class Session:
             return
         job = self.jobs.get(job_id)
         if job is None:
-            raise SessionError(f"journal event {kind!r} for unknown job {job_id!r}")
+            raise SessionError(f"journal event {str(kind)!r} for unknown job {job_id!r}")
         if kind == EventKind.STARTED:
             job.update(status=Status.RUNNING, timings={k: event[k] for k in ("queue_wait_s", "load_s")})
         elif kind == EventKind.IMAGE:

@@ -1,5 +1,5 @@
 """Comparing images: PSNR, the largest pixel difference and a perceptual hash, for replay
-checks and A/B pairs (their pixel identity is engines.core.pixels).
+checks and A/B pairs (their pixel identity is diffdeck.engines.core.pixels).
 
 UI side: PIL only.
 """

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffdeck.engines.core.spec import MAX_STEPS, JobSpec, SpecError, check_scheduler, draw_seeds, parse_size
+from diffdeck.engines.core.text import counted
 
 AXES = ("x", "y", "page")
 CONFIRM_ABOVE = 50  # a set of more jobs is queued only when the user confirms it
@@ -85,7 +86,8 @@ class VariantSet:
         """The size of the set in words, shown before anything is queued."""
         models = len({v.spec.model for v in self.variants})
         shape = " × ".join(str(len(a.values)) for a in self.axes) if self.axes else f"{len(self.variants)} variants"
-        return (f"{shape} = {len(self.variants)} jobs, {self.images} images, seeds {_seed_text(self.base)}"
+        return (f"{shape} = {counted(len(self.variants), 'job')}, {counted(self.images, 'image')}, "
+                f"seeds {_seed_text(self.base)}"
                 + (f", {models} models" if models > 1 else ""))
 
     def needs_confirmation(self) -> bool:
@@ -161,8 +163,7 @@ def plan_varied(base: JobSpec, prompts: list[str], vary: list[str]) -> VariantSe
     n = len(prompts) if len(prompts) > 1 else len(axes[0].values) if axes else 1
     for axis in axes:
         if len(axis.values) != n:
-            values = f"{len(axis.values)} value{'' if len(axis.values) == 1 else 's'}"
-            raise SpecError("--vary", f"{axis.text} gives {values} for {n} variants; "
+            raise SpecError("--vary", f"{axis.text} gives {counted(len(axis.values), 'value')} for {n} variants; "
                                       "give one per variant (for every combination, use diffdeck grid)")
     prompts = prompts if len(prompts) > 1 else prompts * n
     return plan_ab([dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from diffdeck.engines.core.events import FINISHING_EVENTS, JobRecord, Status
 from diffdeck.engines.core.registry import load_registry
 from diffdeck.engines.core.spec import JobSpec, SpecError
-from diffdeck.engines.core.text import visible
+from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.client import (
     ENGINES,
     Connect,
@@ -39,7 +39,7 @@ from diffdeck.engines.daemon.server import Daemon, Place, hold_lock, place, sock
 from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionError, is_session, new_session_dir
 from diffdeck.engines.service.recorded_queue import RecordedQueue
-from diffdeck.tui.cli.progress import Progress, counted, exit_status, follow_jobs
+from diffdeck.tui.cli.progress import Progress, exit_status, follow_jobs
 
 START_TIMEOUT_S = 60.0
 WATCH_S = 1.0  # status --watch: seconds between two drawings

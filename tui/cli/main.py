@@ -22,7 +22,7 @@ from diffdeck.engines import __version__
 from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.registry import Registry, RegistryError, load_registry
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
-from diffdeck.engines.core.text import visible
+from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.queue.dispatcher import Dispatcher, Job
 from diffdeck.engines.queue.environment_probe import probe_environment
@@ -65,7 +65,7 @@ from diffdeck.tui.cli.daemon import (
     this_command,
     warn_of_a_daemon_holding,
 )
-from diffdeck.tui.cli.progress import counted, exit_status, follow_jobs
+from diffdeck.tui.cli.progress import exit_status, follow_jobs
 from diffdeck.tui.config import IMAGE_MODES, ConfigError, load_config
 
 

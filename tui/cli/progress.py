@@ -46,11 +46,6 @@ async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) 
     return ended
 
 
-def counted(n: int, noun: str) -> str:
-    """'1 job', '2 jobs'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def exit_status(ended: dict[str, tuple[Status, str | None]]) -> int:
     status = 0
     for job_id, (how, error) in ended.items():
