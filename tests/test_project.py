@@ -1,6 +1,7 @@
 """The project as a user installs it: the README's commands, and the wheel pip builds."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,9 +23,13 @@ def test_ci_runs_the_readme_test_command():
 def test_the_wheel_installs_one_top_level_package_whose_command_runs(tmp_path):
     """pip users get `diffdeck` alone in site-packages (engines, tui and themes inside it), and
     the `diffdeck` command of a fresh environment runs from it."""
-    dist, venv = tmp_path / "dist", tmp_path / "venv"
+    dist, venv, source = tmp_path / "dist", tmp_path / "venv", tmp_path / "source"
+    for name in ("engines", "tui", "themes"):  # a copy: building writes build/ and egg-info beside the source
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(dist), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(dist), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("diffdeck-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
