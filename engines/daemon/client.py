@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Literal
 
 from diffdeck.engines.core.events import Event, EventKind, EventStream, JobRecord
+from diffdeck.engines.core.files import write_whole
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.daemon.server import peer_uid, socket_path
 from diffdeck.engines.daemon.wire import LINE_LIMIT, PROTOCOL, DaemonCalls, DaemonError, encode, read_message
@@ -197,9 +198,7 @@ def save_image(answer: dict[str, Any], folder: Path, name: str | None = None) ->
         raise DaemonError(f"the daemon named an image {name!r}, which is not a file name")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    write_whole(path, data)
     return path
 
 

@@ -46,6 +46,7 @@ from typing import Any, Awaitable, Callable
 
 from diffdeck.engines import __version__
 from diffdeck.engines.core.events import Event, EventStream, JobRecord, Status
+from diffdeck.engines.core.files import write_whole
 from diffdeck.engines.core.registry import RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.daemon.wire import LINE_LIMIT, PROTOCOL, DaemonError, encode, read_message
@@ -244,7 +245,7 @@ class Daemon:
                     writer.write(encode(await self._answer(request)))
             finally:
                 forward.cancel()
-        except (ConnectionError, ValueError, RecursionError) as e:  # gone mid-line, garbage, a line past the limit
+        except (ConnectionError, ValueError) as e:  # gone mid-line, garbage, a line past the limit
             with contextlib.suppress(ConnectionError, RuntimeError):
                 writer.write(encode({"error": f"closing the connection: {e}"}))
         finally:
@@ -375,6 +376,4 @@ def _listener_at(path: Path) -> str | None:
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(data))
-    os.replace(partial, path)
+    write_whole(path, json.dumps(data).encode())

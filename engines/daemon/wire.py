@@ -14,6 +14,7 @@ import asyncio
 import json
 from typing import Any, Protocol
 
+from diffdeck.engines.core.jsontext import parse_json
 from diffdeck.engines.service.engine import Engine
 
 PROTOCOL = 2  # 2: messages past 1 MiB come as pages
@@ -71,7 +72,7 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 
 def _read(line: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(line)
+        message = parse_json(line)
     except ValueError:
         raise ValueError(f"not a line of JSON: {line[:80]!r}") from None
     if not isinstance(message, dict):

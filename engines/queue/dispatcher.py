@@ -95,7 +95,8 @@ class Dispatcher:
         self._subscribers: list[EventStream] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._background: set[asyncio.Task] = set()  # cancels being enforced, workers being retired
+        self._background: set[asyncio.Task] = set()
+        self._footprints: dict[str, Footprint | None] = {}  # per model, read at its first job  # cancels being enforced, workers being retired
 
     # lifecycle
 
@@ -190,14 +191,18 @@ class Dispatcher:
         return job
 
     def _footprint(self, name: str, files: ModelFiles) -> Footprint | None:
+        """What a model's sizes cost, read from its configs once per Dispatcher (a grid asks per cell)."""
         if files.folder is None or files.family is None:
             return None
-        model = self.registry.get(name)
-        if model.offload != "none":  # its weights stream through the GPU: the estimate does not apply
-            return None
-        on_gpu = self.telemetry.has_gpu and model.device != "cpu"
-        return Footprint.read(files.folder, files.family, self.registry.memory_gb(name),
-                              element_bytes(model.dtype, on_gpu))
+        if name not in self._footprints:
+            model = self.registry.get(name)
+            if model.offload != "none":  # its weights stream through the GPU: the estimate does not apply
+                self._footprints[name] = None
+            else:
+                on_gpu = self.telemetry.has_gpu and model.device != "cpu"
+                self._footprints[name] = Footprint.read(files.folder, files.family, self.registry.memory_gb(name),
+                                                        element_bytes(model.dtype, on_gpu))
+        return self._footprints[name]
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job, or stop a running one: at the next module its worker enters,
@@ -413,7 +418,7 @@ class Dispatcher:
             self._fail(job, message["error"], message["kind"])
             return
         elif kind == "step":
-            job.progress = dict(message)
+            job.progress = message  # decoded afresh for each message
         self._emit(EventKind(kind), job, **message)  # step, preview, image
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:

@@ -54,6 +54,9 @@ TIE = "tie"
 JOB_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
 
 
+_JOURNAL_EVENTS = RECORDED_EVENTS | VERDICT_EVENTS  # what a journal line may be
+
+
 class SessionError(Exception):
     """A session folder that cannot be read as it is. Nothing in it has been changed."""
 
@@ -696,7 +699,7 @@ def _read_journal(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if number == len(lines):  # the last line, cut short by a kill: the event never happened
                 break
             raise SessionError(f"{path} line {number} is not a JSON event") from None
-        if not isinstance(event, dict) or not _is_a(RECORDED_EVENTS | VERDICT_EVENTS, event.get("type")):
+        if not isinstance(event, dict) or not _is_a(_JOURNAL_EVENTS, event.get("type")):
             raise SessionError(f"{path} line {number} is not a session event")
         events.append((number, event))
     return events
