@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from diffdeck.engines.core.events import UNFINISHED, VERDICT_EVENTS, EventKind, Status
 from diffdeck.engines.core.registry import RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
-from diffdeck.engines.core.text import visible
+from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.client import daemon_holding
 from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionWriteError
@@ -86,6 +86,7 @@ class Workbench(App):
         self.engine, self.config, self.themes = engine, config, themes
         self.image_class, self.hint = image_class, hint
         self.board = Board()
+        self._titles: tuple[str, str] = ("", "")  # the app's and the queue's, as last drawn
         models = engine.models()
         self.first_model = "demo" if "demo" in models else models[0]
         self.pinned: list[tuple[str, int]] = []
@@ -182,7 +183,7 @@ class Workbench(App):
         if not self.session.folder.is_dir():  # nothing was recorded: the new session's folder is gone again
             return "diffdeck: nothing was queued, so no session was kept"
         left = sum(job["status"] in UNFINISHED for job in self.session.jobs.values())
-        queued = f" ({left} job{'s' * (left != 1)} queued, resumed when it opens)" if left else ""
+        queued = f" ({counted(left, 'job')} queued, resumed when it opens)" if left else ""
         folder = shlex.quote(str(self.session.folder))
         return f"diffdeck: session {folder}{queued}; reopen it with: diffdeck {folder}"
 
@@ -253,8 +254,11 @@ class Workbench(App):
         self.query_one(GpuPanel).show(self.board)
         self.query_one(Gallery).show(self.board, self.marks)
         paused = " · queue paused (p in the queue resumes)" if self.board.paused else ""
-        self.query_one("#title", Static).update(plain(self._title_text() + paused))
-        self.query_one(QueueView).border_title = queue_title(self.board)
+        titles = (self._title_text() + paused, queue_title(self.board))
+        if titles != self._titles:  # each update repaints; four redraws a second mostly change nothing here
+            self._titles = titles
+            self.query_one("#title", Static).update(plain(titles[0]))
+            self.query_one(QueueView).border_title = titles[1]
         busy = bool(self.board.queue) or self.board.running() is not None
         if self._busy and not busy:
             self._queue_emptied()

@@ -8,5 +8,5 @@ from diffdeck.engines.core.text import visible
 from rich.text import Text
 
 
-def plain(text: object, style: str = "", newlines: bool = False) -> Text:
-    return Text(visible(str(text), newlines), style=style, end="")
+def plain(text: object, style: str = "") -> Text:
+    return Text(visible(str(text)), style=style, end="")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from diffdeck.engines.core.events import FINISHING_EVENTS, JobRecord, Status
 from diffdeck.engines.core.registry import load_registry
@@ -79,7 +79,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
 
     logs = commands.add_parser("logs", help="the daemon's log")
     logs.add_argument("-f", "--follow", action="store_true", help="then what it writes next, until ctrl+c")
-    logs.add_argument("-n", "--lines", type=_whole_number, default=40, metavar="N", help="the last N lines (default: 40)")
+    logs.add_argument("-n", "--lines", type=whole_number(), default=40, metavar="N", help="the last N lines (default: 40)")
     logs.set_defaults(run=cmd_logs)
 
     fetch = commands.add_parser("fetch", help="copy the daemon's session here: its record and its images, whole")
@@ -112,8 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if _answers():
             raise DaemonError(f"a diffdeck daemon is already running on {socket_path()} (diffdeck status)")
         state = start_daemon(args.models, args.session, args.new_session)
-        print(f"diffdeck daemon running (pid {state['pid']}) on {socket_path()}, session {state['session']}; "
-              f"log: {place().log}; diffdeck status shows it, diffdeck stop stops it")
+        print(visible(f"diffdeck daemon running (pid {state['pid']}) on {socket_path()}, session {state['session']}; "
+                      f"log: {place().log}; diffdeck status shows it, diffdeck stop stops it"))
         return 0
     where = place()
     lock = hold_lock(where)  # before the session is chosen: no two daemons resume one session
@@ -122,9 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         registry = load_registry(args.models)
         folder = args.session or (None if args.new_session else _session_to_resume(where)) or new_session_dir()
         # absolute: the daemon's paths are read by clients in other folders, or on other machines
-        session = Session.open_for_writing(folder.resolve(), this_command())
-        for notice in session.notices:
-            print(f"diffdeck serve: {notice}", flush=True)
+        session = open_for_writing(folder.resolve())
         return asyncio.run(_serve(Daemon(RecordedQueue(registry, session), where)))
     finally:
         if session is not None:
@@ -137,6 +135,15 @@ async def _serve(daemon: Daemon) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.stop, True)
     return await daemon.serve()
+
+
+def open_for_writing(folder: Path, create: bool = True) -> Session:
+    """The session this command writes, its lock taken (a second writer is refused, naming this
+    one); what opening it had to mend is said on stderr."""
+    session = Session.open_for_writing(folder, this_command(), create)
+    for notice in session.notices:
+        print(f"diffdeck: {visible(notice)}", file=sys.stderr, flush=True)
+    return session
 
 
 def this_command() -> str:
@@ -314,10 +321,8 @@ def _queue_at_rest(args: argparse.Namespace) -> int:
     if args.action in ("pause", "resume") or args.remote:
         raise SpecError("--session", "takes cancel or retry, here: a session nobody renders has no queue "
                                      "running to pause (diffdeck resume SESSION renders what it has queued)")
-    session = Session.open_for_writing(args.session, this_command(), create=False)
+    session = open_for_writing(args.session, create=False)
     try:
-        for notice in session.notices:
-            print(f"diffdeck: {visible(notice)}", file=sys.stderr)
         status = 0
         for job_id in [job.id for job in session.unfinished()] if args.all else args.jobs:
             try:
@@ -509,7 +514,10 @@ async def _fetch(client: EngineClient, job_ids: list[str], folder: Path) -> None
             print(visible(f"fetched {path}"), file=sys.stderr)
 
 
-def _whole_number(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(text)
+def whole_number(least: int = 0) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `least`."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number" + (f" of at least {least}" if least else ""))
+        return int(text)
+    return parse

@@ -61,9 +61,11 @@ from diffdeck.tui.cli.daemon import add_commands as add_daemon_commands
 from diffdeck.tui.cli.daemon import (
     add_engine_options,
     daemon_connection,
+    open_for_writing,
     render_attached,
     this_command,
     warn_of_a_daemon_holding,
+    whole_number,
 )
 from diffdeck.tui.cli.progress import exit_status, follow_jobs
 from diffdeck.tui.config import IMAGE_MODES, ConfigError, load_config
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_eval = commands.add_parser("demo-eval", parents=[common],
                                     help="render fixed prompts on the demo model and score how well it follows them")
     demo_eval.add_argument("--model", default="demo", help="the model to score (default: demo)")
-    demo_eval.add_argument("--per-group", type=_at_least_one, default=60, metavar="N",
+    demo_eval.add_argument("--per-group", type=whole_number(1), default=60, metavar="N",
                            help="prompts per group: trained shape/colour pairs, held-out pairs (default: 60)")
     demo_eval.add_argument("--json", action="store_true")
     demo_eval.set_defaults(run=cmd_demo_eval)
@@ -177,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "frame: the workbench's first frame in tmux against a minimal Textual app's")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
-    bench.add_argument("--rounds", type=_at_least_one, metavar="N",
+    bench.add_argument("--rounds", type=whole_number(1), metavar="N",
                        help="alternating rounds of each (default: 60; frame: 10)")
-    bench.add_argument("--keys", type=_at_least_one, default=200, metavar="N",
+    bench.add_argument("--keys", type=whole_number(1), default=200, metavar="N",
                        help="keys: keystrokes idle, then as many while rendering (default: 200)")
     bench.set_defaults(run=cmd_bench)
     add_daemon_commands(commands, common)
@@ -348,17 +350,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SpecError("--fetch", "copies images from a daemon; this render is local (--engine daemon, or --remote HOST)")
     if connect:
         return asyncio.run(render_attached(connect, specs, args.json, args.fetch))
-    session = _open_for_writing(args.session or new_session_dir())
+    session = open_for_writing(args.session or new_session_dir())
     return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
-
-
-def _open_for_writing(folder: Path, create: bool = True) -> Session:
-    """The session this command writes, its lock taken (a second writer is refused, naming this
-    one); what opening it had to mend is said on stderr."""
-    session = Session.open_for_writing(folder, this_command(), create)
-    for notice in session.notices:
-        print(f"diffdeck: {visible(notice)}", file=sys.stderr)
-    return session
 
 
 def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
@@ -392,7 +385,7 @@ def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
     if variants.needs_confirmation() and not args.yes and not _confirm(f"queue {len(variants.variants)} jobs?"):
         raise SpecError("grid", f"{len(variants.variants)} jobs is more than {CONFIRM_ABOVE}; "
                                 "nothing queued (confirm, or pass --yes)")
-    session = _open_for_writing(args.session or new_session_dir())
+    session = open_for_writing(args.session or new_session_dir())
     queued: list[str] = []
 
     def queue(dispatcher: Dispatcher) -> list[Job]:
@@ -413,7 +406,7 @@ def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
         print(f"{pair['left']} vs {pair['right']} image {pair['image']} seed {pair['seed']}: PSNR {pair['psnr_db']} dB, "
               f"perceptual-hash distance {pair['phash_distance']}")
     for sheet in sheets:
-        print(f"contact sheet: {sheet}")
+        print(visible(f"contact sheet: {sheet}"))
     return status
 
 
@@ -425,7 +418,7 @@ def _confirm(question: str) -> bool:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    session = _open_for_writing(args.session, create=False)
+    session = open_for_writing(args.session, create=False)
     pending = session.unfinished()
     if not pending:
         session.close()
@@ -500,7 +493,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         registry.get(name)
     asyncio.run(warn_of_a_daemon_holding(models))
     environment = check_environment(session, registry, models)
-    target = _open_for_writing(new_replay_folder(args.into or args.session))  # from here on, _finish lets it go
+    target = open_for_writing(new_replay_folder(args.into or args.session))  # from here on, _finish lets it go
     say = (lambda text: None) if args.json else print
     say("environment: " + ("as recorded" if not environment.differences else "differs from the record:"))
     for line in environment.differences:
@@ -578,7 +571,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if registry.path:
-        print(f"models from {registry.path}")
+        print(visible(f"models from {registry.path}"))
     table = [("NAME", "FAMILY", "OFFLINE", "SOURCE")] + [
         (r["name"], r["family"] or "?", "yes" if r["offline"] else "no", r["source"]) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
@@ -605,9 +598,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"CUDA: {env['cuda'] or 'not available: workers render on the CPU'}"
               + (f"  cuDNN {env['cudnn']}" if env["cudnn"] else ""))
         for i, name in enumerate(env["gpus"]):
-            print(f"GPU {i}: {name}")
+            print(visible(f"GPU {i}: {name}"))
     telemetry = Telemetry()
-    print("NVML: " + ("ok" if telemetry.has_gpu else telemetry.gpu_problem))
+    print("NVML: " + ("ok" if telemetry.has_gpu else visible(telemetry.gpu_problem)))
     for line in terminal_report():
         print(line)
     try:
@@ -640,12 +633,6 @@ def terminal_report() -> list[str]:
 
 # demo-eval
 
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
 def cmd_demo_eval(args: argparse.Namespace) -> int:
     from diffdeck.engines.demo.evaluate import ATTRIBUTES, TARGETS, RenderFailed, meets_targets, run
 
@@ -653,7 +640,7 @@ def cmd_demo_eval(args: argparse.Namespace) -> int:
     try:
         results = run(registry, args.model, args.per_group)
     except RenderFailed as e:
-        print(f"diffdeck: error: {e}", file=sys.stderr)
+        print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(results, indent=2))

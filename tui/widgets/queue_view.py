@@ -6,6 +6,7 @@ and the progress cell says as much as its width holds."""
 from __future__ import annotations
 
 from diffdeck.engines.core.events import Status
+from diffdeck.engines.core.text import counted
 from diffdeck.tui.plain import plain
 from diffdeck.tui.workbench_state import NOT_RESUMED, Board, JobRow
 from textual.binding import Binding
@@ -47,8 +48,10 @@ class QueueView(DataTable):
         self._shown: dict[str, tuple[str, ...]] = {}
         self._widths: tuple[int, ...] = ()
         self._drawn: tuple[list[JobRow], dict[str, tuple[str, str]]] = ([], {})
+        self._kept_in_view: tuple[str, int] | None = None  # the running job's id and row, once scrolled to
 
     def on_resize(self) -> None:
+        self._kept_in_view = None  # the panels around moved: scroll to the running job again
         self.show(*self._drawn)
 
     def show(self, rows: list[JobRow], variant_of: dict[str, tuple[str, str]]) -> None:
@@ -82,9 +85,11 @@ class QueueView(DataTable):
         """Scroll the running job into view (the panels around may have moved it out), unless the
         user is moving through the queue."""
         running = next((row.id for row in rows if row.status == Status.RUNNING), None)
-        if running is None or self.has_focus:
-            return
-        row = Region(0, self.header_height + [row.id for row in rows].index(running), 1, 1)
+        place = (running, [row.id for row in rows].index(running)) if running else None
+        if place is None or self.has_focus or place == self._kept_in_view:
+            return  # scrolled there already: a wheel in the queue is not pulled back four times a second
+        self._kept_in_view = place
+        row = Region(0, self.header_height + place[1], 1, 1)
         self.call_after_refresh(self.scroll_to_region, row, spacing=Spacing(self.header_height, 0, 0, 0),
                                 animate=False, force=True)  # once the new rows are laid out; under the header
 
@@ -131,7 +136,7 @@ def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
         return "loading" if not row.step else ""
     if row.status == Status.DONE:
         render_s = row.render_s()
-        return fitted([f"{len(row.images)} image{'s' * (len(row.images) != 1)}",
+        return fitted([counted(len(row.images), "image"),
                        f"{render_s:.1f}s" if render_s is not None else ""], width)
     if row.status in (Status.FAILED, Status.HELD, NOT_RESUMED) and row.error:
         return row.error.splitlines()[0][:60]
