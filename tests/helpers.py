@@ -8,6 +8,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,3 +87,15 @@ async def until(pilot, condition: Callable[[], object], timeout: float = 90.0, w
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         await pilot.pause(0.05)
+
+
+def readline_within(stream, timeout: float, what: str = "a line") -> str | bytes:
+    """One line from a child's pipe, or AssertionError after `timeout` seconds. On a timeout the
+    read goes on in a thread nobody waits for, until the child is killed."""
+    lines: list[str | bytes] = []
+    reader = threading.Thread(target=lambda: lines.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not lines:
+        raise AssertionError(f"{what} did not come within {timeout} s")
+    return lines[0]

@@ -229,8 +229,8 @@ def test_sessions_counts_jobs_by_status_and_survives_a_closed_pipe(tmp_path):
 
     proc = start("sessions", "--json", cwd=tmp_path, capture=True)
     proc.stdout.close()  # `| head` that has read all it wants
-    assert "Traceback" not in proc.stderr.read()
     assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in proc.stderr.read()
 
 
 @pytest.mark.slow

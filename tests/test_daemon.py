@@ -22,7 +22,7 @@ from diffdeck.engines.daemon.client import EngineClient
 from diffdeck.engines.daemon.server import socket_path
 from diffdeck.engines.daemon.wire import PROTOCOL, DaemonError
 from diffdeck.engines.record.session import Session
-from helpers import diffdeck, start
+from helpers import diffdeck, readline_within, start
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def test_a_render_outlives_its_client_and_a_new_client_sees_it_done(tmp_path, daemon):
     client = start("render", PROMPT, "--steps", "60", "--seed", "3", "--engine", "daemon", "--json", cwd=tmp_path,
                    stderr=subprocess.PIPE, text=True)
-    assert "job-0001 queued on the daemon" in client.stderr.readline()
+    assert "job-0001 queued on the daemon" in readline_within(client.stderr, 120)
     client.kill()  # the connection drops mid-render, as an ssh session does
     client.wait()
 
@@ -144,7 +144,7 @@ def test_a_client_of_another_version_or_sending_garbage_is_told_what_is_wrong(da
             answer, deadline = {"event": None}, time.monotonic() + 60
             while "event" in answer:  # telemetry may come in between
                 assert time.monotonic() < deadline, f"no answer to {line!r}, only events"
-                answer = json.loads(await reader.readline())
+                answer = json.loads(await asyncio.wait_for(reader.readline(), max(deadline - time.monotonic(), 0)))
             answers.append(answer)
         writer.close()
         return answers

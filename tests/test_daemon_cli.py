@@ -10,7 +10,7 @@ import pytest
 from daemons import PROMPT, call, state
 from diffdeck.engines.daemon.server import place
 from diffdeck.engines.record.session import Session
-from helpers import diffdeck, one_line_error, start, wait_until
+from helpers import diffdeck, one_line_error, readline_within, start, wait_until
 
 
 def job(job_id: str) -> dict:
@@ -21,7 +21,7 @@ def job(job_id: str) -> dict:
 def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_waits_for(tmp_path, daemon):
     render = start("render", PROMPT, "--steps", "1000", "--size", "128x128", "--seed", "1", "--engine", "daemon",
                    cwd=tmp_path, capture=True)
-    assert "job-0001 queued on the daemon" in render.stderr.readline()
+    assert "job-0001 queued on the daemon" in readline_within(render.stderr, 120)
     wait_until(lambda: job("job-0001")["progress"], 120, "job-0001 rendering")
     render.send_signal(signal.SIGINT)
     assert "detached; job-0001 goes on in the daemon" in render.communicate(timeout=60)[1]
@@ -39,10 +39,10 @@ def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_wa
     assert "1 queued, 1 running" in status, status
 
     watch = start("status", "--watch", cwd=tmp_path, capture=True)
-    frames, deadline = 0, time.monotonic() + 60
-    while frames < 2:  # drawn, then drawn again
-        line = watch.stdout.readline()
-        assert line and time.monotonic() < deadline, f"status --watch stopped drawing: {watch.stderr.read()}"
+    frames = 0
+    while frames < 2:  # drawn, then drawn again; each line within its own deadline
+        line = readline_within(watch.stdout, 60, "a line of status --watch")
+        assert line, "status --watch stopped drawing"
         frames += line.startswith("daemon pid")
     watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=30) == 0 and "Traceback" not in watch.stderr.read()
@@ -54,7 +54,7 @@ def test_the_daemons_queue_from_the_command_line_and_a_stop_that_says_what_it_wa
     session = Path(state()["session"])
     stopping = start("stop", cwd=tmp_path, capture=True)
     assert re.search(r"waiting for job-0001 \(image 1/1, step \d+/1000\) to finish; diffdeck stop --now",
-                     stopping.stderr.readline())
+                     readline_within(stopping.stderr, 60))
     now = diffdeck("stop", "--now", cwd=tmp_path)
     assert now.returncode == 0 and "2 jobs stay queued in its session" in now.stdout, now.stdout + now.stderr
     assert "2 jobs stay queued in its session" in stopping.communicate(timeout=60)[0]
@@ -70,13 +70,13 @@ def test_logs_shows_the_daemons_last_lines_and_follows_what_it_writes(tmp_path):
     assert shown.returncode == 0 and shown.stdout == "two\nthree \u241b]0;title\u2407\n"
 
     follow = start("logs", "-f", "-n", "1", cwd=tmp_path, capture=True)
-    assert follow.stdout.readline() == "three \u241b]0;title\u2407\n"
+    assert readline_within(follow.stdout, 30) == "three \u241b]0;title\u2407\n"
     with open(log, "a") as out:
         out.write("fo")
         out.flush()
         time.sleep(0.5)  # half a line written: it waits for the rest
         out.write("ur\n")
-    assert follow.stdout.readline() == "four\n"
+    assert readline_within(follow.stdout, 30) == "four\n"
     follow.send_signal(signal.SIGINT)
     assert follow.wait(timeout=30) == 0 and "Traceback" not in follow.stderr.read()
 

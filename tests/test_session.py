@@ -10,7 +10,7 @@ import pytest
 import yaml
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionError
-from helpers import diffdeck, start
+from helpers import diffdeck, readline_within, start
 
 
 def events(folder):
@@ -127,7 +127,7 @@ def test_kill_9_mid_queue_loses_nothing_and_resume_finishes_the_queue(tmp_path):
     prompts = ["a red circle", "a blue square", "a green star"]
     render = ["render", *prompts, "--count", "3", "--seed", "5"]
     proc = start(*render, "--session", "s", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    written = [proc.stdout.readline().strip() for _ in range(2)]
+    written = [readline_within(proc.stdout, 120).strip() for _ in range(2)]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)  # its worker sees the pipe close and stops within a step

@@ -16,7 +16,7 @@ from diffdeck.engines.daemon.server import place
 from diffdeck.engines.record.session import JOURNAL, RECORD, Session, SessionWriteError
 from diffdeck.engines.service.recorded_queue import RecordedQueue
 from fault_tools import PROMPT, fill
-from helpers import diffdeck, start
+from helpers import diffdeck, readline_within, start
 
 SPEC = {"prompt": PROMPT, "model": "demo", "seeds": [1], "steps": 2}
 
@@ -52,7 +52,7 @@ def test_a_render_that_cannot_append_stops_at_once_and_the_journal_stays_whole(t
     # the lock is let go: the next render writes the session, and one more crash loses nothing
     render = start("render", PROMPT, "--count", "3", "--steps", "40", "--session", "s", cwd=tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    render.stdout.readline()  # its first image, recorded
+    assert readline_within(render.stdout, 120)  # its first image, recorded
     os.kill(render.pid, signal.SIGKILL)
     render.wait()
     job = Session.open(tmp_path / "s").jobs["job-0041"]
@@ -70,7 +70,7 @@ def test_a_torn_last_line_is_set_aside_before_the_next_event_and_a_crash_after_l
 
     render = start("render", PROMPT, "--count", "3", "--steps", "40", "--session", "s", cwd=tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    render.stdout.readline()
+    assert readline_within(render.stdout, 120)
     os.kill(render.pid, signal.SIGKILL)  # before it compacts
     render.wait()
     said = render.stderr.read().decode()
@@ -171,11 +171,12 @@ def test_a_daemon_that_cannot_write_its_journal_stops_promptly_and_lets_everythi
     began = time.monotonic()
     try:
         status = daemon.wait(timeout=30)
+        took = time.monotonic() - began
     finally:
         if daemon.poll() is None:
             daemon.kill()
     log = (tmp_path / "daemon.log").read_text()
-    assert status != 0 and time.monotonic() - began < 30, log
+    assert status != 0 and took < 10, f"{took:.1f} s; {log}"  # before: still running after 30 s
     assert "Traceback" not in log and "File too large" in log and "no longer recorded" in log, log
     assert not place().socket.exists()
     assert journal.read_bytes() == before

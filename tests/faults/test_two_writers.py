@@ -12,7 +12,7 @@ import pytest
 from daemons import serve
 from diffdeck.engines.record.session import JOURNAL, LOCK, Session, SessionLocked
 from fault_tools import PROMPT
-from helpers import diffdeck, start, wait_until
+from helpers import diffdeck, readline_within, start, wait_until
 
 
 def held(folder) -> dict:
@@ -84,7 +84,7 @@ def hold(folder, words: str) -> subprocess.Popen:
                                "Session.open_for_writing(sys.argv[1], sys.argv[2])\n"
                                "print('locked', flush=True)\ntime.sleep(60)", str(folder), words],
                               stdout=subprocess.PIPE)
-    assert holder.stdout.readline() == b"locked\n"
+    assert readline_within(holder.stdout, 60) == b"locked\n"
     return holder
 
 
