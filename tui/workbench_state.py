@@ -23,11 +23,24 @@ class JobRow(JobRecord):
     """A job's record, with what the board draws of its run: the step, the rate, the preview."""
 
     status: RowStatus = Status.QUEUED
-    image: int = 0  # the image being rendered
-    step: int = 0
-    total: int = 0
-    it_s: float | None = None
     preview: bytes | None = None  # the running image's latest step preview (JPEG)
+
+    @property
+    def image(self) -> int:
+        """The image being rendered, from its last step (`progress`, as the Dispatcher keeps it)."""
+        return int(self.progress.get("image") or 0)
+
+    @property
+    def step(self) -> int:
+        return int(self.progress.get("step") or 0)
+
+    @property
+    def total(self) -> int:
+        return int(self.progress.get("total") or 0)
+
+    @property
+    def it_s(self) -> float | None:
+        return self.progress.get("it_s")
 
     @property
     def count(self) -> int:
@@ -81,6 +94,7 @@ class Board:
         for job_id, job in session.jobs.items():
             row = self.jobs[job_id] = JobRow.from_dict({"id": job_id, **job})
             row.images = [{**image, "path": str(session.folder / image["path"])} for image in row.images]
+            row.stages = [{**stage, "path": str(session.folder / stage["path"])} for stage in row.stages]
             (self.queue if row.status in UNFINISHED else self.history).append(job_id)
             if row.status == Status.RUNNING:
                 row.status = Status.QUEUED  # it is queued again
@@ -141,7 +155,7 @@ class Board:
         if row is None:
             row = self.jobs[job_id] = JobRow(job_id, data["spec"])
         else:  # a retry, or a restored job: keep what it already made
-            row.status, row.error, row.step, row.it_s, row.preview = Status.QUEUED, None, 0, None, None
+            row.status, row.error, row.progress, row.preview = Status.QUEUED, None, {}, None
         self._leave(job_id)
         self.queue.insert(data.get("position", len(self.queue)), job_id)
 
@@ -151,7 +165,7 @@ class Board:
 
     def _on_started(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
-        row.status, row.image, row.step, row.total = Status.RUNNING, 0, 0, int(row.spec.get("steps") or 0)
+        row.status, row.progress = Status.RUNNING, {"image": 0, "step": 0, "total": int(row.spec.get("steps") or 0)}
         row.timings = {k: data[k] for k in ("queue_wait_s", "load_s") if k in data}
 
     def _leave(self, job_id: str) -> None:
@@ -160,8 +174,7 @@ class Board:
                 ids.remove(job_id)
 
     def _on_step(self, job_id: str, data: dict[str, Any]) -> None:
-        row = self.jobs[job_id]
-        row.image, row.step, row.total, row.it_s = data["image"], data["step"], data["total"], data.get("it_s")
+        self.jobs[job_id].progress = data
 
     def _on_preview(self, job_id: str, data: dict[str, Any]) -> None:
         self.jobs[job_id].preview = base64.b64decode(data["data"])
@@ -171,16 +184,21 @@ class Board:
         row.images = [i for i in row.images if i["image"] != data["image"]] + [data]
         row.preview = None
 
+    def _on_stage_image(self, job_id: str, data: dict[str, Any]) -> None:
+        """A flow's image of a stage before its last (shown in the image view)."""
+        row = self.jobs[job_id]
+        row.stages = [s for s in row.stages if (s["stage"], s["image"]) != (data["stage"], data["image"])] + [data]
+
     def _on_done(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
         row.status, row.timings, row.peak_memory = Status.DONE, {**row.timings, **data["timings"]}, data["peak_memory"]
-        row.it_s, row.preview = None, None
+        row.progress, row.preview = {}, None
         self.last_done = job_id
         self._measure(row)
 
     def _finish(self, status: RowStatus, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
-        row.status, row.error, row.it_s, row.preview = status, data.get("error"), None, None
+        row.status, row.error, row.progress, row.preview = status, data.get("error"), {}, None
         if job_id in self.queue:  # cancelled or held before it ran
             self._leave(job_id)
             self.history.append(job_id)

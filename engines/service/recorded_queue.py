@@ -34,23 +34,39 @@ class RecordedQueue(Engine):
         self._recorder: EventStream | None = None
         self._closed = False
         self._problem: str | None = None
+        self._followers: list[EventStream] = []
+        self.refused: list[tuple[str, str]] = []  # unfinished jobs of the session that could not be resumed
         # told of each pick and rating once it is recorded (a daemon: its clients)
         self.listeners: list[Callable[[Event], None]] = []
 
-    def start(self) -> list[tuple[str, str]]:
-        """Start recording and rendering, and queue the session's unfinished jobs again. Returns
-        the jobs that could not be (an unknown model, say), each with why: they stay queued in
-        the session, for another day."""
+    def start(self, resume: bool = True) -> list[tuple[str, str]]:
+        """Start recording and rendering and, with `resume`, queue the session's unfinished jobs
+        again. Returns (and keeps in `refused`) the jobs that could not be (an unknown model,
+        say), each with why: they stay queued in the session, for another day."""
         self._recorder = self.dispatcher.subscribe()
         self.dispatcher.start()
-        self.recording = asyncio.create_task(self.session.record_events(self._recorder))
-        refused = []
-        for job in self.session.unfinished():
+        self.recording = asyncio.create_task(self._record(self._recorder))
+        for job in self.session.unfinished() if resume else ():
             try:
                 self.dispatcher.restore(job)
             except (SpecError, RegistryError) as e:
-                refused.append((job.id, str(e)))
-        return refused
+                self.refused.append((job.id, str(e)))
+        return self.refused
+
+    def subscribe(self) -> EventStream:
+        """The Dispatcher's events, each once the session has recorded it: a client that shows an
+        image has it on record. The stream ends where the recording stops (a write error)."""
+        return EventStream(self._followers)
+
+    async def _record(self, events: EventStream) -> None:
+        try:
+            async for event in events:
+                self.session.record_event(event)
+                for stream in list(self._followers):
+                    stream.put(event)
+        finally:
+            for stream in list(self._followers):
+                stream.end()
 
     # the Engine's calls
 
