@@ -93,10 +93,13 @@ class PreviewFails:
     def use_scheduler(self, name):
         pass
 
-    def render(self, spec, index, on_step, on_preview, interval, cancelled):
+    def render(self, spec, index, hooks):
         for step in (1, 2, 3):
-            on_preview(index, step, lambda: latents_to_rgb(np.zeros((3, 4, 4), np.float32), FACTORS["sd"]))
+            hooks.on_preview(index, step, lambda: latents_to_rgb(np.zeros((3, 4, 4), np.float32), FACTORS["sd"]))
         return Image.new("RGB", (8, 8)), {"denoise_s": 0.0, "decode_s": 0.0}, 0
+
+    def end_job(self):
+        pass
 
 
 def test_a_preview_that_fails_stops_previews_for_the_job_and_the_job_goes_on(tmp_path, caplog):

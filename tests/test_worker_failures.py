@@ -22,6 +22,9 @@ class GPUModel:
     def render(self, *args, **kwargs):
         raise self.error
 
+    def end_job(self):
+        pass
+
 
 def serve(error, jobs=2, dispatcher_stays=True):
     out = io.BytesIO()

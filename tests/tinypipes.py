@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised diffusers pipelines of the SDXL, SD3 and Flux families, built offline.
+"""Tiny, randomly initialised diffusers pipelines of the SDXL, SD3 and Flux families, built offline,
+and an SDXL refiner (an image-to-image pipeline, as stabilityai/stable-diffusion-xl-refiner-1.0 is).
 
 They exercise exactly the code path real checkpoints take (same pipeline classes, same
 components, saved with ``save_pretrained`` as safetensors) and render on a CPU in well
@@ -20,6 +21,7 @@ from diffusers import (
     FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -104,6 +106,22 @@ def _sdxl(latent_channels: int = 4):
     )
 
 
+def _sdxl_refiner(latent_channels: int = 4):
+    """As the real refiner is: the second text encoder only (the UNet cross-attends to its width),
+    and an aesthetic score among the time ids (5 of them, not the base's 6)."""
+    unet = _unet(
+        _TEXT_DIM, latent_channels, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=_TEXT_DIM + 5 * 8,
+    )
+    return StableDiffusionXLImg2ImgPipeline(
+        unet=unet, vae=_vae(latent_channels, flow=False), text_encoder=None, tokenizer=None,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection_dim=_TEXT_DIM)),
+        tokenizer_2=clip_tokenizer(), requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        scheduler=EulerDiscreteScheduler(
+            beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1),
+    )
+
+
 def _sd3(latent_channels: int = 16):
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=1, in_channels=latent_channels, out_channels=latent_channels, num_layers=1,
@@ -134,11 +152,11 @@ def _flux(latent_channels: int = 16):
     )
 
 
-_BUILDERS = {"sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
+_BUILDERS = {"sdxl": _sdxl, "sdxl-refiner": _sdxl_refiner, "sd3": _sd3, "flux": _flux}
 
 
 def build(family: str, seed: int = 0, latent_channels: int | None = None):
-    """A tiny pipeline of ``family`` whose random weights depend only on ``seed``; its VAE has
+    """A tiny pipeline of ``family`` (or ``sdxl-refiner``) whose random weights depend only on ``seed``; its VAE has
     the family's usual number of latent channels unless ``latent_channels`` says otherwise."""
     torch.manual_seed(seed)
     pipe = _BUILDERS[family](**({"latent_channels": latent_channels} if latent_channels else {}))
@@ -151,3 +169,20 @@ def build(family: str, seed: int = 0, latent_channels: int | None = None):
 def save(family: str, folder: Path, seed: int = 0, latent_channels: int | None = None) -> Path:
     build(family, seed, latent_channels).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_lora(unet_folder: Path, path: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A LoRA for the UNet saved in `unet_folder`, with random (nonzero) weights that change what
+    the model draws, written as diffusers writes one: `path`, a .safetensors file."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(unet_folder)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path

@@ -42,6 +42,7 @@ class EventKind(_Word):
     STEP = "step"
     PREVIEW = "preview"
     IMAGE = "image"
+    STAGE_IMAGE = "stage_image"  # a flow's image before its last stage
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -65,7 +66,7 @@ UNFINISHED = frozenset({Status.QUEUED, Status.RUNNING})
 # The event that ends a job in each finished status bears its name.
 FINISHING_EVENTS = frozenset(EventKind(status) for status in FINISHED)
 # Dispatcher events that change the session's record; progress, previews and telemetry do not.
-RECORDED_EVENTS = frozenset({EventKind.QUEUED, EventKind.STARTED, EventKind.IMAGE, *FINISHING_EVENTS,
+RECORDED_EVENTS = frozenset({EventKind.QUEUED, EventKind.STARTED, EventKind.IMAGE, EventKind.STAGE_IMAGE, *FINISHING_EVENTS,
                              EventKind.WORKER_READY, EventKind.SET})
 VERDICT_EVENTS = frozenset({EventKind.PICK, EventKind.RATING})
 
@@ -91,18 +92,21 @@ class JobRecord:
     error: str | None = None
     worker_crashes: int = 0
     progress: dict[str, Any] = field(default_factory=dict)  # its last step: image, count, step, total, it_s
+    # a flow's images before its last stage: stage, kind, model, image, seed, path, pixel_sha256,
+    # timings, peak_memory and, where the next stage (in another worker) takes them, latents
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "spec": self.spec, "images": self.images,
                 "timings": self.timings, "peak_memory": self.peak_memory, "error": self.error,
-                "worker_crashes": self.worker_crashes, "progress": self.progress}
+                "worker_crashes": self.worker_crashes, "progress": self.progress, "stages": self.stages}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
         """From `to_dict`'s form, or a session's job entry with its id added (checked by the session)."""
         return cls(data["id"], data["spec"], Status(data["status"]), list(data["images"]),
                    dict(data.get("timings") or {}), data.get("peak_memory"), data.get("error"),
-                   data.get("worker_crashes", 0), dict(data.get("progress") or {}))
+                   data.get("worker_crashes", 0), dict(data.get("progress") or {}), list(data.get("stages") or ()))
 
 
 class EventStream:

@@ -1,4 +1,6 @@
-"""The model registry: models.yaml, the built-in demo model, and where each model's files are.
+"""The model registry: models.yaml, the built-in demo model, and where each model's files are;
+the flows and routes (`flows:`, `routes:` in models.yaml, or in a flows.yaml beside it), with the
+built-in demo flows and routes.
 
 UI side: reads YAML and JSON only. The pipeline family is read from the model's
 ``model_index.json``, never guessed from its name.
@@ -9,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from diffdeck.engines.core.flows import Flow, Stage, stages_from
+from diffdeck.engines.core.routes import Route, role_routes
 from diffdeck.engines.core.spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
+from diffdeck.engines.core.validation import is_number
 from diffdeck.engines.core.yamlfile import parse_yaml, read_utf8
 
 DEMO_FOLDER = Path(__file__).parents[1] / "demo_model"
@@ -22,6 +27,7 @@ DEMO = ModelSpec(
     source=str(DEMO_FOLDER),
     defaults={"steps": 15, "guidance": 5.0, "width": 64, "height": 64},
     memory_gb=0.1,
+    seconds_per_step=0.02,  # measured: about 80 steps a second on one core of a laptop CPU
     roles=("preview",),
     # The drawn world's words (engines/demo/shapes.py; a test keeps the two the same).
     description=("built-in tiny SD-style model, trained on drawn shapes (engines/demo): "
@@ -32,11 +38,29 @@ DEMO = ModelSpec(
     example="a small red star on a blue background, top",
 )
 
+# The demo's preview and final: the route pair that runs offline, on a CPU.
+BUILTIN_FLOWS = {
+    "demo-preview": Flow("demo-preview", (Stage("txt2img", model="demo", steps=8),),
+                         "the demo at 8 steps: a quick look"),
+    "demo-final": Flow("demo-final", (Stage("txt2img", model="demo", steps=20),
+                                      Stage("upscale", model="demo", factor=2, method="lanczos", strength=0.5, steps=12)),
+                       "the demo at 20 steps, then 2x Lanczos and an img2img pass at strength 0.5 (a hires fix)"),
+}
+BUILTIN_ROUTES = {"preview": Route("preview", flow="demo-preview"), "final": Route("final", flow="demo-final")}
+
+# Image-to-image pipelines (an SDXL refiner's: stabilityai/stable-diffusion-xl-refiner-1.0) are of
+# their family, but start from an image or latents: img2img, refine and upscale stages after another
+# stage, never a flow's start (refused at submit: diffdeck.engines.core.flow_checks).
+IMAGE_TO_IMAGE_PIPELINES = {
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+}
 PIPELINE_FAMILIES = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
+    **IMAGE_TO_IMAGE_PIPELINES,
 }
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd": {"steps": 25, "guidance": 7.0, "width": 512, "height": 512},
@@ -67,11 +91,26 @@ class ModelFiles:
     def available(self) -> bool:
         return self.folder is not None and self.problem is None
 
+    @property
+    def image_to_image(self) -> bool:
+        """An image-to-image pipeline (a refiner): it finishes other stages' images, it starts none."""
+        return self.pipeline_class in IMAGE_TO_IMAGE_PIPELINES
+
+    @property
+    def note(self) -> str | None:
+        """What a user should know before using the model, where it is not a plain txt2img model."""
+        if not self.image_to_image:
+            return None
+        return (f"an image-to-image pipeline ({self.pipeline_class}): img2img, refine and upscale stages only, "
+                "after another stage; it cannot start a flow")
+
 
 @dataclass
 class Registry:
     models: dict[str, ModelSpec]
     path: Path | None = None  # the models.yaml it was read from, if any
+    flows: dict[str, Flow] = field(default_factory=lambda: dict(BUILTIN_FLOWS))
+    routes: dict[str, Route] = field(default_factory=lambda: dict(BUILTIN_ROUTES))
 
     def get(self, name: str) -> ModelSpec:
         try:
@@ -80,6 +119,12 @@ class Registry:
             known = ", ".join(self.models)
             where = f" in {self.path}" if self.path else ""
             raise RegistryError(f"unknown model {name!r}{where}; known models: {known}") from None
+
+    def flow(self, name: str) -> Flow:
+        try:
+            return self.flows[name]
+        except KeyError:
+            raise RegistryError(f"unknown flow {name!r}; flows: {', '.join(self.flows)}") from None
 
     def files(self, name: str) -> ModelFiles:
         return locate(self.get(name))
@@ -105,6 +150,18 @@ class Registry:
                 menu[name] = {"problem": str(e)}
         return menu
 
+    def route_menu(self) -> dict[str, dict[str, Any]]:
+        """What a route picker shows of each route: what it renders, in words ("about"); the kind of
+        its first stage ("first_stage": img2img starts from an image, such as a promoted preview);
+        the job fields it fills in where a job leaves them open ("fields", LoRAs left out)."""
+        menu = {}
+        for name, route in self.routes.items():
+            flow = self.flows[route.flow] if route.flow else None
+            about = f"{route.target()}: {flow.description}" if flow and flow.description else route.target()
+            menu[name] = {"about": about, "first_stage": flow.stages[0].kind if flow else "txt2img",
+                          "fields": {k: v for k, v in route.fields.items() if k != "loras"}}
+        return menu
+
     def table(self) -> list[dict[str, Any]]:
         """A row per model, as `diffdeck models` lists them: where it comes from, whether it is
         here to render offline, and what is wrong with it if anything is."""
@@ -115,6 +172,7 @@ class Registry:
                 "name": name, "source": spec.source, "family": files.family,
                 "pipeline_class": files.pipeline_class, "offline": files.available,
                 "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
+                "note": files.note,
                 "roles": list(spec.roles), "description": spec.description, "example": spec.example,
             })
         return rows
@@ -153,22 +211,121 @@ def find_models_file(explicit: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
+def find_flows_file(models_file: Path | None) -> Path | None:
+    """flows.yaml beside the models file; without one, ./flows.yaml, then the user config dir."""
+    folders = [models_file.parent] if models_file else [Path("."), user_config_dir()]
+    return next((folder / "flows.yaml" for folder in folders if (folder / "flows.yaml").is_file()), None)
+
+
 def load_registry(explicit: str | os.PathLike | None = None) -> Registry:
     path = find_models_file(explicit)
     models = {DEMO.name: DEMO}
+    written = []
     if path is not None:
-        models.update(parse_models_file(path))
-    return Registry(models, path)
+        data = _read_sections(path, ("models", "flows", "routes"))
+        models.update(_models_from(path, data))
+        written.append((path, data))
+    flows_path = find_flows_file(path)
+    if flows_path is not None:
+        written.append((flows_path, _read_sections(flows_path, ("flows", "routes"))))
+    flows = dict(BUILTIN_FLOWS)
+    routes = {**BUILTIN_ROUTES, **role_routes({k: v for k, v in models.items() if k != DEMO.name})}
+    user_routes: dict[str, Path] = {}
+    for file, data in written:
+        for name, flow in _flows_from(file, data).items():
+            if name in flows:
+                raise RegistryError(f"{file}: flow {name!r} is defined twice"
+                                    + (" (it is a built-in flow's name)" if name in BUILTIN_FLOWS else ""))
+            flows[name] = flow
+        for name, route in _routes_from(file, data).items():
+            if name in user_routes:
+                raise RegistryError(f"{file}: route {name!r} is defined in {user_routes[name]} too")
+            user_routes[name], routes[name] = file, route
+    registry = Registry(models, path, flows, routes)
+    _check_names(registry, {name: file for file, data in written for name in _section(file, data, "flows")},
+                 user_routes)
+    return registry
 
 
 def parse_models_file(path: Path) -> dict[str, ModelSpec]:
+    return _models_from(path, _read_sections(path, ("models", "flows", "routes")))
+
+
+def _read_sections(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
     data = parse_yaml(read_utf8(path, RegistryError), path, RegistryError) or {}
-    if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
-        raise RegistryError(f"{path}: expected a mapping with a 'models:' section of named entries")
-    stray = [str(key) for key in data if key != "models"]
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: expected a mapping with {' / '.join(f'{s}:' for s in sections)} sections")
+    stray = [str(key) for key in data if key not in sections]
     if stray:  # most often entries written without the section above them, which would go unread
-        raise RegistryError(f"{path}: the top-level key {stray[0]!r} is not known; models go under 'models:', "
-                            "as in models.example.yaml")
+        where = ", ".join(f"{section} go under '{section}:'" for section in sections)
+        raise RegistryError(f"{path}: the top-level key {stray[0]!r} is not known; {where}, as in models.example.yaml")
+    for section in sections:
+        _section(path, data, section)
+    return data
+
+
+def _section(path: Path, data: dict[str, Any], name: str) -> dict[str, Any]:
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise RegistryError(f"{path}: expected a '{name}:' section of named entries")
+    return section
+
+
+def _flows_from(path: Path, data: dict[str, Any]) -> dict[str, Flow]:
+    flows = {}
+    for name, entry in _section(path, data, "flows").items():
+        where = f"{path}: flow {str(name)!r}"
+        if not isinstance(entry, dict) or "stages" not in entry:
+            raise RegistryError(f"{where}: expected a mapping with 'stages:', a list of stages")
+        unknown = sorted(set(entry) - {"stages", "description"})
+        if unknown:
+            raise RegistryError(f"{where}: unknown key {unknown[0]!r}; keys are description, stages")
+        try:
+            stages = tuple(_stage_files_here(stage, path.parent) for stage in stages_from(entry["stages"]))
+            flow = Flow(str(name), stages, str(entry.get("description", "")))
+            flow.validate()
+        except (SpecError, TypeError) as e:
+            raise RegistryError(f"{where}: {e}") from None
+        flows[str(name)] = flow
+    return flows
+
+
+def _stage_files_here(stage: Stage, folder: Path) -> Stage:
+    """A stage's LoRA files named relative to the file that names them."""
+    if not stage.loras:
+        return stage
+    loras = tuple(replace(lora, source=str((folder / lora.source).resolve()))
+                  if (folder / lora.source).exists() else lora for lora in stage.loras)
+    return replace(stage, loras=loras)
+
+
+def _routes_from(path: Path, data: dict[str, Any]) -> dict[str, Route]:
+    routes = {}
+    for name, entry in _section(path, data, "routes").items():
+        try:
+            routes[str(name)] = Route.from_entry(str(name), entry, str(path))
+        except SpecError as e:
+            raise RegistryError(f"{path}: {e}") from None
+    return routes
+
+
+def _check_names(registry: Registry, flow_files: dict[str, Path], route_files: dict[str, Path]) -> None:
+    """Every model a flow's stage names, every flow and model a route names, is in the registry."""
+    for name, file in flow_files.items():
+        for i, stage in enumerate(registry.flows[name].stages):
+            if stage.model is not None and stage.model not in registry.models:
+                raise RegistryError(f"{file}: flow {name!r} stages[{i}]: unknown model {stage.model!r}; "
+                                    f"known models: {', '.join(registry.models)}")
+    for name, file in route_files.items():
+        route = registry.routes[name]
+        if route.flow is not None and route.flow not in registry.flows:
+            raise RegistryError(f"{file}: route {name!r}: unknown flow {route.flow!r}; flows: {', '.join(registry.flows)}")
+        if route.model is not None and route.model not in registry.models:
+            raise RegistryError(f"{file}: route {name!r}: unknown model {route.model!r}; "
+                                f"known models: {', '.join(registry.models)}")
+
+
+def _models_from(path: Path, data: dict[str, Any]) -> dict[str, ModelSpec]:
     models = {}
     for name, entry in (data.get("models") or {}).items():
         models[str(name)] = _model_from_entry(path, str(name), entry)
@@ -203,13 +360,17 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
     except (SpecError, TypeError) as e:
         raise RegistryError(f"{where}: bad default {e}") from None
     roles = entry.get("roles") or []
+    step_s = entry.get("seconds_per_step")
+    if step_s is not None and not (is_number(step_s) and step_s > 0):
+        raise RegistryError(f"{where}: seconds_per_step must be a number above 0, got {step_s!r}")
     if not isinstance(entry.get("allow_pickle", False), bool):
         raise RegistryError(f"{where}: allow_pickle must be true or false, unquoted")
     return ModelSpec(
         name=name, source=source, revision=_opt_str(entry.get("revision")),
         dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
         offload=entry.get("offload", "none"), defaults=_size_split(defaults),
-        memory_gb=entry.get("memory_gb"), roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
+        memory_gb=entry.get("memory_gb"), seconds_per_step=step_s,
+        roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
         description=str(entry.get("description", "")), example=str(entry.get("example", "")),
         allow_pickle=entry.get("allow_pickle", False),
     )

@@ -11,12 +11,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffdeck.engines.core.flows import MAX_LORAS, MAX_STAGES, Lora, Stage, loras_from, stages_from
+from diffdeck.engines.core.validation import MAX_STEPS, SpecError, check, is_int, is_number
+
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3/3.5", "flux": "Flux.1"}
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SIDE = 4096
-MAX_STEPS = 1000
 MAX_COUNT = 64
 MAX_PROMPT = 10_000  # characters; T5 in SD3 and Flux reads 512 tokens, CLIP 77: this is ample
 SEED_RANGE = 2**32
@@ -41,15 +43,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}, ("sd3",)),  # Flux passes sigmas it cannot take
 }
 DEFAULT_SCHEDULER = "default"  # keep the scheduler the model ships with
-
-
-class SpecError(ValueError):
-    """A value in a job or model description is invalid. ``field`` names it."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -101,44 +94,56 @@ class JobSpec:
     scheduler: str = DEFAULT_SCHEDULER
     count: int = 1
     group: str | None = None  # A/B set or grid cell this job belongs to
+    loras: tuple[Lora, ...] = ()  # adapters for every stage that names none of its own
+    init_image: str | None = None  # a PNG: the init of a flow that starts with img2img (a promoted preview)
+    flow: str | None = None  # the flow's name; its stages are copied into `stages` at submit
+    stages: tuple[Stage, ...] = ()  # empty: one txt2img pass, as a job without a flow
+    route: str | None = None  # the intent it was rendered for (preview, final, ...)
+    routed_by: str | None = None  # which rule chose the route, and why
 
     def validate(self) -> None:
-        _check(isinstance(self.prompt, str), "prompt", "must be text")
-        _check(self.prompt.strip() != "", "prompt", "is empty; describe the image to render")
-        _check(isinstance(self.negative_prompt, str), "negative_prompt", "must be text")
+        check(isinstance(self.prompt, str), "prompt", "must be text")
+        check(self.prompt.strip() != "", "prompt", "is empty; describe the image to render")
+        check(isinstance(self.negative_prompt, str), "negative_prompt", "must be text")
         for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
-            _check(len(text) <= MAX_PROMPT, name, f"is {len(text):,} characters long; at most {MAX_PROMPT:,} are taken")
-            _check("\x00" not in text, name, "contains a NUL character")
+            check(len(text) <= MAX_PROMPT, name, f"is {len(text):,} characters long; at most {MAX_PROMPT:,} are taken")
+            check("\x00" not in text, name, "contains a NUL character")
             bad = _undecodable_at(text)
-            _check(bad is None, name, f"is not valid UTF-8: an undecodable byte at character {bad}; "
+            check(bad is None, name, f"is not valid UTF-8: an undecodable byte at character {bad}; "
                    "check the encoding of your terminal (locale) or prompt file")
-        _check(isinstance(self.model, str), "model", f"must be a model's name, not a {type(self.model).__name__}")
-        _check(bool(self.model), "model", "is empty; name a model from `diffdeck models`")
-        _check(_is_int(self.count) and 1 <= self.count <= MAX_COUNT, "count",
+        check(isinstance(self.model, str), "model", f"must be a model's name, not a {type(self.model).__name__}")
+        check(bool(self.model), "model", "is empty; name a model from `diffdeck models`")
+        check(is_int(self.count) and 1 <= self.count <= MAX_COUNT, "count",
                f"must be a whole number from 1 to {MAX_COUNT}, got {self.count!r}")
         if self.seed is not None:
-            _check(_is_int(self.seed) and 0 <= self.seed < SEED_RANGE, "seed",
+            check(is_int(self.seed) and 0 <= self.seed < SEED_RANGE, "seed",
                    f"must be a whole number from 0 to {SEED_RANGE - 1}, got {self.seed!r}")
         if self.seeds is not None:
-            _check(len(self.seeds) == self.count, "seeds",
+            check(len(self.seeds) == self.count, "seeds",
                    f"gives {len(self.seeds)} seeds for a count of {self.count}")
             for s in self.seeds:
-                _check(_is_int(s) and 0 <= s < SEED_RANGE, "seeds", f"{s!r} is not a valid seed")
+                check(is_int(s) and 0 <= s < SEED_RANGE, "seeds", f"{s!r} is not a valid seed")
         if self.steps is not None:
-            _check(_is_int(self.steps) and 1 <= self.steps <= MAX_STEPS, "steps",
+            check(is_int(self.steps) and 1 <= self.steps <= MAX_STEPS, "steps",
                    f"must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
         if self.guidance is not None:
-            _check(isinstance(self.guidance, (int, float)) and not isinstance(self.guidance, bool) and 0 <= self.guidance <= 50,
+            check(is_number(self.guidance) and 0 <= self.guidance <= 50,
                    "guidance", f"must be a number from 0 to 50, got {self.guidance!r}")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is None:
                 continue
-            _check(_is_int(value) and 8 <= value <= MAX_SIDE, name,
+            check(is_int(value) and 8 <= value <= MAX_SIDE, name,
                    f"must be from 8 to {MAX_SIDE} pixels, got {value!r}")
-            _check(value % 8 == 0, name,
+            check(value % 8 == 0, name,
                    f"{value} is not a multiple of 8; try {max(8, value // 8 * 8)} or {value // 8 * 8 + 8}")
         check_scheduler(self.scheduler, None)
+        check(len(self.loras) <= MAX_LORAS, "loras", f"at most {MAX_LORAS} adapters, got {len(self.loras)}")
+        for i, lora in enumerate(self.loras):
+            lora.validate(f"loras[{i}]")
+        check(len(self.stages) <= MAX_STAGES, "stages", f"a flow has at most {MAX_STAGES} stages, got {len(self.stages)}")
+        for i, stage in enumerate(self.stages):
+            stage.validate(i)
 
     def resolved(self, defaults: dict[str, Any], family: str | None, seeds: tuple[int, ...]) -> "JobSpec":
         """This spec with the model's defaults filled in and every seed fixed, re-validated."""
@@ -147,9 +152,9 @@ class JobSpec:
         job.validate()
         check_scheduler(job.scheduler, family)
         if family == "flux":
-            _check(job.negative_prompt == "", "negative_prompt",
+            check(job.negative_prompt == "", "negative_prompt",
                    "Flux models take no negative prompt; leave it empty")
-            _check(job.width % 16 == 0 and job.height % 16 == 0, "size",
+            check(job.width % 16 == 0 and job.height % 16 == 0, "size",
                    "Flux models need a width and height that are multiples of 16")
         return job
 
@@ -157,6 +162,8 @@ class JobSpec:
         d = dataclasses.asdict(self)
         if d["seeds"] is not None:
             d["seeds"] = list(d["seeds"])
+        d["loras"] = [lora.to_dict() for lora in self.loras]
+        d["stages"] = [stage.to_dict() for stage in self.stages]
         return d
 
     @classmethod
@@ -172,6 +179,8 @@ class JobSpec:
             if not isinstance(data["seeds"], (list, tuple)):
                 raise SpecError("seeds", f"must be a list of seeds, got {data['seeds']!r}")
             data["seeds"] = tuple(data["seeds"])
+        data["loras"] = loras_from(data.get("loras") or ())
+        data["stages"] = stages_from(data.get("stages") or ())
         return cls(**data)
 
 
@@ -187,6 +196,7 @@ class ModelSpec:
     offload: str = "none"
     defaults: dict[str, Any] = field(default_factory=dict)
     memory_gb: float | None = None  # estimate used by the dispatcher's memory budget
+    seconds_per_step: float | None = None  # at its default size, here: what a route's cost is estimated from
     roles: tuple[str, ...] = ()
     description: str = ""
     example: str = ""  # a prompt the model draws well, shown where the prompt is typed
@@ -211,12 +221,3 @@ def _undecodable_at(text: str) -> int | None:
         return None
     except UnicodeEncodeError as e:
         return e.start
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise SpecError(field_name, message)

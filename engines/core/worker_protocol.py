@@ -2,6 +2,9 @@
 
 Dispatcher -> worker:
   job       {id, spec (resolved JobSpec dict), out_dir, skip (image indices already made)}
+            a leg of a flow adds stages: [first, last] (indices into spec.stages, all of this model)
+            and inputs: {"<image index>": {"image": PNG} | {"latents": .safetensors}} (what the
+            previous leg made, or the flow's init image)
   cancel    {id}
   shutdown  {}
   (end of input: the Dispatcher is gone; the worker cancels its job and exits within 2 s)
@@ -10,9 +13,11 @@ Worker -> Dispatcher:
   hello     {pid, model, device, dtype, environment}  as soon as the process starts
   ready     {load_s, family, pipeline_class, scheduler, settings, memory}   the model is loaded
   load_failed {error}                                  the model could not be loaded; exits
-  step      {id, image, count, step, total, elapsed_s, it_s}
+  step      {id, image, count, step, total, elapsed_s, it_s}   a leg's add stage, stages (the flow's count)
   preview   {id, image, step, mime, data (base64, <= 16 KB)}
-  image     {id, image, seed, path, pixel_sha256, timings, peak_memory}
+  stage_image {id, stage, kind, model, image, seed, path, pixel_sha256, timings, peak_memory[, latents]}
+            each stage but the flow's last; latents (a file, key "latents") for a refine in another worker
+  image     {id, image, seed, path, pixel_sha256, timings, peak_memory}   a flow's last stage's image
   done      {id, timings, peak_memory}
   cancelled {id, step}
   failed    {id, error, kind: "error" | "oom" | "fatal"}   "fatal": the worker exits next

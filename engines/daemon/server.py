@@ -17,7 +17,8 @@ Dispatcher's own API as JSON lines, one object a line:
 
 The hello carries the session's whole record (jobs, sets, picks, ratings), so a client can draw
 what happened before it attached and follow the events from there, and the daemon's models with
-their defaults (diffdeck.engines.core.registry.Registry.menu), which may not be the client's.
+their defaults (diffdeck.engines.core.registry.Registry.menu) and routes (route_menu), which may not
+be the client's.
 
 Each call is one of DaemonCalls' (diffdeck.engines.daemon.wire), answered by the RecordedQueue's
 method of that name (CALLS says how its arguments come over the wire), or by the daemon itself
@@ -237,8 +238,9 @@ class Daemon:
                                               f"the client spoke {theirs}: run the same diffdeck version on both ends"}))
                 return
             events = self._connections[writer] = self.dispatcher.subscribe()  # before the snapshot: nothing falls between
+            registry = self.dispatcher.registry
             writer.write(encode({"hello": {**await self.state(), "record": self.engine.session.record,
-                                           "models": self.dispatcher.registry.menu()}}))
+                                           "models": registry.menu(), "routes": registry.route_menu()}}))
             forward = asyncio.create_task(_forward(events, writer))
             try:
                 while (request := await read_message(reader)) is not None:

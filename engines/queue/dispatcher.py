@@ -7,6 +7,10 @@ CLI and later a daemon all speak this one API. UI side: never imports torch.
 Jobs run one at a time (one GPU). Workers stay warm after a job; an idle worker is
 stopped after `idle_timeout_s`, or earlier, least recently used first, when a model
 that is about to load would push the warm models' memory past the budget.
+
+A flow's job runs in legs: each leg the stages in a row of one model, one job message to that
+model's worker, handed the previous leg's images (or latents, for a refine) through the files
+it wrote. A resumed flow starts at the first leg some image has not been through.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import psutil
 from diffdeck.engines.core.events import UNFINISHED, Event, EventKind, EventStream, JobRecord, Status
+from diffdeck.engines.core.flow_checks import resolve_flow
 from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.registry import ModelFiles, Registry, RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError, draw_seeds
@@ -54,11 +59,44 @@ class Job:
     worker_crashes: int = 0
     passed_over: int = 0  # times a later job for a warm model went first
     progress: dict[str, Any] = field(default_factory=dict)  # its last step: image, count, step, total, it_s
+    stages: list[dict[str, Any]] = field(default_factory=list)  # a flow's stage images (stage_image messages)
+    leg: Leg | None = None  # the leg of its flow that runs, or is next to
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    leg_ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def model(self) -> str:
+        """The model whose worker renders it now: its leg's, else its own."""
+        return self.leg.model if self.leg else self.spec.model
 
     def record(self) -> JobRecord:
         return JobRecord(self.id, self.spec.to_dict(), self.status, self.images, self.timings, self.peak_memory,
-                         self.error, self.worker_crashes, self.progress)
+                         self.error, self.worker_crashes, self.progress, self.stages)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """Stages `first` to `last` (inclusive) of a flow, all of one model: one job message to its worker."""
+
+    model: str
+    first: int
+    last: int
+
+    def hands_over(self, spec: JobSpec) -> bool:
+        """Whether another leg of the flow comes after it."""
+        return self.last < len(spec.stages) - 1
+
+
+def legs(spec: JobSpec) -> list[Leg]:
+    """A resolved flow's stages cut where the model changes; [] for a job without stages."""
+    cut: list[Leg] = []
+    for i, stage in enumerate(spec.stages):
+        model = stage.model or spec.model
+        if cut and cut[-1].model == model:
+            cut[-1] = Leg(model, cut[-1].first, i)
+        else:
+            cut.append(Leg(model, i, i))
+    return cut
 
 
 class Dispatcher:
@@ -170,7 +208,7 @@ class Dispatcher:
         if record.id in self.jobs:
             raise ValueError(f"{record.id} is already in this queue")
         job = Job(record.id, self._resolve(JobSpec.from_dict(record.spec)), images=list(record.images),
-                  worker_crashes=record.worker_crashes)
+                  worker_crashes=record.worker_crashes, stages=list(record.stages))
         self.jobs[job.id] = job
         if job.worker_crashes >= CRASHES_BEFORE_HOLD:
             self._fail(job, f"{job.id} stopped its worker {job.worker_crashes} times (a crash, or diffdeck "
@@ -179,6 +217,7 @@ class Dispatcher:
         return self._enqueue(job)
 
     def _resolve(self, spec: JobSpec) -> JobSpec:
+        spec = resolve_flow(spec, self.registry, self._check_size)  # its route, flow, stages and LoRAs
         spec.validate()
         files = self.registry.files(spec.model)
         if files.problem:
@@ -186,9 +225,15 @@ class Dispatcher:
         seeds = spec.seeds or draw_seeds(spec.seed, spec.count)
         defaults = self.registry.defaults(spec.model, files.family)
         job = spec.resolved(defaults, files.family, seeds)
-        check_size(job, (defaults["width"], defaults["height"]), self._footprint(spec.model, files),
-                   Budget(self.memory_budget_gb, "GPU" if self.telemetry.has_gpu else "RAM"))
+        self._check_size(job)
         return job
+
+    def _check_size(self, job: JobSpec) -> None:
+        """SpecError when `job.model` cannot render `job`'s size: past its area, or past the memory budget."""
+        files = self.registry.files(job.model)
+        defaults = self.registry.defaults(job.model, files.family)
+        check_size(job, (defaults["width"], defaults["height"]), self._footprint(job.model, files),
+                   Budget(self.memory_budget_gb, "GPU" if self.telemetry.has_gpu else "RAM"))
 
     def _footprint(self, name: str, files: ModelFiles) -> Footprint | None:
         """What a model's sizes cost, read from its configs once per Dispatcher (a grid asks per cell)."""
@@ -212,7 +257,7 @@ class Dispatcher:
             self.queue.remove(job)
             self._finish(job, Status.CANCELLED)
         elif job.status == Status.RUNNING:
-            worker = self.workers.get(job.spec.model)
+            worker = self.workers.get(job.model)
             if worker is not None and worker.job_id == job.id:
                 worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
                 self._in_background(self._enforce_cancel(job, worker))
@@ -269,6 +314,7 @@ class Dispatcher:
             raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
         job.status, job.images, job.timings, job.error, job.error_kind = Status.QUEUED, [], {}, None, None
         job.submitted_at, job.started_at, job.passed_over, job.progress = time.monotonic(), None, 0, {}
+        job.stages, job.leg, job.peak_memory = [], None, None
         job.finished = asyncio.Event()
         return self._enqueue(job)
 
@@ -320,35 +366,53 @@ class Dispatcher:
                     self._fail(job, f"{type(e).__name__}: {e}", "error")
 
     async def _run(self, job: Job) -> None:
-        worker = self.workers.get(job.spec.model)
-        load_s = 0.0
+        """The job's one message to its model's worker, or its flow's legs one after another."""
+        job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": 0.0}
+        job.peak_memory, started = None, False
+        for leg in legs(job.spec) or [None]:
+            made = _made(job, leg)
+            if leg is not None and leg.hands_over(job.spec) and len(made) == len(job.spec.seeds):
+                continue  # every image went through it before the job was resumed
+            job.leg, job.leg_ended = leg, asyncio.Event()
+            worker = await self._ready_worker(job)
+            if worker is None:
+                return
+            leg_fields = {} if leg is None else {"stages": [leg.first, leg.last], "inputs": _inputs(job, leg, made)}
+            try:
+                worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir), skip=sorted(made),
+                              **leg_fields)
+            except WorkerError as e:  # it died, or is being retired, between its load and now
+                self._fail(job, str(e), "crash")
+                return
+            if not started:
+                self._emit(EventKind.STARTED, job, model=job.spec.model, pid=worker.pid, **job.timings)
+                started = True
+            await job.leg_ended.wait()
+            worker.release()
+            if job.status != Status.RUNNING:
+                return
+
+    async def _ready_worker(self, job: Job) -> WorkerProcess | None:
+        """The worker of `job.model`, warm, or started now (its load time added to the job's);
+        None when the job ended meanwhile (its model failed to load, a cancel)."""
+        worker = self.workers.get(job.model)
         if worker is None:
-            worker = await self._spawn(job.spec.model)
-            self._emit(EventKind.LOADING, job, model=job.spec.model, pid=worker.pid)
-            identity = self._identify(job.spec.model)  # hashes weights while the worker loads
+            loading = time.monotonic()
+            worker = await self._spawn(job.model)
+            self._emit(EventKind.LOADING, job, model=job.model, pid=worker.pid)
+            identity = self._identify(job.model)  # hashes weights while the worker loads
             try:
                 await worker.wait_ready()
             except WorkerError as e:
                 if job.status == Status.RUNNING:
                     self._fail(job, str(e), "load")
-                return
-            identity = identity or self._identify(job.spec.model)  # a hub model it just downloaded
+                return None
+            identity = identity or self._identify(job.model)  # a hub model it just downloaded
             self._emit(EventKind.WORKER_READY, None, model=worker.model, pid=worker.pid, environment=worker.environment,
                        identity=await identity if identity else None,
                        **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "settings", "memory")})
-            load_s = time.monotonic() - job.started_at
-        if job.status != Status.RUNNING:  # cancelled while its model loaded
-            return
-        job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": round(load_s, 4)}
-        try:
-            worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir),
-                          skip=[image["image"] for image in job.images])
-        except WorkerError as e:  # it died, or is being retired, between its load and now
-            self._fail(job, str(e), "crash")
-            return
-        self._emit(EventKind.STARTED, job, model=job.spec.model, pid=worker.pid, **job.timings)
-        await job.finished.wait()
-        worker.release()
+            job.timings["load_s"] = round(job.timings["load_s"] + time.monotonic() - loading, 4)
+        return worker if job.status == Status.RUNNING else None  # else cancelled while its model loaded
 
     async def _spawn(self, model: str) -> WorkerProcess:
         spec = self.registry.get(model)
@@ -400,13 +464,21 @@ class Dispatcher:
         job = self.jobs.get(message.pop("id", None))
         if job is None or job.status != Status.RUNNING:
             return
-        if kind == "image":
+        if kind in ("image", "stage_image"):
             message["timings"]["total_s"] = round(time.monotonic() - job.submitted_at, 4)
-            job.images.append(message)
-        elif kind == "done":
-            job.timings.update(message["timings"])
+            if kind == "image":
+                job.images.append(message)
+            else:
+                job.stages = [s for s in job.stages if (s["image"], s["stage"]) != (message["image"], message["stage"])]
+                job.stages.append(message)
+        elif kind == "done":  # of the job, or of a leg of its flow: the totals of every stage it ran
+            for key, seconds in message["timings"].items():
+                job.timings[key] = round(job.timings.get(key, 0.0) + seconds, 4)
+            job.peak_memory = max(job.peak_memory or 0, message["peak_memory"])
+            if job.leg is not None and job.leg.hands_over(job.spec):
+                job.leg_ended.set()  # on to the next leg
+                return
             job.timings["total_s"] = round(time.monotonic() - job.submitted_at, 4)
-            job.peak_memory = message["peak_memory"]
             self._finish(job, Status.DONE, images=job.images, timings=job.timings, peak_memory=job.peak_memory)
             return
         elif kind == "cancelled":
@@ -419,7 +491,7 @@ class Dispatcher:
             return
         elif kind == "step":
             job.progress = message  # decoded afresh for each message
-        self._emit(EventKind(kind), job, **message)  # step, preview, image
+        self._emit(EventKind(kind), job, **message)  # step, preview, image, stage_image
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
         if self.workers.get(worker.model) is worker:
@@ -446,6 +518,7 @@ class Dispatcher:
     def _finish(self, job: Job, status: Status, /, **data: Any) -> None:
         job.status = status
         job.finished.set()
+        job.leg_ended.set()
         self._emit(EventKind(status), job, **data)
         self._wakeup.set()
 
@@ -459,6 +532,27 @@ class Dispatcher:
             return self.jobs[job_id]
         except KeyError:
             raise ValueError(f"no job {job_id!r}") from None
+
+
+def _made(job: Job, leg: Leg | None) -> set[int]:
+    """The images that need not go through `leg` (None: the whole job): finished, or (a leg
+    before the flow's last) through its last stage already, before the job was resumed."""
+    made = {image["image"] for image in job.images}
+    if leg is not None and leg.hands_over(job.spec):
+        made |= {stage["image"] for stage in job.stages if stage["stage"] == leg.last}
+    return made
+
+
+def _inputs(job: Job, leg: Leg, made: set[int]) -> dict[str, dict[str, str]]:
+    """What each image the leg renders starts from: the flow's init image, or the image of the
+    stage before the leg (with its latents where the leg starts with a refine)."""
+    indices = [i for i in range(len(job.spec.seeds)) if i not in made]
+    if leg.first == 0:
+        return {str(i): {"image": job.spec.init_image} for i in indices} if job.spec.init_image else {}
+    handed = {stage["image"]: stage for stage in job.stages if stage["stage"] == leg.first - 1}
+    refine = job.spec.stages[leg.first].kind == "refine"
+    return {str(i): {"image": handed[i]["path"], **({"latents": handed[i]["latents"]} if refine else {})}
+            for i in indices}
 
 
 def _identity_or_none(folder: Path) -> dict[str, Any] | None:

@@ -6,7 +6,10 @@ The A1111 shape is what sd-parsers, A1111's "PNG Info", Civitai and most galleri
     Negative prompt: <negative>
     Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, ...
 
-Values that contain ',', ':' or '"' are JSON-quoted, as A1111 does.
+Values that contain ',', ':' or '"' are JSON-quoted, as A1111 does. A flow's image says what A1111
+says of its own img2img, hires fix and refiner (Denoising strength, Hires upscale, Hires steps,
+Hires upscaler, Refiner, Refiner switch at) for the stages up to it, and its LoRAs as A1111's
+prompt does, <lora:NAME:WEIGHT>, with their `Lora hashes`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diffdeck.engines import __version__
+from diffdeck.engines.core.flows import Lora
 from diffdeck.engines.core.jsontext import parse_json
 from diffdeck.engines.core.spec import MAX_SIDE, JobSpec, SpecError
 from PIL.PngImagePlugin import PngImageFile, PngInfo
@@ -39,6 +43,9 @@ SAMPLER_NAMES = {
     "FlowMatchHeunDiscreteScheduler": "Heun",
 }
 
+# upscale method -> A1111 upscaler name (its latent upscalers are named by their interpolation)
+UPSCALER_NAMES = {"latent": "Latent (nearest-exact)", "lanczos": "Lanczos", "bicubic": "Bicubic", "nearest": "Nearest"}
+
 
 def _quote(value: Any) -> str:
     text = str(value)
@@ -48,6 +55,9 @@ def _quote(value: Any) -> str:
 def a1111_parameters(record: dict[str, Any]) -> str:
     """The `parameters` text of one image from its diffdeck record."""
     spec, model = record["spec"], record["model"]
+    stages = spec.get("stages") or []
+    if "stage" in record:  # a stage image: what the stages up to it did
+        stages = stages[: record["stage"] + 1]
     scheduler = model["scheduler"]
     fields: list[tuple[str, Any]] = [
         ("Steps", spec["steps"]),
@@ -60,10 +70,14 @@ def a1111_parameters(record: dict[str, Any]) -> str:
         ("Seed", record["seed"]),
         ("Size", f"{spec['width']}x{spec['height']}"),
     ]
-    if model.get("revision"):
+    if model.get("revision") and model["name"] == spec["model"]:  # a refiner's image: Model is the base's
         fields.append(("Model hash", model["revision"][:10]))
-    fields += [("Model", model["name"]), ("Version", f"diffdeck {__version__}")]
-    lines = [spec["prompt"]]
+    loras = _loras(spec, stages)
+    fields += [("Model", spec["model"]), *_flow_fields(stages)]
+    if any(lora.sha256 for lora in loras):
+        fields.append(("Lora hashes", ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in loras if lora.sha256)))
+    fields.append(("Version", f"diffdeck {__version__}"))
+    lines = [" ".join([spec["prompt"], *(f"<lora:{lora.name}:{_number(lora.weight)}>" for lora in loras)])]
     if spec["negative_prompt"]:
         lines.append(f"Negative prompt: {spec['negative_prompt']}")
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
@@ -72,6 +86,33 @@ def a1111_parameters(record: dict[str, Any]) -> str:
 
 def _number(value: float) -> str:
     return f"{value:g}"
+
+
+def _flow_fields(stages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """A1111's words for what the stages did: the last re-noising strength, the first upscale
+    (its hires fix), the first refine."""
+    fields: list[tuple[str, Any]] = []
+    strength = next((s["strength"] for s in reversed(stages) if s.get("strength") is not None), None)
+    if strength is not None:
+        fields.append(("Denoising strength", _number(strength)))
+    upscale = next((s for s in stages if s["kind"] == "upscale"), None)
+    if upscale:
+        method = upscale.get("method") or "lanczos"
+        fields += [("Hires upscale", _number(upscale["factor"])), ("Hires steps", upscale["steps"]),
+                   ("Hires upscaler", UPSCALER_NAMES.get(method, method))]
+    refine = next((s for s in stages if s["kind"] == "refine"), None)
+    if refine:
+        fields += [("Refiner", refine["model"]), ("Refiner switch at", _number(refine["switch"]))]
+    return fields
+
+
+def _loras(spec: dict[str, Any], stages: list[dict[str, Any]]) -> list[Lora]:
+    """The adapters the image was rendered with, each (file, weight) once: its stages', or the job's."""
+    given = [x for stage in stages for x in stage.get("loras") or ()] if stages else spec.get("loras") or []
+    unique: dict[tuple[str, float], Lora] = {}
+    for lora in map(Lora.from_dict, given):
+        unique.setdefault((lora.source, lora.weight), lora)
+    return list(unique.values())
 
 
 def png_info(record: dict[str, Any]) -> PngInfo:

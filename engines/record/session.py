@@ -52,6 +52,8 @@ JOURNAL = "journal.jsonl"
 LOCK = "session.lock"
 TIE = "tie"
 JOB_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
+# what a session keeps of a flow's stage image (the worker's stage_image message, less type and id)
+STAGE_FIELDS = ("stage", "kind", "model", "image", "seed", "path", "pixel_sha256", "timings", "peak_memory", "latents")
 
 
 _JOURNAL_EVENTS = RECORDED_EVENTS | VERDICT_EVENTS  # what a journal line may be
@@ -219,6 +221,9 @@ class Session:
                 if not _is_inside(path):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the path {path!r}, "
                                        "which leaves the session folder; refusing to use it")
+            problem = _stages_problem(job.get("stages", []))
+            if problem:
+                raise SessionError(f"{where}: job {job_id!r} {problem}")
 
         for set_id, entry in self.sets.items():
             problem = _set_problem(entry)
@@ -241,8 +246,8 @@ class Session:
         raises it: the record in memory holds an event the journal does not."""
         if self.write_error is not None:
             raise SessionWriteError(*self.write_error.args)
-        if event["type"] == EventKind.IMAGE:
-            event = {**event, "path": os.path.relpath(Path(event["path"]).resolve(), self.folder.resolve())}
+        if event["type"] in (EventKind.IMAGE, EventKind.STAGE_IMAGE):
+            event = {**event, **{key: self._relative(event[key]) for key in ("path", "latents") if key in event}}
         self.apply(event)
         self._write_line(json.dumps(event, separators=(",", ":")).encode() + b"\n")
         return event
@@ -311,6 +316,10 @@ class Session:
         elif kind == EventKind.IMAGE:
             image = {k: event[k] for k in ("image", "seed", "path", "pixel_sha256", "timings", "peak_memory")}
             job["images"] = [i for i in job["images"] if i["image"] != image["image"]] + [image]
+        elif kind == EventKind.STAGE_IMAGE:
+            stage = {k: event[k] for k in STAGE_FIELDS if k in event}
+            job["stages"] = [s for s in job.get("stages", []) if (s["image"], s["stage"]) != (stage["image"], stage["stage"])]
+            job["stages"].append(stage)
         elif kind == EventKind.RATING:
             image = next((i for i in job["images"] if i["image"] == event["image"]), None)
             if image is None:
@@ -385,6 +394,8 @@ class Session:
         pending = [self.job(job_id) for job_id, job in self.jobs.items() if job["status"] in UNFINISHED]
         for job in pending:
             job.images = [i for i in job.images if self.resolve(i["path"]).is_file()]
+            job.stages = [self._absolute(stage) for stage in job.stages
+                          if all(self.resolve(stage[key]).is_file() for key in ("path", "latents") if key in stage)]
             job.worker_crashes += job.status == Status.RUNNING
         return pending
 
@@ -416,6 +427,14 @@ class Session:
     def resolve(self, relative: str) -> Path:
         """A path from the record, made absolute. Paths were checked to stay inside on open."""
         return self.folder / relative
+
+    def _relative(self, path: str) -> str:
+        return os.path.relpath(Path(path).resolve(), self.folder.resolve())
+
+    def _absolute(self, stage: dict[str, Any]) -> dict[str, Any]:
+        """A stage image's record with its files' paths made absolute: what the next leg of its
+        flow is sent, where the job resumes."""
+        return {**stage, **{key: str(self.resolve(stage[key])) for key in ("path", "latents") if key in stage}}
 
     def compact(self) -> None:
         """Fold the journal into session.yaml (written atomically), then empty the journal.
@@ -589,6 +608,24 @@ def _set_problem(entry: Any) -> str | None:
             isinstance(p, dict) and _is_count(p.get("image"))
             and all(isinstance(p.get(k), str) for k in ("left", "right", "winner")) for p in picks):
         return "has picks that are not (image, left job, right job, winner)"
+    return None
+
+
+def _stages_problem(stages: Any) -> str | None:
+    """What is wrong with a job's recorded stage images, in words; None when the next leg of its
+    flow can be sent them: each names its stage and image, its measures are numbers, its files
+    lie inside the folder."""
+    if not isinstance(stages, list):
+        return "has stage images that are not a list"
+    for stage in stages:
+        if not isinstance(stage, dict) or not all(_is_count(stage.get(k)) for k in ("stage", "image", "seed")):
+            return "has a stage image without its stage, image index and seed"
+        if not _are_measures(stage):
+            return f"stage {stage['stage']} image {stage['image']} has timings or a peak memory that are not numbers"
+        for key in ("path", "latents") if "latents" in stage else ("path",):
+            if not _is_inside(stage.get(key)):
+                return (f"stage {stage['stage']} image {stage['image']} has the {key} path {stage.get(key)!r}, "
+                        "which leaves the session folder; refusing to use it")
     return None
 
 

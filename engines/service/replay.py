@@ -1,6 +1,8 @@
 """Replay a session: say what differs from the recorded environment and which of that can move
 pixels by float noise (the drift factors), render the recorded jobs again with their recorded
 seeds into a new `replay-<n>/` folder, and with a check judge every image against its record.
+A flow's image is judged stage by stage: the first of its stage images that differs from the
+record is named, and the later ones (which follow from it) are not judged.
 UI side: a client of the Dispatcher.
 """
 
@@ -32,6 +34,7 @@ class ImageResult:
     recorded: str
     replayed: str | None
     verdict: Verdict | None  # None: not checked, or (the record intact) not rendered
+    stage: str | None = None  # a flow's image: the first stage whose image fails the check, "stage 1 (upscale)"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class EnvironmentCheck:
 # are reported but are not (a change there that moves pixels is a change to find, not noise).
 DRIFT_FIELDS = ("cpu", "cuda", "cudnn", "gpus", "driver")
 DRIFT_LIBRARIES = ("torch", "diffusers", "transformers", "numpy")
+FAILING = ("different", "altered", "missing")  # verdict kinds that fail a check
 
 
 def new_replay_folder(root: Path) -> Path:
@@ -80,6 +84,15 @@ def select_jobs(session: Session, selector: str | None) -> list[str]:
     if unknown:
         raise SessionError(f"no finished job {unknown[0]!r} in {session.folder}; finished: {', '.join(done) or 'none'}")
     return wanted
+
+
+def job_models(session: Session, job_ids: list[str]) -> list[str]:
+    """Every model the jobs rendered with: their own, and their flows' stages'."""
+    models = set()
+    for job_id in job_ids:
+        spec = session.jobs[job_id]["spec"]
+        models |= {spec["model"], *(stage.get("model") or spec["model"] for stage in spec.get("stages") or ())}
+    return sorted(models)
 
 
 def check_environment(session: Session, registry: Registry, models: list[str]) -> EnvironmentCheck:
@@ -138,7 +151,8 @@ async def replay(registry: Registry, session: Session, job_ids: list[str], targe
                 recorded, job = session.jobs[job_id], await dispatcher.wait(replayed[job_id].id)
                 new = {image["image"]: image for image in job.images}
                 for image in sorted(recorded["images"], key=lambda i: i["image"]):
-                    result = _result(session, job_id, image, new.get(image["image"]), check)
+                    new_stages = {s["stage"]: s for s in job.stages if s["image"] == image["image"]}
+                    result = _result(session, job_id, image, new.get(image["image"]), new_stages, check)
                     results.append(result)
                     on_result(result)
         finally:
@@ -165,13 +179,30 @@ def _queue(dispatcher: Dispatcher, session: Session, job_ids: list[str]) -> dict
 
 
 def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[str, Any] | None,
-            check: Check | None) -> ImageResult:
+            new_stages: dict[int, dict[str, Any]], check: Check | None) -> ImageResult:
+    """One image's replay and, with a check, its verdict: a flow's, that of the first stage whose
+    image fails, in stage order, the image itself (its last stage's) last."""
     recorded_path = session.resolve(recorded["path"])
     result = ImageResult(job_id, recorded["image"], recorded["seed"], str(recorded_path),
                          new["path"] if new else None, None)
-    if check:
-        drift = check.drift.get(session.jobs[job_id]["spec"]["model"], [])
-        result.verdict = judge(recorded_path, recorded.get("pixel_sha256"), result.replayed, check.tolerance, drift)
+    if not check:
+        return result
+    spec = session.jobs[job_id]["spec"]
+    stages = spec.get("stages") or ()
+    recorded_stages = sorted((s for s in session.jobs[job_id].get("stages", []) if s["image"] == recorded["image"]),
+                             key=lambda s: s["stage"])
+    for stage in recorded_stages:
+        replayed = new_stages.get(stage["stage"])
+        verdict = judge(session.resolve(stage["path"]), stage.get("pixel_sha256"), replayed and replayed["path"],
+                        check.tolerance, check.drift.get(stage["model"], []))
+        if verdict is not None and verdict.kind in FAILING:
+            result.verdict, result.stage = verdict, f"stage {stage['stage']} ({stage['kind']})"
+            return result
+    last_model = (stages[-1].get("model") or spec["model"]) if stages else spec["model"]
+    result.verdict = judge(recorded_path, recorded.get("pixel_sha256"), result.replayed, check.tolerance,
+                           check.drift.get(last_model, []))
+    if stages and result.verdict is not None and result.verdict.kind in FAILING:
+        result.stage = f"stage {len(stages) - 1} ({stages[-1]['kind']})"
     return result
 
 
@@ -214,8 +245,7 @@ class ReplaySummary:
 
     def passed(self, checked: bool) -> bool:
         """Every image rendered again and, when they were checked, none different, altered or missing."""
-        return self.not_rendered == 0 and (not checked or self.counts["different"] + self.counts["altered"]
-                                           + self.counts["missing"] == 0)
+        return self.not_rendered == 0 and (not checked or sum(self.counts[kind] for kind in FAILING) == 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, **self.counts, "not_rendered": self.not_rendered, "replay": str(self.folder),

@@ -8,6 +8,10 @@
                prompt=cat -> dog, fox  the prompt with a word replaced (the first value is as written)
            expanded into one job per cell, ordered so that the model changes least often.
 
+Besides the job's fields: `route` and `flow`, a field of the flow's stages of one kind
+(`upscale.strength=0.3, 0.5`: every upscale stage; the flow is copied into the job first), and
+`lora.weight` (every LoRA of the job).
+
 Pure data: no torch. Errors are SpecErrors naming the axis or field, so the CLI and the TUI show
 them as they are; nothing is queued until the whole set is valid.
 """
@@ -20,6 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from diffdeck.engines.core.flow_checks import expand
+from diffdeck.engines.core.flows import STAGE_KINDS
+from diffdeck.engines.core.registry import Registry
 from diffdeck.engines.core.spec import MAX_STEPS, JobSpec, SpecError, check_scheduler, draw_seeds, parse_size
 from diffdeck.engines.core.text import counted
 
@@ -30,11 +37,16 @@ MAX_JOBS = 2000  # refused outright: a typo such as steps=1..1000 should not fil
 AXIS_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt",), "negative": ("negative_prompt",), "model": ("model",), "steps": ("steps",),
     "guidance": ("guidance",), "scheduler": ("scheduler",), "size": ("width", "height"),
-    "width": ("width",), "height": ("height",), "seed": ("seeds",),
+    "width": ("width",), "height": ("height",), "seed": ("seeds",), "route": ("route",), "flow": ("flow",),
 }
+# The stage fields an axis `KIND.FIELD` may range over, with the type of their values.
+STAGE_AXIS_FIELDS: dict[str, type] = {"steps": int, "guidance": float, "scheduler": str, "strength": float,
+                                      "factor": float, "method": str, "tile": int, "switch": float, "model": str}
+LORA_WEIGHT = "lora.weight"
 ALIASES = {"cfg": "guidance", "sampler": "scheduler", "negative_prompt": "negative", "neg": "negative"}
 # The fields A/B variants may differ in; seeds and count are shared by construction.
-VARIANT_FIELDS = ("prompt", "negative_prompt", "model", "steps", "guidance", "scheduler", "width", "height")
+VARIANT_FIELDS = ("prompt", "negative_prompt", "model", "steps", "guidance", "scheduler", "width", "height",
+                  "route", "flow")
 _RANGE = re.compile(r"^(?P<start>[-+]?[\d.]+)\s*\.\.\s*(?P<end>[-+]?[\d.]+)(?:\s+step\s+(?P<step>[-+]?[\d.]+))?$")
 
 
@@ -52,7 +64,7 @@ class Axis:
             return {"width": value[0], "height": value[1]}
         if self.name == "seed":
             return {"seeds": draw_seeds(value, count), "seed": value}
-        return {AXIS_FIELDS[self.name][0]: value}
+        return {AXIS_FIELDS[self.name][0] if self.name in AXIS_FIELDS else self.name: value}
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "text": self.text, "labels": list(self.labels),
@@ -123,13 +135,10 @@ def plan_ab(specs: list[JobSpec]) -> VariantSet:
     """Variants given whole. The first is the base; the others may differ from it only in
     VARIANT_FIELDS, and all render the first one's seeds. Each variant's changes name its value
     of every field that some variant changes."""
-    if len(specs) < 2:
-        raise SpecError("variants", "an A/B set needs at least two variants")
-    if len(specs) > 26:
-        raise SpecError("variants", f"{len(specs)} variants; an A/B set takes at most 26 (A to Z): use a grid")
+    _check_ab_size(len(specs))
     base = _with_seeds(specs[0])
     varied = [name for name in VARIANT_FIELDS if any(getattr(s, name) != getattr(base, name) for s in specs)]
-    variants, seen = [], {}
+    planned = []
     for i, spec in enumerate(specs):
         label = chr(ord("A") + i)
         changes = {name: getattr(spec, name) for name in varied}  # A's values too: each label says it all
@@ -141,19 +150,36 @@ def plan_ab(specs: list[JobSpec]) -> VariantSet:
                                        "set it once for all of them")
         if spec.seed is not None and spec.seed != specs[0].seed or spec.seeds not in (None, specs[0].seeds):
             raise SpecError("seed", f"variant {label} has its own seed; every variant renders the seeds of A")
+        planned.append((changes, dataclasses.replace(base, **changes)))
+    return _ab_set(base, planned)
+
+
+def _check_ab_size(count: int) -> None:
+    if count < 2:
+        raise SpecError("variants", "an A/B set needs at least two variants")
+    if count > 26:
+        raise SpecError("variants", f"{count} variants; an A/B set takes at most 26 (A to Z): use a grid")
+
+
+def _ab_set(base: JobSpec, planned: list[tuple[dict[str, Any], JobSpec]]) -> VariantSet:
+    """The A/B set of (changes, spec) variants, A first; the same changes twice are refused."""
+    variants, seen = [], {}
+    for i, (changes, spec) in enumerate(planned):
+        label = chr(ord("A") + i)
         key = tuple(sorted(changes.items()))
         if key in seen:
             raise SpecError("variants", f"variant {label} is the same as variant {seen[key]}; change a field")
         seen[key] = label
-        variants.append(Variant(label, changes, (i,), dataclasses.replace(base, **changes)))
+        variants.append(Variant(label, changes, (i,), spec))
     for variant in variants:
         variant.spec.validate()
     return VariantSet("ab", base, tuple(_cheapest_order(variants)))
 
 
-def plan_varied(base: JobSpec, prompts: list[str], vary: list[str]) -> VariantSet:
+def plan_varied(base: JobSpec, prompts: list[str], vary: list[str], registry: Registry | None = None) -> VariantSet:
     """An A/B set as `diffdeck ab` gives it: one variant per prompt, or one prompt and a value per
-    variant of each field in `vary` (`FIELD=A,B`, the grid's syntax), all on `base`'s seeds."""
+    variant of each field in `vary` (`FIELD=A,B`, the grid's syntax), all on `base`'s seeds.
+    `registry`: where the flows are, for axes over stage fields."""
     axes = [parse_axis(text, base, "--vary") for text in vary]
     one_axis_per_field([axis.name for axis in axes])
     if any(axis.name == "seed" for axis in axes):
@@ -165,14 +191,20 @@ def plan_varied(base: JobSpec, prompts: list[str], vary: list[str]) -> VariantSe
         if len(axis.values) != n:
             raise SpecError("--vary", f"{axis.text} gives {counted(len(axis.values), 'value')} for {n} variants; "
                                       "give one per variant (for every combination, use diffdeck grid)")
-    prompts = prompts if len(prompts) > 1 else prompts * n
-    return plan_ab([dataclasses.replace(base, **{"prompt": prompt, **{k: v for axis in axes
-                                                                      for k, v in axis.changes(i, 1).items()}})
-                    for i, prompt in enumerate(prompts)])
+    _check_ab_size(n)
+    base = _with_seeds(dataclasses.replace(base, prompt=prompts[0]))
+    planned = []
+    for i in range(n):
+        changes = {k: v for axis in axes for k, v in axis.changes(i, 1).items()}
+        if len(prompts) > 1:
+            changes["prompt"] = prompts[i]
+        planned.append((changes, _varied(base, changes, registry, chr(ord("A") + i))))
+    return _ab_set(base, planned)
 
 
-def plan_grid(base: JobSpec, axes: dict[str, str]) -> VariantSet:
-    """A grid over up to three axes (x, y, page), each given as text, as in the module doc."""
+def plan_grid(base: JobSpec, axes: dict[str, str], registry: Registry | None = None) -> VariantSet:
+    """A grid over up to three axes (x, y, page), each given as text, as in the module doc.
+    `registry`: where the flows are, for axes over stage fields."""
     unknown = [a for a in axes if a not in AXES]
     if unknown:
         raise SpecError(unknown[0], f"is not a grid axis; the axes are {', '.join(AXES)}")
@@ -197,13 +229,49 @@ def plan_grid(base: JobSpec, axes: dict[str, str]) -> VariantSet:
         for axis, i in zip(parsed, cell):
             changes.update(axis.changes(i, base.count))
         label = " · ".join(f"{a.name}={a.labels[i]}" for a, i in zip(parsed, cell))
-        spec = dataclasses.replace(base, **changes)
-        try:
-            spec.validate()
-        except SpecError as e:
-            raise SpecError(e.field, f"in the cell {label}: {e.message}") from None
-        variants.append(Variant(label, changes, cell, spec))
+        variants.append(Variant(label, changes, cell, _varied(base, changes, registry, f"the cell {label}")))
     return VariantSet("grid", base, tuple(_cheapest_order(variants)), tuple(parsed))
+
+
+def _varied(base: JobSpec, changes: dict[str, Any], registry: Registry | None, where: str) -> JobSpec:
+    """`base` with a variant's changes, checked. A route or a flow replaces the other; a stage
+    field sets it on every stage of its kind (the flow copied into the job first)."""
+    fields = {k: v for k, v in changes.items() if "." not in k}
+    if "route" in fields or "flow" in fields:
+        fields = {"route": None, "flow": None, **fields, "stages": (), "routed_by": None}
+    spec = dataclasses.replace(base, **fields)
+    try:
+        for name, value in changes.items():
+            if name == LORA_WEIGHT:
+                spec = _weighed(spec, value)
+            elif "." in name:
+                spec = _with_stage_field(spec, name, value, registry)
+        spec.validate()
+    except SpecError as e:
+        raise SpecError(e.field, f"in {where}: {e.message}") from None
+    return spec
+
+
+def _with_stage_field(spec: JobSpec, name: str, value: Any, registry: Registry | None) -> JobSpec:
+    kind, _, field_name = name.partition(".")
+    if not spec.stages and registry is not None:
+        spec = expand(spec, registry)
+    if not any(stage.kind == kind for stage in spec.stages):
+        flow = f"flow {spec.flow}" if spec.flow else "this job"
+        kinds = ", ".join(stage.kind for stage in spec.stages) or "none: give it --flow or --route"
+        raise SpecError(name, f"{flow} has no {kind} stage to vary (its stages: {kinds})")
+    return dataclasses.replace(spec, stages=tuple(dataclasses.replace(stage, **{field_name: value})
+                                                  if stage.kind == kind else stage for stage in spec.stages))
+
+
+def _weighed(spec: JobSpec, weight: float) -> JobSpec:
+    """Every LoRA of the job, its own and its stages', at `weight`."""
+    def weighed(loras):
+        return loras if loras is None else tuple(dataclasses.replace(lora, weight=weight) for lora in loras)
+    if not spec.loras and not any(stage.loras for stage in spec.stages):
+        raise SpecError(LORA_WEIGHT, "the job has no LoRA to weigh; give it one (--lora FILE)")
+    return dataclasses.replace(spec, loras=weighed(spec.loras),
+                               stages=tuple(dataclasses.replace(stage, loras=weighed(stage.loras)) for stage in spec.stages))
 
 
 def one_axis_per_field(names: list[str]) -> None:
@@ -222,11 +290,13 @@ def parse_axis(text: str, base: JobSpec, axis: str = "x") -> Axis:
                                   f"(fields: {', '.join(AXIS_FIELDS)})")
         name, values = "prompt", text
     name = ALIASES.get(name.strip().lower(), name.strip().lower())
-    if name not in AXIS_FIELDS:
-        raise SpecError(axis, f"{name!r} is not a field a grid can vary; fields: {', '.join(AXIS_FIELDS)}")
+    if name not in AXIS_FIELDS and not _is_stage_field(name):
+        raise SpecError(axis, f"{name!r} is not a field a grid can vary; fields: {', '.join(AXIS_FIELDS)}, "
+                              f"{LORA_WEIGHT}, and KIND.FIELD of a flow's stages (upscale.strength; kinds: "
+                              f"{', '.join(STAGE_KINDS)}; fields: {', '.join(STAGE_AXIS_FIELDS)})")
     values = values.strip()
     if not values or not values.strip(", "):
-        raise SpecError(axis, f"{name}= has no values; for example {_EXAMPLES[name]}")
+        raise SpecError(axis, f"{name}= has no values; for example {_EXAMPLES.get(name, f'{name}=0.3, 0.5')}")
     if name in ("prompt", "negative"):
         return _replacement_axis(name, values, base, axis)
     items = [item.strip() for item in values.split(",")]
@@ -245,7 +315,21 @@ def parse_axis(text: str, base: JobSpec, axis: str = "x") -> Axis:
 _EXAMPLES = {"prompt": "prompt=cat -> dog, fox", "negative": "negative=blurry -> noisy, dark",
              "model": "model=demo, sd-turbo", "steps": "steps=10..30 step 5", "guidance": "guidance=3, 5.5, 7",
              "scheduler": "scheduler=euler, ddim", "size": "size=512x512, 768x512", "width": "width=512, 768",
-             "height": "height=512, 768", "seed": "seed=1..4"}
+             "height": "height=512, 768", "seed": "seed=1..4", "route": "route=preview, final",
+             "flow": "flow=demo-preview, demo-final"}
+
+
+def _is_stage_field(name: str) -> bool:
+    kind, _, field_name = name.partition(".")
+    return name == LORA_WEIGHT or (kind in STAGE_KINDS and field_name in STAGE_AXIS_FIELDS)
+
+
+def _value_type(name: str) -> type:
+    if name == LORA_WEIGHT:
+        return float
+    if "." in name:
+        return STAGE_AXIS_FIELDS[name.partition(".")[2]]
+    return {"model": str, "scheduler": str, "route": str, "flow": str, "guidance": float}.get(name, int)
 
 
 def _replacement_axis(name: str, values: str, base: JobSpec, axis: str) -> Axis:
@@ -272,16 +356,16 @@ def _replacement_axis(name: str, values: str, base: JobSpec, axis: str) -> Axis:
 
 
 def _parse_values(name: str, item: str, axis: str) -> list[Any]:
+    kind = _value_type(name)
     try:
-        if name == "scheduler":
+        if name.rpartition(".")[2] == "scheduler":
             check_scheduler(item, None)
-        if name in ("model", "scheduler"):
-            return [item]
         if name == "size":
             return [parse_size(item)]
     except SpecError as e:
         raise SpecError(axis, e.message) from None
-    kind = float if name == "guidance" else int
+    if kind is str:
+        return [item]
     match = _RANGE.match(item)
     values = _range(kind, name, match, axis) if match else [_number(kind, name, item, axis)]
     if name == "steps" and not all(1 <= v <= MAX_STEPS for v in values):

@@ -43,10 +43,12 @@ from diffdeck.engines.core.registry import (
 from diffdeck.engines.core.spec import JobSpec, ModelSpec
 from diffdeck.engines.core.worker_protocol import Intervals, ProtocolError, decode, encode
 from diffdeck.engines.record.png_metadata import png_info
-from diffdeck.engines.worker.diffusers_adapter import Cancelled, Model, dtype_name, pick_device, pick_dtype
+from diffdeck.engines.worker.diffusers_adapter import Cancelled, Hooks, Model, dtype_name, pick_device, pick_dtype
 from diffdeck.engines.worker.environment import describe
 from diffdeck.engines.worker.previews import encode_preview
+from diffdeck.engines.worker.stages import LATENTS_KEY, Handed, StageRunner
 from huggingface_hub import constants as hub_constants
+from safetensors.torch import save_file
 
 log = logging.getLogger("diffdeck.worker")
 
@@ -199,7 +201,7 @@ class Worker:
         job_id = message["id"]
         try:
             self._render_job(job_id, JobSpec.from_dict(message["spec"]), Path(message["out_dir"]),
-                             set(message.get("skip", ())))
+                             set(message.get("skip", ())), message.get("stages"), message.get("inputs") or {})
             return "done"
         except Cancelled as c:
             self.wire.send("cancelled", id=job_id, step=c.step)
@@ -218,59 +220,40 @@ class Worker:
         self.wire.send("failed", id=job_id, kind=failure[0], error=failure[1])
         return failure[0]
 
-    def _render_job(self, job_id: str, spec: JobSpec, out_dir: Path, skip: set[int]) -> None:
+    def _render_job(self, job_id: str, spec: JobSpec, out_dir: Path, skip: set[int],
+                    leg: list[int] | None, inputs: dict[str, dict[str, str]]) -> None:
+        """A plain job (`leg` None), or stages leg[0]..leg[1] of a flow's (one model's, in a row)."""
         model = self.model
         model.use_scheduler(spec.scheduler)
         out_dir.mkdir(parents=True, exist_ok=True)
-        totals = {"denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
-        peak = 0
+        job = _JobRun(self, job_id, spec, out_dir)
+        try:
+            for index in range(len(spec.seeds)):
+                if index in skip:
+                    continue
+                if job_id in self.commands.cancelled:
+                    raise Cancelled(0)
+                if leg is None:
+                    image, timings, image_peak = model.render(spec, index, job.hooks(None))
+                    job.save(index, image, timings, image_peak, None)
+                else:
+                    self._render_stages(job, index, range(leg[0], leg[1] + 1), inputs.get(str(index), {}))
+        finally:
+            model.end_job()
+        self.wire.send("done", id=job_id, timings=_rounded(job.totals), peak_memory=job.peak)
 
-        last_sent = [0.0]
+    def _render_stages(self, job: "_JobRun", index: int, stages: range, files: dict[str, str]) -> None:
+        runner = StageRunner(self.model, job.spec)
+        handed = Handed.read(files)
+        for i in stages:
+            output = runner.run(i, index, handed, job.hooks(i))
+            handed = Handed(output.image, output.latents)
+            leg_ends_before_flow = i == stages[-1] and i + 1 < len(job.spec.stages)
+            job.save(index, output.image, output.timings, output.peak, i,
+                     output.latents if leg_ends_before_flow else None)  # for the next leg's refine
 
-        def on_step(info):
-            now = time.monotonic()
-            if now - last_sent[0] < self.intervals.progress_s and info.step < info.total:
-                return
-            last_sent[0] = now
-            self.wire.send("step", id=job_id, image=info.image, count=spec.count, step=info.step,
-                           total=info.total, elapsed_s=round(info.elapsed_s, 4),
-                           it_s=round(info.step / info.elapsed_s, 3) if info.elapsed_s else None)
-
-        previewing = [True]
-
-        def on_preview(index, step, make_rgb):
-            if not previewing[0]:
-                return
-            try:
-                mime, data = encode_preview(make_rgb())
-            except Exception:  # noqa: BLE001 - a preview is a nicety: it never fails the job
-                log.exception("%s: previews stopped for this job", job_id)
-                previewing[0] = False
-                return
-            self.wire.send("preview", id=job_id, image=index, step=step, mime=mime,
-                           data=base64.b64encode(data).decode())
-
-        for index, seed in enumerate(spec.seeds):
-            if index in skip:
-                continue
-            if job_id in self.commands.cancelled:
-                raise Cancelled(0)
-            image, timings, image_peak = model.render(
-                spec, index, on_step, on_preview, self.intervals.preview_s,
-                lambda: job_id in self.commands.cancelled)
-            started = time.perf_counter()
-            path = out_dir / f"{job_id}-{index:02d}-{seed}.png"
-            pixels = pixel_sha256(image)
-            save_png(image, {**self._record(job_id, spec, index), "pixel_sha256": pixels}, path)
-            timings["save_s"] = time.perf_counter() - started
-            for key, value in timings.items():
-                totals[key] += value
-            peak = max(peak, image_peak)
-            self.wire.send("image", id=job_id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
-                           timings=_rounded(timings), peak_memory=image_peak)
-        self.wire.send("done", id=job_id, timings=_rounded(totals), peak_memory=peak)
-
-    def _record(self, job_id: str, spec: JobSpec, index: int) -> dict[str, Any]:
+    def record(self, job_id: str, spec: JobSpec, index: int) -> dict[str, Any]:
+        """The PNG's `diffdeck` chunk for image `index` of a job."""
         m = self.model
         return {
             "format": 1,
@@ -287,6 +270,82 @@ class Worker:
             },
             "diffdeck": __version__,
         }
+
+
+class _JobRun:
+    """One job message's progress messages, files and totals."""
+
+    def __init__(self, worker: Worker, job_id: str, spec: JobSpec, out_dir: Path):
+        self.worker, self.job_id, self.spec, self.out_dir = worker, job_id, spec, out_dir
+        self.totals = {"denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+        self.peak = 0
+        self._last_step = 0.0
+        self._previewing = True
+
+    def hooks(self, stage: int | None) -> Hooks:
+        """Progress of a plain job, or (with "stage" and "stages") of one stage of a flow."""
+        wire, job_id, intervals = self.worker.wire, self.job_id, self.worker.intervals
+        where = {} if stage is None else {"stage": stage, "stages": len(self.spec.stages)}
+
+        def on_step(info):
+            now = time.monotonic()
+            if now - self._last_step < intervals.progress_s and info.step < info.total:
+                return
+            self._last_step = now
+            wire.send("step", id=job_id, image=info.image, count=self.spec.count, step=info.step,
+                      total=info.total, elapsed_s=round(info.elapsed_s, 4),
+                      it_s=round(info.step / info.elapsed_s, 3) if info.elapsed_s else None, **where)
+
+        def on_preview(index, step, make_rgb):
+            if not self._previewing:
+                return
+            try:
+                mime, data = encode_preview(make_rgb())
+            except Exception:  # noqa: BLE001 - a preview is a nicety: it never fails the job
+                log.exception("%s: previews stopped for this job", job_id)
+                self._previewing = False
+                return
+            wire.send("preview", id=job_id, image=index, step=step, mime=mime, data=base64.b64encode(data).decode())
+
+        return Hooks(on_step, on_preview, intervals.preview_s, lambda: job_id in self.worker.commands.cancelled)
+
+    def save(self, index: int, image, timings: dict[str, float], peak: int, stage: int | None,
+             latents=None) -> None:
+        """The job's image (a plain job's, or a flow's last stage's), or a stage image of a flow;
+        with `latents`, those too, for the next stage in another worker."""
+        started = time.perf_counter()
+        seed = self.spec.seeds[index]
+        last = stage is None or stage == len(self.spec.stages) - 1
+        kind = None if stage is None else self.spec.stages[stage].kind
+        name = f"{self.job_id}-{index:02d}-{seed}"
+        path = self.out_dir / (f"{name}.png" if last else f"{name}.s{stage}-{kind}.png")
+        pixels = pixel_sha256(image)
+        record = {**self.worker.record(self.job_id, self.spec, index), "pixel_sha256": pixels}
+        if not last:
+            record.update(stage=stage, stage_kind=kind)
+        save_png(image, record, path)
+        extra = {}
+        if latents is not None:
+            extra["latents"] = str(save_latents(latents, self.out_dir / f"{name}.s{stage}.latents.safetensors"))
+        timings = {**timings, "save_s": time.perf_counter() - started}
+        for key, value in timings.items():
+            self.totals[key] += value
+        self.peak = max(self.peak, peak)
+        message = dict(id=self.job_id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
+                       timings=_rounded(timings), peak_memory=peak)
+        if last:
+            self.worker.wire.send("image", **message)
+        else:
+            self.worker.wire.send("stage_image", **message, stage=stage, kind=kind,
+                                  model=self.worker.model.spec.name, **extra)
+
+
+def save_latents(latents, path: Path) -> Path:
+    """A stage's latents for the next stage in another worker: key "latents", written atomically."""
+    partial = path.with_name(path.name + ".part")
+    save_file({LATENTS_KEY: latents.detach().to("cpu").contiguous()}, str(partial))
+    os.replace(partial, path)
+    return path
 
 
 def save_png(image, record: dict[str, Any], path: Path) -> None:

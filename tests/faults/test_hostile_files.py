@@ -96,6 +96,9 @@ HOSTILE_SESSIONS = {  # a change to a good session -> what the error says
                          "job 'job-0001' has timings or a peak memory that are not numbers"),
     "journal-a-folder": (lambda s: ((s / "journal.jsonl").unlink(), (s / "journal.jsonl").mkdir()),
                          "journal.jsonl cannot be read"),
+    "stage-latents-outside": (lambda s: edit(s, '"status": "done"', '"status": "queued", "stages": [{"stage": 0, '
+                                             '"image": 0, "seed": 5, "path": "images/a.png", "latents": "../../x"}]'),
+                              "job 'job-0001' stage 0 image 0 has the latents path '../../x', which leaves the session"),
 }
 
 

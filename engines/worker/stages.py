@@ -1,0 +1,183 @@
+"""The stages of a flow as one model's worker runs them (the kinds: diffdeck.engines.core.flows).
+
+Every stage is one call of the model's txt2img pipeline or of the img2img one made from it
+(the same weights), with a generator seeded afresh with the image's seed. A stage hands the next
+its image, and its latents where the next takes latents: a `refine` (the SDXL hand-over, part-way
+through the schedule) or a `latent` upscale of the same model. Worker side: imports torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffdeck.engines.core.flows import Stage
+from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.worker.diffusers_adapter import Hooks, Model
+from diffdeck.engines.worker.tiles import Blender, boxes
+from PIL import Image
+from safetensors.torch import load_file
+
+RESAMPLERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
+              "nearest": Image.Resampling.NEAREST}
+LATENT_FAMILIES = ("sd", "sdxl")  # whose pipelines take and give plain (unpacked) latents
+LATENTS_KEY = "latents"  # the tensor's name in a .latents.safetensors file
+
+
+@dataclass
+class Handed:
+    """What one stage hands the next: its image, and its latents where the next stage takes them."""
+
+    image: Image.Image | None = None
+    latents: torch.Tensor | None = None
+
+    @classmethod
+    def read(cls, files: dict[str, str]) -> "Handed":
+        """The previous leg's output, or a flow's init image, from the files a job message names."""
+        image = latents = None
+        if files.get("image"):
+            with Image.open(files["image"]) as f:
+                image = f.convert("RGB")
+        if files.get("latents"):
+            latents = load_file(files["latents"])[LATENTS_KEY]
+        return cls(image, latents)
+
+
+@dataclass
+class Output:
+    image: Image.Image
+    latents: torch.Tensor | None  # for the next stage, where it takes latents
+    timings: dict[str, float]
+    peak: int
+
+
+class StageRunner:
+    """Runs the stages of one job's flow on one loaded model."""
+
+    def __init__(self, model: Model, spec: JobSpec):
+        self.model = model
+        self.spec = spec
+
+    def model_of(self, i: int) -> str:
+        return self.spec.stages[i].model or self.spec.model
+
+    def hands_latents(self, i: int) -> bool:
+        """Whether stage `i` renders latents for the stage after it."""
+        following = self.spec.stages[i + 1] if i + 1 < len(self.spec.stages) else None
+        return following is not None and (following.kind == "refine" or (
+            following.kind == "upscale" and following.method == "latent" and self.model_of(i + 1) == self.model_of(i)))
+
+    def run(self, i: int, index: int, handed: Handed, hooks: Hooks) -> Output:
+        stage = self.spec.stages[i]
+        if self.model_of(i) != self.model.spec.name:
+            raise ValueError(f"stage {i} ({stage.kind}) is for model {self.model_of(i)!r}, "
+                             f"not this worker's {self.model.spec.name!r}")
+        self.model.use_scheduler(stage.scheduler or self.spec.scheduler)
+        self.model.adapters.use(self.spec.loras if stage.loras is None else stage.loras)
+        size = self._size(stage, handed)
+        pipe = self.model.txt2img if stage.kind == "txt2img" else self.model.img2img
+        source = self._source(i, stage, handed, size)
+        if stage.kind == "upscale" and stage.tile and max(size) > stage.tile:
+            if self.hands_latents(i) and self.spec.stages[i + 1].kind == "refine":
+                raise ValueError(f"stage {i}: a tiled upscale cannot hand latents to a refine stage")
+            return self._tiled(pipe, i, index, source, size, stage.tile, hooks)
+        args = self._args(pipe, i, index, source, size)
+        if self.hands_latents(i):
+            args.update(self._hand_over(pipe, i))
+        image, latents, timings, peak = self.model.call(pipe, args, index, hooks, size)
+        return Output(image, latents, timings, peak)
+
+    def _size(self, stage: Stage, handed: Handed) -> tuple[int, int]:
+        """(width, height) the stage renders: filled in at submit; else the job's, or its input's."""
+        if stage.width and stage.height:
+            return stage.width, stage.height
+        if stage.kind == "txt2img":
+            return self.spec.width, self.spec.height
+        if handed.image is not None:
+            width, height = handed.image.size
+        else:
+            scale = self.model.vae_scale_factor
+            height, width = (side * scale for side in handed.latents.shape[-2:])
+        if stage.kind == "upscale":
+            return _multiple_of_8(width * stage.factor), _multiple_of_8(height * stage.factor)
+        return width, height
+
+    def _source(self, i: int, stage: Stage, handed: Handed, size: tuple[int, int]) -> Image.Image | torch.Tensor | None:
+        """What the stage starts from: None (txt2img), an image, or latents."""
+        if stage.kind == "txt2img":
+            return None
+        if stage.kind == "refine" or (stage.kind == "upscale" and stage.method == "latent"):
+            self._check_latent_family(f"stage {i} ({stage.kind})")
+        if stage.kind == "refine":
+            if handed.latents is None:
+                raise ValueError(f"stage {i} (refine) needs the latents of the stage before it")
+            return handed.latents
+        if handed.image is None:
+            raise ValueError(f"stage {i} ({stage.kind}) needs an image to start from; none was given")
+        if stage.kind == "upscale" and stage.method == "latent":
+            latents = handed.latents if handed.latents is not None else self.model.encode(handed.image)
+            scale = self.model.vae_scale_factor
+            return torch.nn.functional.interpolate(
+                latents, size=(size[1] // scale, size[0] // scale), mode="nearest-exact")
+        if handed.image.size == size:
+            return handed.image
+        return handed.image.resize(size, RESAMPLERS[stage.method or "lanczos"])
+
+    def _args(self, pipe, i: int, index: int, source, size: tuple[int, int]) -> dict[str, Any]:
+        stage = self.spec.stages[i]
+        args = self.model.call_args(self.spec, self.spec.seeds[index], stage.steps, stage.guidance)
+        if stage.kind == "txt2img" or _takes(pipe, "width"):
+            args.update(width=size[0], height=size[1])
+        if stage.kind == "refine":
+            if not _takes(pipe, "denoising_start"):
+                raise ValueError(f"stage {i} (refine): {type(pipe).__name__} cannot take over part-way "
+                                 "(denoising_start); refine is for SDXL models")
+            args.update(image=source, denoising_start=stage.switch)
+        elif source is not None:
+            args.update(image=source, strength=stage.strength)
+        return args
+
+    def _hand_over(self, pipe, i: int) -> dict[str, Any]:
+        """Call arguments that make stage `i` give latents to the next: all of them, or (for a refine)
+        those of the schedule up to its switch."""
+        self._check_latent_family(f"stage {i} ({self.spec.stages[i].kind}), handing latents over,")
+        following = self.spec.stages[i + 1]
+        if following.kind != "refine":
+            return {"output_type": "latent"}
+        if not _takes(pipe, "denoising_end"):
+            raise ValueError(f"stage {i}: {type(pipe).__name__} cannot stop part-way (denoising_end); "
+                             "refine is for SDXL models")
+        return {"output_type": "latent", "denoising_end": following.switch}
+
+    def _tiled(self, pipe, i: int, index: int, source, size: tuple[int, int], tile: int, hooks: Hooks) -> Output:
+        """The img2img pass in tiles, in a fixed order, each with the image's seed; seams blended."""
+        blender = Blender(*size, tile)
+        timings, peak = {"denoise_s": 0.0, "decode_s": 0.0}, 0
+        scale = self.model.vae_scale_factor
+        for box in boxes(*size, tile):
+            if isinstance(source, Image.Image):
+                part = source.crop(box.crop())
+            else:
+                part = source[..., box.y // scale:(box.y + box.height) // scale,
+                              box.x // scale:(box.x + box.width) // scale]
+            image, _, tile_timings, tile_peak = self.model.call(
+                pipe, self._args(pipe, i, index, part, (box.width, box.height)), index, hooks, (box.width, box.height))
+            blender.add(box, image)
+            timings = {k: timings[k] + tile_timings[k] for k in timings}
+            peak = max(peak, tile_peak)
+        return Output(blender.image(), None, timings, peak)
+
+    def _check_latent_family(self, what: str) -> None:
+        if self.model.family not in LATENT_FAMILIES:
+            raise ValueError(f"{what} works on latents, which only SD and SDXL models hand over; "
+                             f"{self.model.spec.name!r} is {self.model.family}")
+
+
+def _takes(pipe, name: str) -> bool:
+    return name in inspect.signature(type(pipe).__call__).parameters
+
+
+def _multiple_of_8(value: float) -> int:
+    return max(8, round(value / 8) * 8)
