@@ -7,13 +7,16 @@ import stat
 
 import pytest
 from diffdeck.engines.core.registry import load_registry
+from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.app import Workbench
 from diffdeck.tui.config import load_config
 from diffdeck.tui.engine import LocalEngine
 from diffdeck.tui.images import tmux_blocks_graphics
 from diffdeck.tui.themes import load_theme
-from helpers import diffdeck
+from diffdeck.tui.widgets.queue_view import QueueView
+from helpers import diffdeck, until
+from textual.widgets._footer import FooterKey
 
 
 class RecordsTheme(Workbench):
@@ -31,6 +34,75 @@ async def test_the_configs_theme_is_in_place_before_the_widgets_are_built(tmp_pa
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
         assert app.theme_at_compose == config.theme == app.theme == "diffdeck-dark"
+
+
+class SeesTheScreen(LocalEngine):
+    """Notes the footer's keys on the screen when the workbench starts it."""
+
+    app: Workbench
+    keys_at_start: list[str] | None = None
+
+    async def start(self):
+        self.keys_at_start = keys(self.app)
+        return await super().start()
+
+
+def keys(app: Workbench) -> list[str]:
+    return [key.description for key in app.screen.query(FooterKey)]
+
+
+class RecordsToasts(Workbench):
+    said: list[str]
+
+    def notify(self, message: str, **options) -> None:
+        self.said = [*getattr(self, "said", []), message]
+        super().notify(message, **options)
+
+
+def workbench(engine: LocalEngine, config_dir) -> RecordsToasts:
+    config = load_config(config_dir)
+    return RecordsToasts(engine, config, [load_theme(p) for p in config.theme_files], history=config_dir / "history")
+
+
+async def test_the_local_engine_starts_once_the_first_frame_is_whole(tmp_path):
+    """Building the engine (its modules, NVML, the telemetry) waits for the first frame, footer
+    keys and all; jobs the session could not resume are still said, and marked in the queue."""
+    session = Session.open(tmp_path / "s")
+    session.append({"type": "queued", "job": "job-0001", "spec": {"prompt": "x", "model": "gone-now", "seeds": [1]},
+                    "position": 0})
+    engine = SeesTheScreen(load_registry(None), session)
+    app = engine.app = workbench(engine, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: engine.started is not None, timeout=30, what="the engine to start")
+        assert "Render" in engine.keys_at_start and "Quit" in engine.keys_at_start
+        await until(pilot, lambda: "not resumed" in str(app.query_one(QueueView).get_row("job-0001")), timeout=10,
+                    what="job-0001 marked as not resumed")
+        assert any(toast.startswith("job-0001 not resumed: unknown model 'gone-now'") for toast in app.said), app.said
+
+
+async def test_a_local_engine_asked_before_it_started_starts_and_records_what_it_is_asked(tmp_path):
+    """A key pressed before the workbench started its engine still reaches a recorded queue."""
+    engine = LocalEngine(load_registry(None), Session.open(tmp_path / "s"))
+    await engine.calls.pause()  # nothing renders: no worker starts
+    queued = await engine.calls.submit(JobSpec(prompt="a red circle", model="demo", seed=1))
+    assert await engine.shut_down() is None
+    engine.session.close()
+    assert Session.open(tmp_path / "s").jobs[queued.id]["status"] == "queued"
+
+
+async def test_the_footer_composes_its_keys_again_only_when_they_change(tmp_path):
+    """A change of focus says the bindings changed up to three times: the keys are composed once."""
+    app = workbench(LocalEngine(load_registry(None), Session.open(tmp_path / "s")), tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: "Render" in keys(app), timeout=10, what="the prompt's keys in the footer")
+        shown = list(app.screen.query(FooterKey))
+        app.screen.refresh_bindings()
+        app.screen.refresh_bindings()
+        await pilot.pause(0.3)
+        assert list(app.screen.query(FooterKey)) == shown, "the same keys were composed again"
+        app.action_focus("queue")
+        await until(pilot, lambda: "Cancel" in keys(app), timeout=10, what="the queue's keys in the footer")
+        assert "Render" not in keys(app)
 
 
 def test_tmux_is_asked_about_graphics_only_for_a_mode_that_sends_them(tmp_path, monkeypatch):

@@ -30,15 +30,17 @@ from diffdeck.engines.sets.variants import VariantSet, plan_ab
 from diffdeck.themes import STYLESHEET
 from diffdeck.tui.compare_state import Comparison
 from diffdeck.tui.config import Config, ConfigError, save_setting
-from diffdeck.tui.engine import AttachedEngine, LocalEngine
+from diffdeck.tui.engine import AttachedEngine, LocalEngine, Started
 from diffdeck.tui.history import HistoryError, history_file, load_history, save_history
 from diffdeck.tui.images import thumbnail
 from diffdeck.tui.plain import plain
+from diffdeck.tui.promote import PROMOTED_TO, again, promoted
 from diffdeck.tui.screens.compare import CompareScreen
 from diffdeck.tui.screens.grid_dialog import GridDialog
 from diffdeck.tui.screens.grid_view import GridView
 from diffdeck.tui.screens.help import HelpScreen
 from diffdeck.tui.screens.image_view import ImageScreen
+from diffdeck.tui.widgets.footer import Footer
 from diffdeck.tui.widgets.gallery import Gallery, Thumb
 from diffdeck.tui.widgets.gpu_panel import PRESSURE_COLOURS, GpuPanel
 from diffdeck.tui.widgets.prompt_editor import PromptEditor
@@ -51,7 +53,7 @@ from textual.containers import Horizontal, Vertical
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
 LARGE_PX = 512
@@ -79,8 +81,9 @@ class Workbench(App):
 
     def __init__(self, engine: LocalEngine | AttachedEngine, config: Config, themes: list[Theme], *,
                  image_class: Any = None, hint: str | None = None, history: Path | None = None):
-        """An AttachedEngine comes started (its models are the daemon's); a LocalEngine starts on mount.
-        `history`: the prompt history's file (diffdeck.tui.history; by default under $XDG_STATE_HOME)."""
+        """An AttachedEngine comes started (its models are the daemon's); a LocalEngine starts
+        after the first frame. `history`: the prompt history's file (diffdeck.tui.history; by
+        default under $XDG_STATE_HOME)."""
         super().__init__()
         self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
         self.engine, self.config, self.themes = engine, config, themes
@@ -92,6 +95,7 @@ class Workbench(App):
         self.pinned: list[tuple[str, int]] = []
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
         self._following: asyncio.Task | None = None
+        self._leaving = False  # the engine is shut down, or being shut down: it starts no more
         self._busy = False  # jobs queued or running at the last redraw: its end is announced
         for theme in themes:  # before the stylesheet's first parse: a theme set on mount parses it all again
             self.register_theme(theme)
@@ -120,7 +124,8 @@ class Workbench(App):
         yield Static(plain(self._title_text()), id="title")
         with Vertical(id="main"):  # two rows, each split on its own: the queue wants width, the editor height
             with Horizontal(id="top"):
-                yield PromptEditor(self.engine.models(), self.first_model, self._history, id="editor")
+                yield PromptEditor(self.engine.models(), self.first_model, self._history,
+                                   {name: route["about"] for name, route in self.engine.routes().items()}, id="editor")
                 yield GpuPanel(id="gpu")
             with Horizontal(id="bottom"):
                 yield QueueView(id="queue")
@@ -139,11 +144,24 @@ class Workbench(App):
         return f"diffdeck · session {self.engine.session_name}{engine}"
 
     async def on_mount(self) -> None:
-        started = self.engine.started or await self.engine.start()
         self.board.load(self.session)
+        self.marks = self.session.image_marks()
+        self._show_model(self.first_model)
+        self._redraw()
+        if self.engine.started:  # an attached engine comes started
+            self._engine_started(self.engine.started)
+        else:  # after the first frame, whose footer draws its keys a refresh after the rest
+            self.call_after_refresh(self.call_after_refresh, self._start_engine)
+
+    async def _start_engine(self) -> None:
+        if not self._leaving:
+            self._engine_started(await self.engine.start())
+
+    def _engine_started(self, started: Started) -> None:
+        """Follow the engine's events; say what its start found (jobs not resumed, a daemon's
+        warm models) and what the session's opening did."""
         for event in started.preface:
             self.board.apply(event)
-        self.marks = self.session.image_marks()
         self._following = asyncio.create_task(self._follow(started.events))
         for task in (*started.watched, self._following):
             task.add_done_callback(self._task_ended)
@@ -158,7 +176,6 @@ class Workbench(App):
             self.notify(self._history_problem, severity="warning", timeout=20)
         if not self.engine.attached:
             self.run_worker(self._warn_if_a_daemon_holds(), group="probe")
-        self._show_model(self.first_model)
         self._redraw()
 
     async def _warn_if_a_daemon_holds(self) -> None:
@@ -213,6 +230,7 @@ class Workbench(App):
     async def _shut_down(self) -> None:
         """Workers of this process do not outlive the app (queued and running jobs stay queued in the
         session); a daemon's go on."""
+        self._leaving = True
         if self._following is not None:
             self._following.cancel()
             await asyncio.gather(self._following, return_exceptions=True)
@@ -419,26 +437,39 @@ class Workbench(App):
         if image is None:
             return
         try:
-            picture = thumbnail(image["path"], LARGE_PX) if self.image_class else None
+            picture = self._large(image["path"])
         except Exception as e:  # noqa: BLE001 - a missing or broken file must not end the app
             self.call_from_thread(self.notify, f"cannot open {image['path']}: {e}", severity="error")
             return
-        self.call_from_thread(self._show_large, job_id, image, picture)
+        stages = [(stage, self._stage_picture(stage["path"]))
+                  for stage in sorted((s for s in row.stages if s["image"] == index), key=lambda s: s["stage"])]
+        self.call_from_thread(self._show_large, job_id, image, picture, stages)
 
-    def _show_large(self, job_id: str, image: dict[str, Any], picture: Any) -> None:
-        in_session = {**image, "path": os.path.relpath(image["path"], self.session.folder)}  # the title names it
-        screen = ImageScreen(job_id, self.board.jobs[job_id].spec, in_session, picture, self.image_class)
+    def _large(self, path: str) -> Any:
+        return thumbnail(path, LARGE_PX) if self.image_class else None
+
+    def _stage_picture(self, path: str) -> Any:
+        """A flow's stage image, larger; None (drawn blank) where it cannot be read: the job's own
+        image is what the view is for."""
+        try:
+            return self._large(path)
+        except Exception:  # noqa: BLE001 - gone, or on a daemon's machine only
+            return None
+
+    def _show_large(self, job_id: str, image: dict[str, Any], picture: Any, stages: list[tuple[dict, Any]]) -> None:
+        def in_session(shown: dict[str, Any]) -> dict[str, Any]:  # the path as the rows name it
+            return {**shown, "path": os.path.relpath(shown["path"], self.session.folder)}
+
+        screen = ImageScreen(job_id, self.board.jobs[job_id].spec, in_session(image), picture, self.image_class,
+                             [(in_session(stage), stage_picture) for stage, stage_picture in stages])
         self.push_screen(screen, lambda choice: self._image_choice(job_id, image, choice))
 
     async def _image_choice(self, job_id: str, image: dict[str, Any], choice: str | None) -> None:
         spec = self.board.jobs[job_id].spec
         if choice == "requeue":  # this one image again, with its own seed
-            try:
-                fields = {k: v for k, v in spec.items() if k not in ("seeds", "seed", "count")}
-                queued = await self.engine.calls.submit(JobSpec.from_dict({**fields, "seed": image["seed"], "count": 1}))
-                self.notify(f"{queued.id}: {job_id} image {image['image']} again, seed {image['seed']}")
-            except (SpecError, RegistryError, DaemonError) as e:
-                self.notify(str(e), severity="error")
+            await self._queue_again(lambda: again(spec, image["seed"]), f"{job_id} image {image['image']} again")
+        elif choice == "promote":
+            await self._promote(job_id, image["image"])
         elif choice == "copy_prompt":
             self.copy_to_clipboard(spec["prompt"])
             self.notify("prompt copied (OSC 52: the terminal must allow clipboard access)")
@@ -449,6 +480,37 @@ class Workbench(App):
                                                self.image_class))
             else:
                 self.notify(f"pinned {job_id} image {image['image']}; pin another to compare them")
+
+    @on(Thumb.Promote)
+    async def _promote_thumb(self, event: Thumb.Promote) -> None:
+        await self._promote(event.job_id, event.image)
+
+    async def _promote(self, job_id: str, index: int) -> None:
+        """The image's prompt, seed and settings through the `final` route; the image is its init
+        where final's flow starts with img2img."""
+        final = self.engine.routes().get(PROMOTED_TO)
+        if final is None:
+            self.notify(f"no {PROMOTED_TO} route: define `routes: {PROMOTED_TO}:` in models.yaml", severity="warning")
+            return
+        row = self.board.jobs[job_id]
+        image = next(i for i in row.images if i["image"] == index)
+        init = self.engine.engine_path(image["path"]) if final["first_stage"] == "img2img" else None
+        preview = self.engine.routes().get(row.spec.get("route"), {})
+
+        def spec() -> JobSpec:
+            filled = {**self.engine.describe(row.spec["model"])["defaults"], **preview.get("fields", {})}
+            return promoted(row.spec, image["seed"], init, filled)
+
+        await self._queue_again(spec, f"{job_id} image {index} through {PROMOTED_TO}")
+
+    async def _queue_again(self, spec: Callable[[], JobSpec], what: str) -> None:
+        """Queue one image again (`spec` builds its job); `what`: it, in words, for the toast."""
+        try:
+            queued = await self.engine.calls.submit(spec())
+        except (SpecError, RegistryError, DaemonError) as e:
+            self.notify(str(e), severity="error")
+            return
+        self.notify(f"{queued.id}: {what}, seed {queued.spec['seeds'][0]}")
 
     # A/B sets and grids
 
@@ -558,6 +620,8 @@ class Workbench(App):
         yield from super().get_system_commands(screen)
         yield SystemCommand("Keys", "Every key and its binding id (F1)", self.action_help)
         yield SystemCommand("Render", "Queue the prompt in the editor", self.query_one(PromptEditor).action_submit)
+        yield SystemCommand("Preview", "Queue the prompt through the preview route (ctrl+r)",
+                            self.query_one(PromptEditor).action_preview)
         yield SystemCommand("A/B: take a variant", "The editor's settings become a variant (ctrl+t)",
                             self.query_one(PromptEditor).action_add_variant)
         yield SystemCommand("Grid", "Axes over the editor's settings (ctrl+g)", self.query_one(PromptEditor).action_grid)

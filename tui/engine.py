@@ -23,6 +23,7 @@ from diffdeck.engines.core.events import RECORDED_EVENTS, VERDICT_EVENTS, Event,
 from diffdeck.engines.core.registry import Registry, RegistryError
 from diffdeck.engines.daemon.client import EngineClient, save_image
 from diffdeck.engines.daemon.wire import DaemonError
+from diffdeck.engines.queue.dispatcher import Dispatcher
 from diffdeck.engines.record.session import Session
 from diffdeck.engines.service.engine import Engine
 from diffdeck.engines.service.recorded_queue import RecordedQueue
@@ -43,21 +44,40 @@ class Started(NamedTuple):
 
 
 class LocalEngine:
-    """A RecordedQueue in this process: its workers stop when the workbench does."""
+    """A RecordedQueue in this process: its workers stop when the workbench does. The queue is
+    built when first needed: the workbench starts it after its first frame (the Dispatcher's
+    telemetry starts NVML, which takes a while)."""
 
     attached = False
 
     def __init__(self, registry: Registry, session: Session, **dispatcher_options: Any):
         self.session, self.registry = session, registry
-        self.queue = RecordedQueue(registry, session, **dispatcher_options)
-        self.dispatcher = self.queue.dispatcher
+        self._dispatcher_options = dispatcher_options
+        self._queue: RecordedQueue | None = None
         self.started: Started | None = None
+
+    @property
+    def queue(self) -> RecordedQueue:
+        if self._queue is None:
+            self._queue = RecordedQueue(self.registry, self.session, **self._dispatcher_options)
+        return self._queue
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.queue.dispatcher
 
     def models(self) -> list[str]:
         return list(self.registry.models)
 
     def describe(self, model: str) -> dict[str, Any]:
         return self.registry.describe(model)
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return self.registry.route_menu()
+
+    def engine_path(self, path: str) -> str:
+        """A path of this session's as the engine reads it (an init image's)."""
+        return path
 
     @property
     def where(self) -> str:
@@ -72,9 +92,13 @@ class LocalEngine:
         return self.dispatcher.paused
 
     async def start(self) -> Started:
-        events = self.dispatcher.subscribe()
-        refused = self.queue.start()
-        self.started = Started(events, [self.queue.recording], refused, [])
+        return self._start()
+
+    def _start(self) -> Started:
+        if self.started is None:
+            events = self.dispatcher.subscribe()
+            refused = self.queue.start()
+            self.started = Started(events, [self.queue.recording], refused, [])
         return self.started
 
     async def absorb(self, batch: list[Event]) -> list[Event]:
@@ -82,6 +106,9 @@ class LocalEngine:
 
     @property
     def calls(self) -> Engine:
+        """Its commands. They start it if the workbench has not yet, so that nothing is queued
+        before the session records it."""
+        self._start()
         return self.queue
 
     async def queue_order(self) -> list[str]:
@@ -89,7 +116,7 @@ class LocalEngine:
 
     async def shut_down(self) -> str | None:
         """Stop the workers; what could not be written to the session, in words (None: nothing)."""
-        return await self.queue.shut_down()
+        return await self._queue.shut_down() if self._queue is not None else None
 
 
 class AttachedEngine:
@@ -107,6 +134,7 @@ class AttachedEngine:
         self._paused = False
         self._daemon_folder = ""
         self._models: dict[str, dict[str, Any]] = {}
+        self._routes: dict[str, dict[str, Any]] = {}
         self.started: Started | None = None
 
     def models(self) -> list[str]:
@@ -119,6 +147,13 @@ class AttachedEngine:
         if "problem" in entry:
             raise RegistryError(entry["problem"])
         return entry
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return self._routes
+
+    def engine_path(self, path: str) -> str:
+        """A path of the mirror's as the daemon reads it: in its session folder (an init image's)."""
+        return str(Path(self._daemon_folder) / os.path.relpath(path, self.session.folder))
 
     @property
     def paused(self) -> bool:
@@ -137,6 +172,9 @@ class AttachedEngine:
         self.client = await self._connect()
         hello = self.client.hello
         self._daemon_folder, self._paused, self._models = hello["session"], hello["paused"], hello["models"]
+        routes = hello.get("routes")  # a daemon of an earlier diffdeck has none
+        self._routes = {str(name): menu for name, menu in routes.items()
+                        if isinstance(menu, dict) and isinstance(menu.get("about"), str)} if isinstance(routes, dict) else {}
         folder = Path(self._daemon_folder)
         if self._cache is not None:
             folder = self._cache / hashlib.sha256(f"{self.where}:{self._daemon_folder}".encode()).hexdigest()[:12]
@@ -157,10 +195,11 @@ class AttachedEngine:
         """Fold the events into the mirror; an image's path becomes the one this machine reads."""
         taken = []
         for event in batch:
-            if event.type == EventKind.IMAGE:
-                relative = await self._image(event.job, event.data["image"], event.data["path"])
+            if event.type in (EventKind.IMAGE, EventKind.STAGE_IMAGE):  # a flow's stage images are not fetched
+                relative = await self._image(event.job, event.data["image"], event.data["path"]) \
+                    if event.type == EventKind.IMAGE else self._relative(event.data["path"])
                 event = Event(event.type, event.job, {**event.data, "path": str(self.session.resolve(relative))})
-                self.session.apply({"type": EventKind.IMAGE, "job": event.job, **event.data, "path": relative})
+                self.session.apply({"type": event.type, "job": event.job, **event.data, "path": relative})
             elif event.type in RECORDED_EVENTS or event.type in VERDICT_EVENTS:
                 self.session.apply({"type": event.type, "job": event.job, **event.data})
             elif event.type in (EventKind.PAUSED, EventKind.RESUMED):
@@ -171,12 +210,16 @@ class AttachedEngine:
     async def _image(self, job_id: str, index: int, path: str) -> str:
         """The image's path in the mirror (relative to its folder), fetched there if need be."""
         if self._cache is None:
-            return os.path.relpath(os.path.join(self._daemon_folder, path), self._daemon_folder)
+            return self._relative(path)
         local = self.session.images_dir / Path(path).name
         if not local.is_file():
             with contextlib.suppress(DaemonError):  # gone from the daemon's disk: drawn as missing, as here
                 save_image(await self.client.image(job_id, index, FETCHED_PX), self.session.images_dir)
         return os.path.relpath(local, self.session.folder)
+
+    def _relative(self, path: str) -> str:
+        """A path the daemon sent, relative to its session folder."""
+        return os.path.relpath(os.path.join(self._daemon_folder, path), self._daemon_folder)
 
     @property
     def calls(self) -> Engine:

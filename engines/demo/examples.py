@@ -4,7 +4,11 @@
 
 - `demo-red-circle`: two images of one prompt, the session CI replays pixel for pixel;
 - `demo-ab`: an A/B set (a red star against a blue one, same seeds) with its picks, a rating and
-  its contact sheet, the picture the README shows.
+  its contact sheet, the picture the README shows;
+- `demo-flow`: one prompt and seed through the `preview` route, then through `final` (the demo
+  at 20 steps, then a 2x upscale pass): a flow's job with its stage image;
+- `demo-lora`: a grid of striped captions over the demo LoRA's weight, 0 to 1 (`train_lora`), the
+  README's picture of it.
 
 The renders go through `diffdeck render` and `diffdeck ab`; the picks and the rating are written
 as the compare view writes them. UI side: no torch here.
@@ -19,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from diffdeck.engines.demo.shapes import STRIPED_LORA
 from diffdeck.engines.record.session import TIE, Session
 from diffdeck.engines.sets.contact_sheet import contact_sheet
 
@@ -32,7 +37,7 @@ def diffdeck(*args: str) -> None:
 
 
 def remake(root: Path) -> None:
-    for name in ("demo-red-circle", "demo-ab"):
+    for name in ("demo-red-circle", "demo-ab", "demo-flow", "demo-lora"):
         shutil.rmtree(root / name, ignore_errors=True)
     diffdeck("render", "a large red circle on a blue background", "--seed", "1", "--count", "2",
              "--session", str(root / "demo-red-circle"))
@@ -47,6 +52,14 @@ def remake(root: Path) -> None:
     contact_sheet(session, set_id)  # again, now with the picks and the rating on it
     session.compact()
     Session.open(root / "demo-red-circle").compact()
+    for route in ("preview", "final"):
+        diffdeck("render", "a large red circle on a blue background", "--seed", "1", "--route", route,
+                 "--session", str(root / "demo-flow"))
+    Session.open(root / "demo-flow").compact()
+    diffdeck("grid", "a striped red star on a blue background", "--lora", str(STRIPED_LORA),
+             "--x", "lora.weight=0..1 step 0.25", "--y", "prompt=red star -> yellow square, white circle, green cross",
+             "--seed", "11", "--yes", "--session", str(root / "demo-lora"))
+    Session.open(root / "demo-lora").compact()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from diffdeck.engines.sets.similarity import measure
 from diffdeck.tui.compare_state import LEFT, RIGHT, Comparison, Side
 from diffdeck.tui.images import thumbnail
 from diffdeck.tui.plain import plain
+from diffdeck.tui.widgets.footer import Footer
 from PIL import Image
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,7 +22,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 LARGE_PX = 512
 

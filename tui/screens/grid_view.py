@@ -9,13 +9,14 @@ from diffdeck.tui.compare_state import Comparison
 from diffdeck.tui.images import thumbnail
 from diffdeck.tui.plain import plain
 from diffdeck.tui.screens.compare import CompareScreen
+from diffdeck.tui.widgets.footer import Footer
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Label, Static
 
 
 class Cell(Vertical, can_focus=True):

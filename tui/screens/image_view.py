@@ -1,45 +1,81 @@
 """One image, larger, with every parameter it was made with; re-queue it, copy its prompt,
-or pin it for the A/B view."""
+pin it for the A/B view, or promote it through the `final` route. A flow's image shows each
+stage's image too (`[` and `]`), with the stage's kind and timings."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from diffdeck.engines.core.flows import loras_from
 from diffdeck.tui.plain import plain
+from diffdeck.tui.widgets.footer import Footer
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 
 class ImageScreen(ModalScreen[str | None]):
-    """Dismissed with what the user chose: "requeue", "copy_prompt", "pin", or None."""
+    """Dismissed with what the user chose: "requeue", "copy_prompt", "pin", "promote", or None."""
 
     BINDINGS = [
         Binding("escape,q", "dismiss(None)", "Close", id="close_image"),
         Binding("r", "dismiss('requeue')", "Re-queue", id="requeue_image"),
         Binding("c", "dismiss('copy_prompt')", "Copy prompt", id="copy_prompt"),
         Binding("a", "dismiss('pin')", "Pin for A/B", id="pin_image"),
+        Binding("f", "dismiss('promote')", "Final", id="promote_image"),
+        Binding("[", "stage(-1)", "Earlier stage", id="earlier_stage"),
+        Binding("]", "stage(1)", "Later stage", id="later_stage"),
     ]
     AUTO_FOCUS = "#parameters"  # a long prompt scrolls
 
-    def __init__(self, job_id: str, spec: dict[str, Any], image: dict[str, Any], picture: Any, image_class: Any):
-        """`picture`: the image, already decoded and scaled (off the event loop)."""
+    def __init__(self, job_id: str, spec: dict[str, Any], image: dict[str, Any], picture: Any, image_class: Any,
+                 stages: list[tuple[dict[str, Any], Any]] | None = None):
+        """`picture`: the image, already decoded and scaled (off the event loop). `stages`: a flow's
+        images before its last stage (their stage_image records) with their pictures, in order."""
         super().__init__()
-        self.job_id, self.spec, self.image, self.picture, self.image_class = job_id, spec, image, picture, image_class
+        self.job_id, self.spec, self.image_class = job_id, spec, image_class
+        self.shown = [*(stages or ()), (image, picture)]  # the job's image last, and in view first
+        self.at = len(self.shown) - 1
 
     def compose(self) -> ComposeResult:
+        image, picture = self.shown[self.at]
         with Horizontal():
             if self.image_class:
-                yield self.image_class(self.picture, id="large")
+                yield self.image_class(picture, id="large")
             else:
-                yield Static(plain(self.image["path"]), id="large")
+                yield Static(plain(image["path"]), id="large")
             table = DataTable(cursor_type="none", show_header=False, id="parameters")
             table.add_columns("", "")
-            table.add_rows([(name, plain(value)) for name, value in parameter_rows(self.job_id, self.spec, self.image)])
             yield table
         yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_rows()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool:
+        return action != "stage" or len(self.shown) > 1  # `[` and `]` only where there are stages
+
+    def action_stage(self, step: int) -> None:
+        at = max(0, min(len(self.shown) - 1, self.at + step))
+        if at == self.at:
+            return
+        self.at = at
+        image, picture = self.shown[at]
+        if self.image_class:
+            self.query_one("#large", self.image_class).image = picture
+        else:
+            self.query_one("#large", Static).update(plain(image["path"]))
+        self._show_rows()
+
+    def _show_rows(self) -> None:
+        table = self.query_one("#parameters", DataTable)
+        table.clear()
+        image = self.shown[self.at][0]
+        rows = parameter_rows(self.job_id, self.spec, image)
+        rows[-2:-2] = flow_rows(self.spec, [shown for shown, _ in self.shown], image)  # before the file
+        table.add_rows([(name, plain(value)) for name, value in rows])
 
 
 def parameter_rows(job_id: str, spec: dict[str, Any], image: dict[str, Any]) -> list[tuple[str, str]]:
@@ -53,4 +89,25 @@ def parameter_rows(job_id: str, spec: dict[str, Any], image: dict[str, Any]) -> 
     if image.get("peak_memory"):
         rows.append(("peak memory", f"{image['peak_memory'] / 2**30:.2f} GiB"))
     rows += [("pixels sha256", str(image.get("pixel_sha256", ""))[:16] + "…"), ("file", image["path"])]
+    return rows
+
+
+def flow_rows(spec: dict[str, Any], images: list[dict[str, Any]], shown: dict[str, Any]) -> list[tuple[str, str]]:
+    """The route that chose the job and why; its flow's stages, each with its kind, model, size and
+    settings, and how long its image took. `images`: this image's stage images and the job's image
+    (its last stage's); `shown`: the one in view."""
+    rows = [("route", spec.get("routed_by") or spec["route"])] if spec.get("route") else []
+    if spec.get("loras"):
+        rows.append(("loras", ", ".join(f"{lora.name}:{lora.weight:g}" for lora in loras_from(spec["loras"]))))
+    stages = spec.get("stages") or ()
+    if stages:
+        rows.append(("flow", str(spec.get("flow") or "—")))
+    by_stage = {image.get("stage", len(stages) - 1): image for image in images}
+    for i, stage in enumerate(stages):
+        timings = by_stage.get(i, {}).get("timings") or {}
+        seconds = [f"{sum(timings.get(k, 0) for k in ('denoise_s', 'decode_s', 'save_s')):.2f} s"] if timings else []
+        parts = [stage["kind"], *seconds, f"{stage.get('width')}x{stage.get('height')}",
+                 str(stage.get("model") or spec.get("model")), f"{stage.get('steps') or spec.get('steps')} steps"]
+        parts += [f"{name} {stage[name]}" for name in ("strength", "factor", "method", "tile", "switch") if name in stage]
+        rows.append((f"{'▸' if by_stage.get(i) is shown else ' '} stage {i}", " · ".join(parts)))
     return rows

@@ -21,7 +21,8 @@ LIVE = -1  # the image index of the running job's live preview
 
 class Thumb(Vertical, can_focus=True):
     BINDINGS = [Binding("enter", "open", "Open", id="open_image"),
-                Binding("c", "compare", "Compare its set", id="compare_image")]
+                Binding("c", "compare", "Compare its set", id="compare_image"),
+                Binding("f", "promote", "Final", id="promote_thumb")]
 
     class Opened(Message):
         def __init__(self, job_id: str, image: int):
@@ -32,6 +33,13 @@ class Thumb(Vertical, can_focus=True):
         def __init__(self, job_id: str):
             super().__init__()
             self.job_id = job_id
+
+    class Promote(Message):
+        """Render this image again through the `final` route."""
+
+        def __init__(self, job_id: str, image: int):
+            super().__init__()
+            self.job_id, self.image = job_id, image
 
     def __init__(self, job_id: str, image: int, caption: str, image_class: Any, variant: str = ""):
         super().__init__(classes="thumb")
@@ -62,6 +70,10 @@ class Thumb(Vertical, can_focus=True):
 
     def action_compare(self) -> None:
         self.post_message(self.Compare(self.job_id))
+
+    def action_promote(self) -> None:
+        if self.image != LIVE:
+            self.post_message(self.Promote(self.job_id, self.image))
 
 
 class Gallery(VerticalScroll):

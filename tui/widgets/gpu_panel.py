@@ -26,7 +26,7 @@ class GpuPanel(Vertical):
     board: Board | None = None
 
     def on_resize(self) -> None:
-        if self.board is not None:  # the bars are drawn to the width
+        if self.board is not None and self.board.telemetry is not None:  # the bars are drawn to the width
             self.show(self.board)
 
     def show(self, board: Board) -> None:

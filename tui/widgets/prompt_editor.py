@@ -4,6 +4,7 @@ when a value cannot be used."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
@@ -19,6 +20,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, TextArea
 
 SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
+NO_ROUTE = "-"  # the route picker's "none": the model picked beside it, one pass
 # JobSpec fields that have no widget of their own, and the widget that shows them
 FIELD_WIDGET = {"width": "size", "height": "size", "seeds": "seed"}
 
@@ -58,6 +60,7 @@ class PromptEditor(Vertical):
         Binding("ctrl+o", "open_editor", "$EDITOR", id="open_editor"),
         Binding("ctrl+t", "add_variant", "A/B", id="add_variant"),
         Binding("ctrl+g", "grid", "Grid", id="grid"),
+        Binding("ctrl+r", "preview", "Preview", id="render_preview"),
         Binding("escape", "drop_variants", "Drop A/B", id="drop_variants", show=False),
     ]
 
@@ -92,10 +95,12 @@ class PromptEditor(Vertical):
             super().__init__()
             self.model = model
 
-    def __init__(self, models: list[str], model: str, history: list[str] | None = None, **kwargs: Any):
-        """`history`: prompts queued before, oldest first (up on the first line walks back through them)."""
+    def __init__(self, models: list[str], model: str, history: list[str] | None = None,
+                 routes: dict[str, str] | None = None, **kwargs: Any):
+        """`history`: prompts queued before, oldest first (up on the first line walks back through them).
+        `routes`: route name -> what it renders, in words (none: no route picker)."""
         super().__init__(**kwargs)
-        self.models, self.initial_model = models, model
+        self.models, self.initial_model, self.routes = models, model, dict(routes or {})
         self.history: list[str] = list(history or [])
         self._history_at = len(self.history)
         self._draft = ""
@@ -107,6 +112,11 @@ class PromptEditor(Vertical):
                          placeholder="negative prompt")
         with Horizontal(classes="fields"):
             yield Select([(plain(m), m) for m in self.models], value=self.initial_model, allow_blank=False, id="model")
+            route = Select([("no route", NO_ROUTE), *((plain(r), r) for r in self.routes)], value=NO_ROUTE,
+                           allow_blank=False, id="route")
+            route.display = bool(self.routes)
+            yield route
+        with Horizontal(classes="fields"):
             yield Select(SEED_MODES, value="random", allow_blank=False, id="seed_mode")
             yield Input(placeholder="seed", id="seed", restrict=r"\d*")
         with Horizontal(classes="fields"):
@@ -170,6 +180,7 @@ class PromptEditor(Vertical):
         self.query_one("#negative_prompt", TextArea).text = spec.get("negative_prompt", "")
         if spec.get("model") in self.models:
             self.query_one("#model", Select).value = spec["model"]
+        self.query_one("#route", Select).value = spec["route"] if spec.get("route") in self.routes else NO_ROUTE
         self.query_one("#seed_mode", Select).value = "fixed"
         for name in ("seed", "steps", "guidance", "count"):
             value = spec.get(name)
@@ -202,6 +213,7 @@ class PromptEditor(Vertical):
             width=width, height=height,
             scheduler=str(self.query_one("#scheduler", Select).value),
             count=_number(int, "count", value["count"]) or 1,
+            route=None if self.query_one("#route", Select).value == NO_ROUTE else str(self.query_one("#route", Select).value),
         )
         spec.validate()
         return spec
@@ -212,6 +224,16 @@ class PromptEditor(Vertical):
         spec = self._read_or_mark()
         if spec is not None:
             self.post_message(self.VariantsSubmitted([*self.variants, spec]) if self.variants else self.Submitted(spec))
+
+    def action_preview(self) -> None:
+        """The prompt through the `preview` route, whatever the route picker says."""
+        if "preview" not in self.routes:
+            self.notify("no preview route: define `routes: preview:` in models.yaml (diffdeck flows lists them)",
+                        severity="warning")
+            return
+        spec = self._read_or_mark()
+        if spec is not None:
+            self.post_message(self.Submitted(dataclasses.replace(spec, route="preview")))
 
     def action_add_variant(self) -> None:
         """Take the fields as a variant (the first is A); the fields go on as the next one."""
@@ -282,6 +304,11 @@ class PromptEditor(Vertical):
     @on(Select.Changed, "#model")
     def _model_changed(self, event: Select.Changed) -> None:
         self.post_message(self.ModelChanged(str(event.value)))
+
+    @on(Select.Changed, "#route")
+    def _route_changed(self, event: Select.Changed) -> None:
+        """What the route renders, as the picker's tooltip."""
+        event.select.tooltip = plain(self.routes[event.value]) if event.value in self.routes else None
 
     @on(Input.Changed)
     @on(TextArea.Changed)

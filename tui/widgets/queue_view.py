@@ -59,6 +59,8 @@ class QueueView(DataTable):
         or the columns' widths changed. A job of an A/B set or grid shows its set and variant
         before its prompt. Every cell is plain text: a prompt's brackets are not markup."""
         self._drawn = (rows, variant_of)
+        if not self.size.width:  # not laid out yet: drawn to its width when it is (on_resize)
+            return
         widths = column_widths(rows, self.size.width - CELL_PADDING * len(COLUMNS) - SCROLLBAR)
         cells = {row.id: row_cells(row, variant_of.get(row.id), widths[2]) for row in rows}
         if widths != self._widths:
@@ -107,7 +109,7 @@ def column_widths(rows: list[JobRow], room: int) -> tuple[int, ...]:
     has PROMPT_FIRST columns; the prompt takes the rest."""
     job = max([3, *(len(row.id.removeprefix("job-")) for row in rows)])
     status = max([6, *(len(row.status) for row in rows)])
-    model = min(MAX_MODEL, max([5, *(len(str(row.spec.get("model", ""))) for row in rows)]))
+    model = min(MAX_MODEL, max([5, *(len(model_cell(row)) for row in rows)]))
     fixed = job + status + model
     progress_width = max(PROGRESS_WIDTHS[0], min(PROGRESS_WIDTHS[1], room - fixed - PROMPT_FIRST))
     return job, status, progress_width, model, max(MIN_PROMPT, room - fixed - progress_width)
@@ -117,8 +119,13 @@ def row_cells(row: JobRow, variant: tuple[str, str] | None, progress_width: int)
     prompt = " ".join(row.spec.get("prompt", "").split())
     if variant:
         prompt = f"[{variant[0].removeprefix('set-')} {variant[1]}] {prompt}"
-    return (row.id.removeprefix("job-"), row.status, progress(row, progress_width), str(row.spec.get("model", "")),
-            prompt)
+    return row.id.removeprefix("job-"), row.status, progress(row, progress_width), model_cell(row), prompt
+
+
+def model_cell(row: JobRow) -> str:
+    """The model, and the route (or, for a flow named without one, the flow) it was rendered through."""
+    through = row.spec.get("route") or row.spec.get("flow")
+    return f"{row.spec.get('model', '')}{f' › {through}' if through else ''}"
 
 
 def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
@@ -128,7 +135,9 @@ def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
         bar = 8 if width >= 24 else 4
         filled = round(bar * row.steps_done / row.steps_total)
         eta = row.eta_s()
+        stages = row.progress.get("stages") or 1
         return fitted([f"{'█' * filled}{'░' * (bar - filled)} {row.step}/{row.total}",
+                       f"stage {row.progress.get('stage', 0) + 1}/{stages}" if stages > 1 else "",
                        f"ETA {duration(eta)}" if eta is not None else "",
                        f"img {row.image + 1}/{row.count}" if row.count > 1 else "",
                        f"{row.it_s:.1f} it/s" if row.it_s else ""], width)
