@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import difflib
 import json
 import os
@@ -17,14 +18,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from diffdeck.engines import __version__
 from diffdeck.engines.core.events import Status
+from diffdeck.engines.core.flow_checks import flow_problem, route_job
+from diffdeck.engines.core.flows import Lora
 from diffdeck.engines.core.registry import Registry, RegistryError, load_registry
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.wire import DaemonError
-from diffdeck.engines.queue.dispatcher import Dispatcher, Job
 from diffdeck.engines.queue.environment_probe import probe_environment
 from diffdeck.engines.queue.telemetry import Telemetry
 from diffdeck.engines.record.png_metadata import MetadataError, image_job
@@ -37,10 +40,12 @@ from diffdeck.engines.record.session import (
     new_session_dir,
     summarize,
 )
+from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.engines.service.replay import (
     Check,
     ImageResult,
     check_environment,
+    job_models,
     new_replay_folder,
     replay,
     result_dict,
@@ -95,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--size", metavar="WxH", help="image size, for example 512x768 (default: the model's)")
     job.add_argument("--scheduler",
                      help=f"{DEFAULT_SCHEDULER} (the model's own), or one of: {', '.join(SCHEDULERS)}")
+    job.add_argument("--route", metavar="NAME",
+                     help="render through a route of `diffdeck flows` (preview, final, ...), or auto: the first "
+                          "route whose rule holds for the prompt (else final)")
+    job.add_argument("--flow", metavar="NAME", help="render through a flow of `diffdeck flows`")
+    job.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                     help="a LoRA adapter: a .safetensors file, or org/repo in the hub cache, at WEIGHT "
+                          "(default 1); repeatable")
+    job.add_argument("--init", type=Path, metavar="IMAGE.png",
+                     help="the image a flow that starts with img2img starts from (a preview, say)")
     job.add_argument("--session", type=Path, metavar="DIR",
                      help=f"session folder to write into (default: a new one under ./{DEFAULT_ROOT}/)")
     job.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -103,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("prompts", nargs="*", metavar="PROMPT", help="one job per prompt, queued in order")
     render.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
                         help="render a diffdeck image again from its own record (its spec and seed)")
+    render.add_argument("--max-cost", type=float, metavar="SECONDS",
+                        help="with --route: the preview route when the route's estimated render time is over this")
     add_engine_options(render)
     render.set_defaults(run=cmd_render)
 
@@ -119,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = commands.add_parser("grid", parents=[common, job], help="render a grid of variants over up to three axes",
                                description="Axes: FIELD=a, b, c  or  FIELD=10..30 step 5  or  prompt=cat -> dog, fox. "
-                                           f"Fields: {', '.join(AXIS_FIELDS)}.")
+                                           f"Fields: {', '.join(AXIS_FIELDS)}, lora.weight, and "
+                                           "KIND.FIELD of a flow's stages (upscale.strength=0.3, 0.5).")
     grid.add_argument("prompt", metavar="PROMPT")
     grid.add_argument("--x", required=True, metavar="AXIS", help="the columns, for example steps=4,8,16")
     grid.add_argument("--y", metavar="AXIS", help="the rows, for example model=demo,other")
@@ -160,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", parents=[common], help="list the model registry")
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=cmd_models)
+
+    flows = commands.add_parser("flows", parents=[common], help="list the flows and routes")
+    flows.add_argument("--json", action="store_true")
+    flows.set_defaults(run=cmd_flows)
 
     doctor = commands.add_parser("doctor", parents=[common], help="report versions, GPUs, NVML and terminal image support")
     doctor.set_defaults(run=cmd_doctor)
@@ -314,7 +335,8 @@ def run_workbench(args: argparse.Namespace) -> int:
     tmux_blocks = tmux_blocks_graphics(asked)
 
     async def run() -> int:
-        await engine.start()  # before the screen: a daemon's models are its own, and a failed connection is one line
+        if engine.attached:  # before the screen: a daemon's models are its own, and a failed connection is one line
+            await engine.start()  # (the workbench starts a local engine after its first frame)
         try:
             app = Workbench(engine, config, themes, image_class=image_widget(effective_mode(asked, tmux_blocks)),
                             hint=terminal_hint(asked, tmux_blocks))
@@ -336,7 +358,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.from_image:
         if args.prompts:
             raise SpecError("prompt", "give a prompt or --from IMAGE.png, not both")
-        given = _given_job_options(args)
+        given = _given_job_options(args) + (["--max-cost"] if args.max_cost is not None else [])
         if given:
             raise SpecError("--from", f"renders the image as it was recorded, so {', '.join(given)} cannot apply; "
                                       "to change it, render its prompt with those options")
@@ -345,42 +367,68 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
     else:
         specs = [_job_spec(args, prompt) for prompt in args.prompts]
+    if args.max_cost is not None:
+        if not args.route:
+            raise SpecError("--max-cost", "caps the cost of a route; give --route final (or auto) with it")
+        specs = [route_job(spec, registry, args.max_cost) for spec in specs]
     connect = daemon_connection(args)
     if args.fetch and not connect:
         raise SpecError("--fetch", "copies images from a daemon; this render is local (--engine daemon, or --remote HOST)")
     if connect:
         return asyncio.run(render_attached(connect, specs, args.json, args.fetch))
     session = open_for_writing(args.session or new_session_dir())
-    return _run_session(registry, session, lambda dispatcher: [dispatcher.submit(spec) for spec in specs], args.json)
+
+    async def queue(engine: RecordedQueue) -> list[str]:
+        records = [await engine.submit(spec) for spec in specs]
+        for record in records:
+            if record.spec.get("routed_by") and not args.json:
+                print(visible(f"{record.id}: {record.spec['routed_by']}"), file=sys.stderr)
+        return [record.id for record in records]
+
+    return asyncio.run(_render(registry, session, queue, args.json))
 
 
 def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
     width, height = parse_size(args.size) if args.size else (None, None)
+    if args.route and args.flow:
+        raise SpecError("--flow", "give --route or --flow, not both (a route names its own flow)")
     given = {"model": args.model, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
              "guidance": args.guidance, "width": width, "height": height, "scheduler": args.scheduler,
-             "count": args.count}
+             "count": args.count, "route": args.route, "flow": args.flow,
+             "loras": tuple(_lora(text) for text in args.lora) if args.lora else None,
+             "init_image": str(args.init.expanduser().absolute()) if args.init else None}
     return JobSpec(prompt=prompt, **{name: value for name, value in given.items() if value is not None})
 
 
+def _lora(text: str) -> Lora:
+    """`FILE[:WEIGHT]`, a file named as the daemon will find it: absolute."""
+    lora = Lora.from_dict(text, "--lora")
+    local = Path(lora.source).expanduser()
+    return dataclasses.replace(lora, source=str(local.absolute())) if local.exists() else lora
+
+
 def _given_job_options(args: argparse.Namespace) -> list[str]:
-    return [f"--{name}" for name in ("model", "negative", "seed", "count", "steps", "guidance", "size", "scheduler")
+    return [f"--{name}" for name in ("model", "negative", "seed", "count", "steps", "guidance", "size", "scheduler",
+                                     "route", "flow", "lora", "init")
             if getattr(args, name) is not None]
 
 
 # A/B sets and grids
 
 def cmd_ab(args: argparse.Namespace) -> int:
-    return _run_set(args, plan_varied(_job_spec(args, args.prompts[0]), args.prompts, args.vary))
+    registry = load_registry(args.models)
+    return _run_set(args, registry, plan_varied(_job_spec(args, args.prompts[0]), args.prompts, args.vary, registry))
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    return _run_set(args, plan_grid(_job_spec(args, args.prompt), {"x": args.x, "y": args.y, "page": args.page}))
+    registry = load_registry(args.models)
+    axes = {"x": args.x, "y": args.y, "page": args.page}
+    return _run_set(args, registry, plan_grid(_job_spec(args, args.prompt), axes, registry))
 
 
-def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
+def _run_set(args: argparse.Namespace, registry: Registry, variants: VariantSet) -> int:
     """Say how large the set is, ask when it is large, render it into a session, then measure
     A against each other variant (A/B) and write the contact sheet."""
-    registry = load_registry(args.models)
     print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {visible(variants.describe())}", file=sys.stderr)
     if variants.needs_confirmation() and not args.yes and not _confirm(f"queue {len(variants.variants)} jobs?"):
         raise SpecError("grid", f"{len(variants.variants)} jobs is more than {CONFIRM_ABOVE}; "
@@ -388,12 +436,12 @@ def _run_set(args: argparse.Namespace, variants: VariantSet) -> int:
     session = open_for_writing(args.session or new_session_dir())
     queued: list[str] = []
 
-    def queue(dispatcher: Dispatcher) -> list[Job]:
-        set_id, jobs = dispatcher.submit_set(variants)
+    async def queue(engine: RecordedQueue) -> list[str]:
+        set_id, job_ids = await engine.submit_set(variants)
         queued.append(set_id)
-        return jobs
+        return job_ids
 
-    status = _run_session(registry, session, queue, args.json)
+    status = asyncio.run(_render(registry, session, queue, args.json))
     if not queued:
         return status
     set_id = queued[0]
@@ -424,32 +472,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
         session.close()
         print(f"{args.session}: nothing was queued or running; nothing to resume", file=sys.stderr)
         return 0
+    refused: list[str] = []
 
-    refused = []
+    async def restored(engine: RecordedQueue) -> list[str]:
+        """The session's unfinished jobs, queued again as the recorded queue starts."""
+        for job_id, why in engine.refused:  # left queued in the session, for another day
+            refused.append(job_id)
+            print(visible(f"{job_id}: not resumed: {why}"), file=sys.stderr)
+        job_ids = [job.id for job in pending if job.id not in refused]
+        for job_id in job_ids:
+            kept = len(engine.dispatcher.jobs[job_id].images)
+            print(visible(f"{job_id}: {engine.dispatcher.jobs[job_id].status}")
+                  + (f", keeping {kept} image(s) already made" if kept else ""), file=sys.stderr)
+        return job_ids
 
-    def restore(dispatcher: Dispatcher) -> list[Job]:
-        jobs = []
-        for job in pending:
-            try:
-                jobs.append(dispatcher.restore(job))
-            except (SpecError, RegistryError) as e:  # left queued in the session, for another day
-                refused.append(job.id)
-                print(visible(f"{job.id}: not resumed: {e}"), file=sys.stderr)
-                continue
-            kept = len(job.images)
-            print(visible(f"{job.id}: {jobs[-1].status}") + (f", keeping {kept} image(s) already made" if kept else ""),
-                  file=sys.stderr)
-        return jobs
-
-    status = _run_session(registry, session, restore, args.json)
+    status = asyncio.run(_render(registry, session, restored, args.json, resume=True))
     return status or (1 if refused else 0)
-
-
-def _run_session(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
-    try:
-        return asyncio.run(_render(registry, session, queue_jobs, as_json))
-    finally:
-        _finish(session)
 
 
 def _finish(session: Session) -> None:
@@ -464,21 +502,34 @@ def _finish(session: Session) -> None:
         session.close()
 
 
-async def _render(registry: Registry, session: Session, queue_jobs, as_json: bool) -> int:
-    """Queue jobs with `queue_jobs(dispatcher)`, record every event in the session, print each
-    image as it is saved. Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
-    async with Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
-                          first_set_number=session.next_set_number()) as dispatcher:
-        events = dispatcher.subscribe()
-        jobs = {job.id: job.spec.model for job in queue_jobs(dispatcher)}  # raises on bad input, before anything runs
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, dispatcher.cancel_all)
-        try:
-            await warn_of_a_daemon_holding(jobs.values())
-            ended = await follow_jobs(events, jobs, as_json, session.record_event)
-        finally:
-            events.close()
-            loop.remove_signal_handler(signal.SIGINT)
+async def _render(registry: Registry, session: Session, queue_jobs, as_json: bool, resume: bool = False) -> int:
+    """Queue jobs on a recorded queue of `session` with `queue_jobs(engine)` (their ids; with
+    `resume`, the session's unfinished jobs are queued again first), print each image as it is
+    saved, then shut the queue down, which compacts the session, and let go of the session.
+    Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
+    engine = RecordedQueue(registry, session)
+    events = engine.subscribe()
+    loop = asyncio.get_running_loop()
+    try:
+        engine.start(resume=resume)
+        job_ids = await queue_jobs(engine)  # raises on bad input, before anything runs
+        jobs = {job_id: engine.dispatcher.jobs[job_id].spec.model for job_id in job_ids}
+        loop.add_signal_handler(signal.SIGINT, engine.dispatcher.cancel_all)
+        await warn_of_a_daemon_holding(jobs.values())
+        following = asyncio.create_task(follow_jobs(events, jobs, as_json))
+        await asyncio.wait({following, engine.recording}, return_when=asyncio.FIRST_COMPLETED)
+        if session.write_error is not None:  # nothing more can be recorded: render nothing more
+            following.cancel()
+            engine.dispatcher.cancel_all()
+            raise SessionWriteError(*session.write_error.args)
+        ended = following.result()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        events.close()
+        problem = await engine.shut_down()
+        session.close()
+    if problem:
+        print(f"diffdeck: warning: {visible(problem)}", file=sys.stderr)
     return exit_status(ended)
 
 
@@ -488,7 +539,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
     session = Session.open(args.session, create=False)
     job_ids = select_jobs(session, args.jobs)
-    models = sorted({session.jobs[j]["spec"]["model"] for j in job_ids})
+    models = job_models(session, job_ids)
     for name in models:
         registry.get(name)
     asyncio.run(warn_of_a_daemon_holding(models))
@@ -518,7 +569,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         details += [verdict.note] if verdict and verdict.note else []
         detail = f" ({', '.join(details)})" if details else ""
         outcome = verdict.kind if verdict else ("rendered" if result.replayed else "not rendered")
-        print(f"{visible(result.job)} image {result.image} seed {result.seed}: {outcome}{detail}", flush=True)
+        where = f"{visible(result.stage)} differs: " if result.stage else ""
+        print(f"{visible(result.job)} image {result.image} seed {result.seed}: {where}{outcome}{detail}", flush=True)
 
     try:
         results = asyncio.run(replay(registry, session, job_ids, target, check, report))
@@ -581,9 +633,43 @@ def cmd_models(args: argparse.Namespace) -> int:
         if r["description"]:
             example = f' For example: "{r["example"]}"' if r["example"] else ""
             print(visible(f"  {r['name']}: {r['description']}.{example}"))
-        if r["problem"]:
-            print(visible(f"  {r['name']}: {r['problem']}"))
+        for line in (r["note"], r["problem"]):
+            if line:
+                print(visible(f"  {r['name']}: {line}"))
     return 0
+
+
+# flows
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    registry = load_registry(args.models)
+    flows = [{**registry.flows[name].to_dict(), "problem": flow_problem(name, registry)} for name in registry.flows]
+    routes = [{"name": name, "flow": route.flow, "model": route.model, "when": route.when and dataclasses.asdict(route.when),
+               "fields": {k: v for k, v in route.fields.items() if k != "loras"}, "origin": route.origin}
+              for name, route in registry.routes.items()]
+    if args.json:
+        print(json.dumps({"flows": flows, "routes": routes}, indent=2))
+        return 0
+    print("flows:")  # models.yaml says what is in them: every line goes through visible()
+    for flow in flows:
+        print(visible(f"  {flow['name']}: " + " -> ".join(_stage_text(stage) for stage in flow["stages"])))
+        for line in (flow["description"], flow["problem"] and f"cannot render: {flow['problem']}"):
+            if line:
+                print(visible(f"      {line}"))
+    print("routes (--route NAME, or auto: the first whose rule holds, else final):")
+    for name, route in registry.routes.items():
+        print(visible(f"  {name} -> {route.target()}" + (f"  when {route.when.describe()}" if route.when else "")))
+    return 0
+
+
+def _stage_text(stage: dict[str, Any]) -> str:
+    """`upscale x2 lanczos strength 0.5 12 steps on demo`: a stage as `flows:` writes it."""
+    words = [stage["kind"]] + ([f"x{stage['factor']:g}"] if "factor" in stage else [])
+    words += [f"{k} {stage[k]:g}" if isinstance(stage[k], float) else f"{k} {stage[k]}"
+              for k in ("method", "strength", "switch", "tile", "guidance", "scheduler") if k in stage]
+    words += [f"{stage['steps']} steps"] if "steps" in stage else []
+    words += [f"LoRA {Lora.from_dict(x).name}:{x.get('weight', 1):g}" for x in stage.get("loras") or ()]
+    return " ".join(words) + (f" on {stage['model']}" if "model" in stage else "")
 
 
 # doctor
