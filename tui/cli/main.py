@@ -194,16 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo_eval.set_defaults(run=cmd_demo_eval)
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
-    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys", "frame"), default="render",
+    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys", "frame", "fleet"), default="render",
                        help="render: per-image overhead (default); sessions: autosave, open and replay costs; "
                             "keys: keystroke latency in the workbench, idle and while rendering; "
-                            "frame: the workbench's first frame in tmux against a minimal Textual app's")
+                            "frame: the workbench's first frame in tmux against a minimal Textual app's; "
+                            "fleet: a mixed queue simulated on 1, 2, 4 and 8 GPUs under three placements")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
     bench.add_argument("--rounds", type=whole_number(1), metavar="N",
                        help="alternating rounds of each (default: 60; frame: 10)")
     bench.add_argument("--keys", type=whole_number(1), default=200, metavar="N",
                        help="keys: keystrokes idle, then as many while rendering (default: 200)")
+    bench.add_argument("--session", type=Path, metavar="PATH", dest="timings",  # read only: not a written folder
+                       help="fleet: simulate with the step and load times recorded in this session "
+                            "(default: stated SD-class constants)")
     bench.set_defaults(run=cmd_bench)
     add_daemon_commands(commands, common)
     return parser
@@ -756,6 +760,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from diffdeck.tui.cli.bench_frame import run_frame_bench
 
         return run_frame_bench(args.rounds or 10, args.models)
+    if args.what == "fleet":
+        from diffdeck.engines.bench.fleet import run_fleet_bench
+
+        return run_fleet_bench(args.timings)
     from diffdeck.engines.bench.render_overhead import run_bench
 
     return run_bench(load_registry(args.models), args.model, args.n, args.rounds or 60)
