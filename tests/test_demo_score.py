@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 from diffdeck.engines.demo.evaluate import accuracy as checked_accuracy
-from diffdeck.engines.demo.score import Reading, check, read
+from diffdeck.engines.demo.score import STRIPED, Reading, check, read, stripe_gaps
 from diffdeck.engines.demo.shapes import COLOURS, SIDE, Scene, draw, random_scene
 from PIL import Image, ImageFilter
 
@@ -57,3 +57,17 @@ def test_a_red_star_on_blue_reads_red_not_blue():
     assert read(draw(scene)) == Reading("star", "red", "blue", "small", "top")
     assert all(check(draw(scene), scene).values())
     assert not check(draw(scene), Scene("star", "blue", "red", "small", "top"))["colour"]
+
+
+def test_stripes_read_back_and_plain_shapes_never_read_striped():
+    """Every plain shape of the world, small rings (the hole) included, stays plain; striped ones,
+    drawn or blurred and noisy, read as striped, with their colours."""
+    rng, noise = random.Random(5), np.random.default_rng(5)
+    plain = [random_scene(rng) for _ in range(SCENES)]
+    striped = [random_scene(rng, pattern="striped") for _ in range(100)]
+    assert max(stripe_gaps(draw(scene, rng)) for scene in plain) < STRIPED
+    assert all(read(draw(scene, rng)).pattern is None for scene in plain)
+    for images in ([draw(scene, rng) for scene in striped], [blurred_and_noisy(draw(s, rng), noise) for s in striped]):
+        readings = [read(image) for image in images]
+        assert sum(r.pattern == "striped" for r in readings) >= 85
+        assert sum((r.colour, r.background) == (s.colour, s.background) for r, s in zip(readings, striped)) >= 95

@@ -49,3 +49,18 @@ def test_the_demo_models_description_names_the_drawn_worlds_words():
     assert f"'a [{'|'.join(SIZES)}] COLOUR SHAPE" in DEMO.description
     for words in (SHAPES, COLOURS, POSITIONS):
         assert ", ".join(words) in DEMO.description
+
+
+def test_a_striped_scene_is_large_with_bands_of_the_background_across_it():
+    rng = random.Random(0)
+    scenes = [random_scene(rng, pattern="striped") for _ in range(50)]
+    assert {s.size for s in scenes} == {"large"} and {s.pattern for s in scenes} == {"striped"}
+    scene = Scene("square", "yellow", "black", "large", "centre", "striped")
+    assert scene.caption(frozenset({"background"})) == "a striped yellow square on a black background"
+    image = draw(scene)
+    def near(pixel, colour):  # Lanczos rings a little next to each band's edges
+        return max(abs(a - b) for a, b in zip(pixel, COLOURS[colour])) <= 20
+
+    column = [image.getpixel((32, y)) for y in range(20, 45)]
+    assert near(image.getpixel((32, 32)), "yellow") and near(image.getpixel((32, 38)), "black")
+    assert sum(near(pixel, "black") for pixel in column) >= 8  # gaps across the shape, not only beside it

@@ -35,6 +35,7 @@ def test_the_wheel_installs_one_top_level_package_whose_command_runs(tmp_path):
         names = archive.namelist()
     assert {name.split("/")[0] for name in names} == {"diffdeck", wheel.name.split("-py")[0] + ".dist-info"}
     assert "diffdeck/engines/demo_model/unet/config.json" in names and "diffdeck/themes/workbench.tcss" in names
+    assert "diffdeck/engines/demo/loras/striped.safetensors" in names  # the demo LoRA the README names
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"

@@ -2,6 +2,9 @@
 of another colour; drawn procedurally at 64x64 and described by a caption from a small grammar.
 
     "a small red star on a blue background, top"
+
+The base model knows nothing of patterns; the demo LoRA (`train_lora`) teaches it one, "striped":
+horizontal bands of the background colour across a large shape ("a striped red star ...").
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -25,6 +29,12 @@ POSITIONS = {"centre": (32, 32), "left": (20, 32), "right": (44, 32), "top": (32
 HELD_OUT = (("star", "red"), ("circle", "green"), ("square", "purple"), ("triangle", "cyan"),
             ("ring", "orange"), ("cross", "pink"))
 SUPERSAMPLE = 4
+# Stripes: bands of STRIPE_PERIOD / 2 px, the shape's colour through its centre. Only large shapes
+# are striped: the demo autoencoder (4x downsampling) gives back a 6 px period as a blur and a small
+# shape's 8 px stripes as a few dots, while 12 px on a large shape comes back as drawn.
+PATTERNS = ("striped",)
+STRIPE_PERIOD = 12.0
+STRIPED_LORA = Path(__file__).parent / "loras" / "striped.safetensors"  # made by `train_lora`
 
 
 @dataclass(frozen=True)
@@ -34,12 +44,14 @@ class Scene:
     background: str
     size: str = "large"
     position: str = "centre"
+    pattern: str | None = None
 
     def caption(self, keep: frozenset[str] = frozenset({"size", "background", "position"})) -> str:
         """The full caption, or one that leaves out what is not in `keep` (the model learns
         the short forms too: "a red circle")."""
         size = f"{self.size} " if "size" in keep else ""
-        text = f"a {size}{self.colour} {self.shape}"
+        pattern = f"{self.pattern} " if self.pattern else ""
+        text = f"a {size}{pattern}{self.colour} {self.shape}"
         if "background" in keep:
             text += f" on a {self.background} background"
         if "position" in keep:
@@ -47,14 +59,16 @@ class Scene:
         return text
 
 
-def random_scene(rng: random.Random, held_out: bool = False) -> Scene:
-    """A scene of the training world (`held_out=False`), or one of the held-out pairs."""
+def random_scene(rng: random.Random, held_out: bool = False, pattern: str | None = None) -> Scene:
+    """A scene of the training world (`held_out=False`), or one of the held-out pairs; with a
+    `pattern`, a large shape of that pattern (the same draws from `rng` either way)."""
     while True:
         shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
         if ((shape, colour) in HELD_OUT) == held_out:
             break
     background = rng.choice([c for c in COLOURS if c != colour])
-    return Scene(shape, colour, background, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
+    size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
+    return Scene(shape, colour, background, "large" if pattern else size, position, pattern)
 
 
 def draw(scene: Scene, rng: random.Random | None = None) -> Image.Image:
@@ -63,9 +77,24 @@ def draw(scene: Scene, rng: random.Random | None = None) -> Image.Image:
     cx, cy = POSITIONS[scene.position]
     radius = SIZES[scene.size] * (1 + jitter(0.08))
     big = Image.new("RGB", (SIDE * SUPERSAMPLE,) * 2, COLOURS[scene.background])
-    paint(ImageDraw.Draw(big), scene.shape, (cx + jitter(2)) * SUPERSAMPLE, (cy + jitter(2)) * SUPERSAMPLE,
-          radius * SUPERSAMPLE, COLOURS[scene.colour], COLOURS[scene.background])
+    cx, cy = (cx + jitter(2)) * SUPERSAMPLE, (cy + jitter(2)) * SUPERSAMPLE
+    d = ImageDraw.Draw(big)
+    paint(d, scene.shape, cx, cy, radius * SUPERSAMPLE, COLOURS[scene.colour], COLOURS[scene.background])
+    if scene.pattern == "striped":
+        stripe(d, cy, COLOURS[scene.background])
+    elif scene.pattern is not None:
+        raise ValueError(f"unknown pattern {scene.pattern!r}")
     return big.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+
+
+def stripe(d: ImageDraw.ImageDraw, cy: float, background) -> None:
+    """Bands of the background colour across the whole (supersampled) image, half of every
+    STRIPE_PERIOD, leaving a band of the shape's colour centred on `cy`."""
+    period, side = STRIPE_PERIOD * SUPERSAMPLE, SIDE * SUPERSAMPLE
+    top = cy + period / 4 - period * math.ceil((cy + period / 4) / period)
+    while top < side:
+        d.rectangle((0, top, side, top + period / 2 - 1), fill=background)
+        top += period
 
 
 def paint(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, background) -> None:

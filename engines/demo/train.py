@@ -201,6 +201,17 @@ def dataset(model: AutoencoderKL, tok: CLIPTokenizer, count: int, rng: random.Ra
     return latents * scale, weights, ids, empty, scale
 
 
+def velocity_loss(net: UNet2DConditionModel, x0: torch.Tensor, context: torch.Tensor, weights: torch.Tensor,
+                  alphas: torch.Tensor) -> torch.Tensor:
+    """The weighted v-prediction loss of a batch of latents at random timesteps."""
+    t = torch.randint(0, 1000, (len(x0),), device=x0.device)
+    noise = torch.randn_like(x0)
+    a = alphas[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
+    return (weights * (net(noisy, t, context).sample - velocity) ** 2).mean()
+
+
 def train_unet(net: UNet2DConditionModel, encoder: CLIPTextModel, data, steps: int, log, snapshot=None):
     """Returns the averaged (EMA) UNet and text encoder. `snapshot(net, encoder)`, if given, is
     called with the averages every ten minutes, so a long run can be scored while it goes on."""
@@ -221,13 +232,7 @@ def train_unet(net: UNet2DConditionModel, encoder: CLIPTextModel, data, steps: i
         pick = torch.randint(0, len(latents), (batch,), device=latents.device)
         x0, tokens = latents[pick], ids[pick].clone()
         tokens[torch.rand(batch, device=latents.device) < CAPTION_DROP] = empty
-        t = torch.randint(0, 1000, (batch,), device=latents.device)
-        noise = torch.randn_like(x0)
-        a = alphas.to(latents.device)[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
-        error = (net(noisy, t, encoder(tokens).last_hidden_state).sample - velocity) ** 2
-        loss = (weights[pick] * error).mean()
+        loss = velocity_loss(net, x0, encoder(tokens).last_hidden_state, weights[pick], alphas.to(latents.device))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
