@@ -97,3 +97,12 @@ def test_ab_varies_a_word_of_the_prompt(tmp_path):
     assert result.returncode == 0, result.stderr
     variants = Session.open(tmp_path / "s").sets["set-0001"]["variants"]
     assert [v["changes"] for v in variants] == [{"prompt": "a red cat", "steps": 2}, {"prompt": "a red dog", "steps": 3}]
+
+
+@pytest.mark.slow
+def test_ab_of_routes_that_render_other_sizes_says_the_pair_is_not_compared(tmp_path):
+    result = diffdeck("ab", "a red circle", "--vary", "route=preview,final", "--size", "64x64", "--seed", "2",
+                      "--session", "s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "A vs B image 0 seed 2: sizes differ (64x64 vs 128x128): not compared" in result.stdout.splitlines()
+    assert "PSNR" not in result.stdout

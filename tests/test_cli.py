@@ -34,10 +34,32 @@ def test_render_json_and_default_session_folder(tmp_path):
     (line,) = result.stdout.splitlines()
     image = json.loads(line)
     assert image["model"] == "demo" and isinstance(image["seed"], int) and image["peak_memory"] > 0
-    assert set(image["timings"]) == {"queue_wait_s", "load_s", "denoise_s", "decode_s", "save_s", "total_s"}
+    assert set(image["timings"]) == {"queue_wait_s", "load_s", "prepare_s", "denoise_s", "decode_s", "save_s",
+                                     "total_s"}
+    assert (image["route"], image["flow"], image["stages"]) == (None, None, [])
     path = Path(image["path"])
     assert path.parent.parent.parent == Path("sessions") and (tmp_path / path).is_file()
     assert Image.open(tmp_path / path).size == (64, 128)
+
+
+@pytest.mark.slow
+def test_render_json_of_a_route_gives_its_flow_and_the_timings_of_every_stage(tmp_path):
+    result = diffdeck("render", "a red circle", "--route", "final", "--size", "64x64", "--seed", "3", "--json",
+                      "--session", "s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (image,) = map(json.loads, result.stdout.splitlines())
+    assert (image["route"], image["flow"], image["model"]) == ("final", "demo-final", "demo")
+    stages = image["stages"]
+    assert [(s["stage"], s["kind"], s["model"]) for s in stages] == [(0, "txt2img", "demo"), (1, "upscale", "demo")]
+    assert stages[1]["path"] == image["path"] and stages[0]["path"].endswith(".s0-txt2img.png")
+    work = ("prepare_s", "denoise_s", "decode_s", "save_s")
+    assert all(set(s["timings"]) == set(work) for s in stages)
+    assert stages[1]["timings"]["prepare_s"] > 0, "the resample and the img2img pipeline are timed"
+    (job,) = Session.open(tmp_path / "s", create=False).jobs.values()
+    for key in work:
+        assert image["timings"][key] == pytest.approx(sum(s["timings"][key] for s in stages), abs=2e-4), key
+        assert job["timings"][key] == pytest.approx(image["timings"][key], abs=2e-4), "the job's totals, one image"
+    assert image["peak_memory"] == max(s["peak_memory"] for s in stages)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -82,9 +82,11 @@ def test_an_outside_parser_reads_a_flows_hires_fix_refiner_and_loras(tmp_path):
     assert (sampler.name, sampler.parameters["steps"], sampler.parameters["seed"]) == ("Euler", "30", "7")
     assert sampler.model.name == "base" and sampler.model.hash is None, "the base's name, not the refiner's hash"
     assert {k: info.metadata.get(k) for k in ("Size", "Denoising strength", "Hires upscale", "Hires steps",
-                                              "Hires upscaler", "Refiner", "Refiner switch at")} == {
+                                              "Hires upscaler", "Hires checkpoint", "Refiner",
+                                              "Refiner switch at")} == {
         "Size": "64x64", "Denoising strength": "0.3", "Hires upscale": "1.5", "Hires steps": "10",
-        "Hires upscaler": "Latent (nearest-exact)", "Refiner": "refiner", "Refiner switch at": "0.8"}
+        "Hires upscaler": "Latent (nearest-exact)", "Hires checkpoint": "refiner", "Refiner": "refiner",
+        "Refiner switch at": "0.8"}
     assert info.full_negative_prompt == "blurry"
     assert EXTRA_NETWORK.findall(info.full_prompt) == [("lora", "spots:0.75")], "once, though two stages use it"
     assert EXTRA_NETWORK.sub("", info.full_prompt).strip() == PROMPT
@@ -95,3 +97,26 @@ def test_a_stage_image_says_only_what_the_stages_up_to_it_did(tmp_path):
     assert not {"Denoising strength", "Hires upscale", "Refiner"} & set(info.metadata)
     assert EXTRA_NETWORK.findall(info.full_prompt) == [("lora", "spots:0.75")]
     assert "Refiner" in parsed(tmp_path, stage=1, stage_kind="refine").metadata
+
+
+@pytest.mark.parametrize(("second", "reads"), [
+    ({"kind": "upscale", "model": "tsdxl", "steps": 12, "factor": 2, "method": "lanczos", "strength": 0.5,
+      "width": 128, "height": 128},
+     {"Hires upscale": "2", "Hires checkpoint": "tsdxl", "Denoising strength": "0.5"}),
+    # A1111 has no word for a plain img2img pass on another checkpoint; its hires fix is that pass
+    # (at the same size): the checkpoint is named as its `Hires checkpoint`, with no `Hires upscale`
+    ({"kind": "img2img", "model": "tsdxl", "steps": 12, "strength": 0.4, "width": 64, "height": 64},
+     {"Hires upscale": None, "Hires checkpoint": "tsdxl", "Denoising strength": "0.4"}),
+    ({"kind": "upscale", "model": "demo", "steps": 12, "factor": 2, "method": "lanczos", "strength": 0.5,
+      "width": 128, "height": 128},
+     {"Hires upscale": "2", "Hires checkpoint": None, "Denoising strength": "0.5"}),
+])
+def test_a_second_pass_on_another_checkpoint_is_named_as_a1111_names_its_hires_checkpoint(tmp_path, second, reads):
+    first = {"kind": "txt2img", "model": "demo", "steps": 20, "guidance": 5.0, "width": 64, "height": 64, "loras": []}
+    info = parsed(tmp_path, model={"name": second["model"], "revision": None,
+                                   "scheduler": {"class": "EulerDiscreteScheduler", "config": {}}},
+                  spec={"prompt": PROMPT, "negative_prompt": "", "model": "demo", "steps": 20, "guidance": 5.0,
+                        "width": 64, "height": 64, "stages": [first, {**second, "loras": []}], "loras": []})
+    (sampler,) = info.samplers
+    assert sampler.model.name == "demo", "Model: the checkpoint of the first pass, as A1111 writes it"
+    assert {k: info.metadata.get(k) for k in reads} == reads

@@ -179,6 +179,10 @@ def test_a_flow_stopped_between_its_legs_resumes_at_the_leg_it_had_not_run(flow_
     (reference,) = Session.open(two_model_run[0], create=False).jobs.values()
     assert job["status"] == Status.DONE and job.get("worker_crashes", 0) == 0
     assert sorted(i["pixel_sha256"] for i in job["images"]) == sorted(i["pixel_sha256"] for i in reference["images"])
+    made = job["stages"] + job["images"]
+    for key in ("prepare_s", "denoise_s", "decode_s", "save_s"):
+        assert job["timings"][key] == pytest.approx(sum(m["timings"][key] for m in made), abs=0.01), \
+            f"{key}: the job's time adds up every stage, those before the resume too"
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ from diffdeck.engines.queue.dispatcher import Dispatcher
 from helpers import diffdeck, one_line_error
 from safetensors.numpy import save_file
 
-CROSS_KEY = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_{}.weight"
+CROSS_LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"  # the demo's first cross-attention
+CROSS_KEY = f"unet.{CROSS_LAYER}.lora_{{}}.weight"
 
 
 def write_config(folder: Path, models: dict | None = None, flows: dict | None = None, routes: dict | None = None,
@@ -30,9 +31,9 @@ def write_config(folder: Path, models: dict | None = None, flows: dict | None = 
 
 def lora_file(path: Path, width: int, kohya: bool = False) -> Path:
     """A LoRA as its safetensors header shows it: key projections of cross-attention taking `width`."""
-    key = ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" if kohya
-           else CROSS_KEY.format("A"))
-    save_file({key: np.zeros((4, width), np.float32), CROSS_KEY.format("B"): np.zeros((64, 4), np.float32)}, str(path))
+    down, up = ((f"lora_unet_{CROSS_LAYER.replace('.', '_')}.lora_{end}.weight" for end in ("down", "up")) if kohya
+                else (CROSS_KEY.format("A"), CROSS_KEY.format("B")))
+    save_file({down: np.zeros((4, width), np.float32), up: np.zeros((64, 4), np.float32)}, str(path))
     return path
 
 
@@ -225,6 +226,39 @@ def test_a_flow_starting_with_img2img_needs_an_init_png(flows_registry, tmp_path
     assert [(s.kind, s.width) for s in job.stages] == [("img2img", 64), ("upscale", 128)]
 
 
+def test_an_init_image_is_recorded_absolute_and_hashed_and_a_changed_one_refused(flows_registry, tmp_path,
+                                                                                 monkeypatch):
+    """As the workbench's promote names it: relative to where diffdeck runs (its session's images)."""
+    from PIL import Image
+    (tmp_path / "ws" / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "ws" / "images" / "preview.png")
+    monkeypatch.chdir(tmp_path)
+    job = resolve_flow(JobSpec("a circle", flow="from-image", init_image="ws/images/preview.png"), flows_registry)
+    assert job.init_image == str(tmp_path / "ws" / "images" / "preview.png")
+    assert job.init_sha256 == file_sha256(tmp_path / "ws" / "images" / "preview.png")
+    monkeypatch.chdir(tmp_path / "ws")  # a replay or resume from another folder reads the same file
+    assert resolve_flow(JobSpec.from_dict(job.to_dict()), flows_registry).init_sha256 == job.init_sha256
+    Image.new("RGB", (64, 64), "blue").save(tmp_path / "ws" / "images" / "preview.png")
+    assert refusal(flows_registry, job).startswith(
+        f"init_image: the init image {job.init_image} changed since it was recorded (its sha256 is now ")
+
+
+@pytest.mark.slow
+def test_replay_says_the_init_image_changed_since_it_was_recorded(tmp_path):
+    from PIL import Image
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "start.png")
+    flows = {"polish": {"stages": [{"kind": "img2img", "strength": 0.5, "steps": 2}]}}
+    models = str(write_config(tmp_path, flows=flows))
+    made = diffdeck("render", "a red circle", "--models", models, "--flow", "polish", "--init", "start.png",
+                    "--size", "64x64", "--session", "s", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (64, 64), "blue").save(tmp_path / "start.png")
+    one_line_error(diffdeck("replay", str(tmp_path / "s"), "--check", "--models", models, cwd=elsewhere),
+                   f"init_image: the init image {tmp_path / 'start.png'} changed since it was recorded")
+
+
 def test_flows_that_cannot_render_are_named_by_diffdeck_flows(flows_registry):
     assert flow_problem("xl-refine", flows_registry) is None and flow_problem("from-image", flows_registry) is None
     assert "latent space" in flow_problem("xl-cross", flows_registry)
@@ -248,9 +282,11 @@ DEMO_WIDTH = json.loads((DEMO_FOLDER / "unet" / "config.json").read_text())["cro
 def test_a_lora_for_another_family_is_refused(flows_registry, tmp_path, kohya):
     path = lora_file(tmp_path / "xl-style.safetensors", 2048, kohya)
     message = refusal(flows_registry, JobSpec("a circle", loras=(Lora(str(path)),)))
-    assert message == (f"loras[0]: xl-style is a LoRA for another family: its cross-attention takes text embeddings "
-                       f"2048 wide, and model 'demo' (SD 1.x/2.x) gives {DEMO_WIDTH}")
-    assert "SD3/3.5" in refusal(flows_registry, JobSpec("a fox", model="three", loras=(Lora(str(path)),)))
+    assert message == (f"loras[0]: xl-style.safetensors is not a LoRA for demo: 1 of its 1 layer does not fit "
+                       f"(first: unet.{CROSS_LAYER}: 2048 inputs, the model's has {DEMO_WIDTH})")
+    if not kohya:  # kohya's lora_unet_ names the denoiser, which in SD3 is a transformer of other names
+        assert refusal(flows_registry, JobSpec("a fox", model="three", loras=(Lora(str(path)),))).endswith(
+            f"(first: unet.{CROSS_LAYER}: the model has no unet)")
 
 
 def test_a_missing_or_pickled_lora_is_refused(flows_registry, tmp_path):
@@ -281,17 +317,86 @@ def test_a_lora_changed_since_it_was_recorded_is_refused(flows_registry, tmp_pat
     assert "has changed since it was recorded" in refusal(flows_registry, recorded)
 
 
+@pytest.fixture(scope="module")
+def made_loras(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """LoRAs as diffusers writes them (unet....lora.down.weight), for the demo's UNet and the tiny SDXL's."""
+    import tinypipes
+
+    folder = tmp_path_factory.mktemp("loras")
+    return {"demo": tinypipes.save_lora(DEMO_FOLDER / "unet", folder / "demo-lora.safetensors"),
+            "xl": tinypipes.save_lora(tiny_models["sdxl"] / "unet", folder / "sdxl-lora.safetensors")}
+
+
+def test_a_lora_is_refused_where_its_layers_are_not_the_models(flows_registry, made_loras):
+    """The tiny SDXL's cross-attention is as wide as the demo's: only its layers tell them apart."""
+    for model, fits in (("demo", "demo"), ("xl", "xl")):
+        resolve_flow(JobSpec("x", model=model, loras=(Lora(str(made_loras[fits])),)), flows_registry)
+    message = refusal(flows_registry, JobSpec("x", loras=(Lora(str(made_loras["xl"])),)))
+    assert message.startswith("loras[0]: sdxl-lora.safetensors is not a LoRA for demo: ")
+    assert " layers do not fit (first: unet.down_blocks." in message
+    stage = Stage("txt2img", model="three", loras=(Lora(str(made_loras["demo"])),))
+    assert refusal(flows_registry, JobSpec("x", stages=(stage,))).startswith(
+        "stages[0].loras[0]: demo-lora.safetensors is not a LoRA for three: ")
+    assert "the model has no unet)" in refusal(flows_registry, JobSpec("x", stages=(stage,)))
+
+
+def test_a_weights_file_given_as_a_lora_is_refused(flows_registry):
+    weights = DEMO_FOLDER / "unet" / "diffusion_pytorch_model.safetensors"
+    assert refusal(flows_registry, JobSpec("x", loras=(Lora(str(weights)),))).startswith(
+        "loras[0]: diffusion_pytorch_model.safetensors has no LoRA weights")
+
+
+TEXT_LAYER = "text_model_encoder_layers_0_self_attn_q_proj"  # kohya's name of a CLIP layer
+
+
+def kohya_file(path: Path, tensors: dict[str, tuple[int, int]]) -> Path:
+    save_file({name: np.zeros(shape, np.float32) for name, shape in tensors.items()}, str(path))
+    return path
+
+
+def test_kohya_and_text_encoder_layers_are_checked_too(flows_registry, tmp_path):
+    fits = kohya_file(tmp_path / "te.safetensors", {f"lora_te_{TEXT_LAYER}.lora_down.weight": (4, DEMO_WIDTH),
+                                                   f"lora_te_{TEXT_LAYER}.lora_up.weight": (DEMO_WIDTH, 4),
+                                                   f"lora_te_{TEXT_LAYER}.alpha": (1, 1)})
+    resolve_flow(JobSpec("x", loras=(Lora(str(fits)),)), flows_registry)
+    wide = kohya_file(tmp_path / "wide.safetensors", {f"lora_te_{TEXT_LAYER}.lora_up.weight": (768, 4)})
+    assert refusal(flows_registry, JobSpec("x", loras=(Lora(str(wide)),))).endswith(
+        f"(first: text_encoder.encoder.layers.0.self_attn.q_proj: 768 outputs, the model's has {DEMO_WIDTH})")
+    second = kohya_file(tmp_path / "te2.safetensors", {f"lora_te2_{TEXT_LAYER}.lora_down.weight": (4, DEMO_WIDTH)})
+    assert refusal(flows_registry, JobSpec("x", loras=(Lora(str(second)),))).endswith(
+        "the model has no text_encoder_2)")
+    # kohya's SDXL block names are another naming of the UNet: left for the worker to find out
+    other = kohya_file(tmp_path / "sgm.safetensors",
+                       {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048)})
+    resolve_flow(JobSpec("x", loras=(Lora(str(other)),)), flows_registry)
+
+
+def test_a_lora_rewritten_in_place_is_checked_again(flows_registry, tmp_path):
+    path = lora_file(tmp_path / "style.safetensors", DEMO_WIDTH)
+    resolve_flow(JobSpec("x", loras=(Lora(str(path)),)), flows_registry)
+    lora_file(path, 2048)
+    assert "2048 inputs" in refusal(flows_registry, JobSpec("x", loras=(Lora(str(path)),)))
+
+
+def test_diffdeck_flows_names_a_flow_whose_lora_does_not_fit(tmp_path, made_loras):
+    flows = {"xl-style": {"stages": [{"kind": "txt2img", "loras": [f"{made_loras['xl']}:0.5"]}]}}
+    result = diffdeck("flows", "--json", "--models", str(write_config(tmp_path, flows=flows)), cwd=tmp_path)
+    problems = {flow["name"]: flow["problem"] for flow in json.loads(result.stdout)["flows"]}
+    assert problems["xl-style"].startswith("stages[0].loras[0]: sdxl-lora.safetensors is not a LoRA for demo")
+
+
 def test_a_stage_lora_for_another_family_names_the_stage(flows_registry, tmp_path):
     path = lora_file(tmp_path / "xl-style.safetensors", 2048)
     flow = flows_registry.flows["two-models"]
     stages = (flow.stages[0], dataclasses.replace(flow.stages[1], loras=(Lora(str(path)),)))
-    assert refusal(flows_registry, JobSpec("x", stages=stages)).startswith("stages[1].loras[0]: xl-style is a LoRA")
+    assert refusal(flows_registry, JobSpec("x", stages=stages)).startswith(
+        "stages[1].loras[0]: xl-style.safetensors is not a LoRA for demo2")
 
 
 def test_a_refusal_at_submit_is_one_line_from_the_command_line(tmp_path):
     lora = lora_file(tmp_path / "big.safetensors", 2048)
     result = diffdeck("render", "a red circle", "--flow", "demo-final", "--lora", f"{lora}:0.7", cwd=tmp_path)
-    one_line_error(result, "loras[0]: big is a LoRA for another family")
+    one_line_error(result, "loras[0]: big.safetensors is not a LoRA for demo: 1 of its 1 layer")
     assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").rglob("*.png"))
     one_line_error(diffdeck("render", "x", "--flow", "nope", cwd=tmp_path), "unknown flow 'nope'; flows: demo-preview")
     one_line_error(diffdeck("render", "x", "--route", "final", "--flow", "demo-final", cwd=tmp_path),

@@ -6,15 +6,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from diffdeck.engines.core.flow_checks import estimate_seconds, resolve_flow, route_job
+from diffdeck.engines.core.flow_checks import estimate_seconds, overriding, resolve_flow, route_job
 from diffdeck.engines.core.flows import Lora
+from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.registry import DEMO_FOLDER, load_registry
 from diffdeck.engines.core.routes import Rule, choose_route
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.queue.dispatcher import Dispatcher
+from diffdeck.engines.record.png_metadata import read_record
 from diffdeck.engines.record.session import Session
 from diffdeck.engines.sets.variants import plan_grid, plan_varied
 from helpers import diffdeck, one_line_error
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 ROUTES = {
     "typography": {"model": "demo", "steps": 30, "when": {"quoted": True}},
@@ -123,6 +127,21 @@ def test_an_ab_set_over_flows_and_a_grid_over_lora_weights(registry, tmp_path):
         plan_grid(JobSpec("x"), {"x": "lora.weight=0, 1"})
 
 
+def test_an_option_is_used_where_a_stage_leaves_it_to_the_job_and_else_named(tmp_path):
+    flows = {"open": {"stages": [{"kind": "txt2img"}, {"kind": "upscale", "factor": 2, "strength": 0.5, "steps": 4}]}}
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": {"copy": {"source": str(DEMO_FOLDER)}}, "flows": flows,
+                                    "routes": {"sketch": {"flow": "open"}}}))
+    registry = load_registry(path)
+    spec = JobSpec("x", route="sketch", model="copy", steps=3)
+    assert overriding(spec, registry, "steps", 3) is None and overriding(spec, registry, "model", "copy") is None
+    assert [(s.model, s.steps) for s in resolve_flow(spec, registry).stages] == [("copy", 3), ("copy", 4)]
+    assert overriding(JobSpec("x", route="preview", guidance=2.0), registry, "guidance", 2.0) is None
+    assert overriding(JobSpec("x", route="final", model="copy"), registry, "model", "copy") == \
+        "flow demo-final of route final renders on model demo"
+    assert overriding(JobSpec("x", flow="demo-final", loras=(Lora("a.safetensors"),)), registry, "loras", ()) is None
+
+
 # the command line
 
 def test_diffdeck_flows_lists_flows_and_routes_with_their_rules(tmp_path):
@@ -143,10 +162,49 @@ def test_diffdeck_flows_lists_flows_and_routes_with_their_rules(tmp_path):
     (["render", "x", "--lora", "gone.safetensors:0.5"], "loras[0]: gone.safetensors: no such file"),
     (["render", "x", "--init", "p.png"], "init_image: is used only by a flow whose first stage is img2img"),
     (["grid", "x", "--route", "preview", "--x", "upscale.strength=0.3,0.5"], "has no upscale stage"),
+    (["render", "x", "--route", "final", "--model", "nope"], "unknown model 'nope'"),
+    (["render", "x", "--route", "preview", "--steps", "3"],
+     "--steps: flow demo-preview of route preview sets steps in every stage (8), so --steps would not be used; "
+     "leave it out, or render without --route to set it"),
+    (["render", "x", "--flow", "demo-final", "--model", "copy"], "--model: flow demo-final renders on model demo"),
+    (["render", "x", "--route", "final", "--max-cost", "nan"], "--max-cost: is a number of seconds above 0, got nan"),
+    (["render", "x", "--route", "final", "--max-cost", "-1"], "--max-cost: is a number of seconds above 0, got -1"),
+    (["grid", "x", "--x", "route=preview,nope"], "route: in the cell route=nope: unknown route 'nope'; routes: auto"),
+    (["grid", "x", "--x", "flow=demo-final,nope"], "flow: in the cell flow=nope: unknown flow 'nope'"),
+    (["grid", "x", "--route", "preview", "--steps", "3", "--x", "seed=1,2"], "--steps: flow demo-preview of route"),
 ])
 def test_bad_route_options_are_one_line(tmp_path, args, says):
+    """One line, nothing before it (a grid's size is said only once its cells are known good)."""
     (tmp_path / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"copy": {"source": str(DEMO_FOLDER)}}}))
     one_line_error(diffdeck(*args, cwd=tmp_path), says)
+
+
+@pytest.mark.slow
+def test_render_from_a_stage_image_renders_its_flow_up_to_that_stage(tmp_path):
+    flows = {"two": {"stages": [{"kind": "txt2img", "steps": 2},
+                                {"kind": "upscale", "factor": 2, "strength": 0.5, "steps": 2}]}}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {}, "flows": flows}))
+    made = diffdeck("render", "a red circle", "--flow", "two", "--size", "64x64", "--seed", "4", "--session", "s",
+                    cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    stage_image = tmp_path / "s" / "images" / "job-0001-00-4.s0-txt2img.png"
+    again = diffdeck("render", "--from", str(stage_image), "--session", "t", "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    path = tmp_path / json.loads(again.stdout.splitlines()[-1])["path"]
+    assert [s["kind"] for s in read_record(path)["spec"]["stages"]] == ["txt2img"]
+    assert file_pixel_sha256(path) == file_pixel_sha256(stage_image), "the stage's image, not the flow's last"
+
+
+def test_render_from_a_stage_image_a_refine_takes_over_is_refused(tmp_path):
+    stages = [{"kind": "txt2img", "model": "xl"}, {"kind": "refine", "model": "xl", "switch": 0.8}]
+    info = PngInfo()
+    info.add_text("diffdeck", json.dumps({"seed": 1, "stage": 0, "stage_kind": "txt2img",
+                                          "spec": JobSpec("x", model="xl", flow="r", stages=()).to_dict()
+                                          | {"stages": stages}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "s0.png", pnginfo=info)
+    one_line_error(diffdeck("render", "--from", "s0.png", cwd=tmp_path),
+                   "s0.png is stage 0 of its flow, stopped at the switch for the refine after it")
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ its JSON lines as the Dispatcher drives it, one leg (stages of one model in a ro
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -107,6 +108,10 @@ def test_a_flow_keeps_every_stage_image_and_sends_the_last_as_the_job_image(demo
         assert "stage" not in read_record(final["path"]) and len(record["spec"]["stages"]) == 2
     steps = of(messages, "step")
     assert {m["stages"] for m in steps} == {2} and [m["stage"] for m in steps if m["image"] == 0] == [0] * 8 + [1] * 2
+    made = of(messages, "stage_image") + of(messages, "image")
+    assert all(set(m["timings"]) == {"prepare_s", "denoise_s", "decode_s", "save_s"} for m in made)
+    for key, total in ended(messages)["timings"].items():
+        assert total == pytest.approx(sum(m["timings"][key] for m in made), abs=1e-3), key
 
 
 @pytest.mark.slow
@@ -139,6 +144,20 @@ def test_img2img_starts_from_the_init_image_as_far_as_its_strength_says(demo, tm
     assert 0 < distance(light, start) < distance(full, start)
     assert img2img(0.3).tobytes() == light.tobytes(), "the same seed gives the same pixels"
     assert img2img(0.3, str(big_init)).size == (64, 64), "the init is resized to the size the stage renders"
+
+
+@pytest.mark.slow
+def test_an_init_image_changed_since_submit_is_refused_by_the_worker(demo, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), "red").save(init)
+    stage = Stage("img2img", model="demo", steps=2, strength=0.5, width=64, height=64)
+    submitted = job((stage,), init_image=str(init), init_sha256=hashlib.sha256(init.read_bytes()).hexdigest())
+    inputs = {"0": {"image": str(init)}}
+    assert demo.job("same", submitted, tmp_path, stages=[0, 0], inputs=inputs)[-1]["type"] == "done"
+    Image.new("RGB", (64, 64), "blue").save(init)
+    failed = demo.job("changed", submitted, tmp_path, stages=[0, 0], inputs=inputs)[-1]
+    assert failed["type"] == "failed" and f"the init image {init} has changed since the job was submitted" \
+        in failed["error"]
 
 
 @pytest.mark.slow

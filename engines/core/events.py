@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 
 class _Word(str, Enum):
@@ -107,6 +107,17 @@ class JobRecord:
         return cls(data["id"], data["spec"], Status(data["status"]), list(data["images"]),
                    dict(data.get("timings") or {}), data.get("peak_memory"), data.get("error"),
                    data.get("worker_crashes", 0), dict(data.get("progress") or {}), list(data.get("stages") or ()))
+
+
+def rendering_timings(made: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """What rendering took (prepare, denoise, decode, save), added up over images or stage images
+    (their `timings`; total_s, when each was made counted from its job's submit, left out)."""
+    totals: dict[str, float] = {}
+    for image in made:
+        for key, seconds in image["timings"].items():
+            if key != "total_s":
+                totals[key] = totals.get(key, 0.0) + seconds
+    return {key: round(seconds, 4) for key, seconds in totals.items()}
 
 
 class EventStream:

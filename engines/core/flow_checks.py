@@ -5,25 +5,23 @@ anything is queued (SpecError naming the stage or field, RegistryError for a mod
 Refused: a stage of an unknown model; a refine after a model of another latent space (family,
 VAE latent channels, VAE scaling factor) or of a family whose pipelines cannot hand over latents
 part-way through the schedule (SDXL only); a latent upscale from another latent space; a LoRA
-file that is missing, not safetensors, or for another family (its cross-attention input width
-against the model's UNet); an upscale past MAX_SIDE, or past the memory estimate without `tile`;
+file that is missing, not safetensors, holds no LoRA weights, or has layers the model lacks or
+of other widths (lora_fit); an upscale past MAX_SIDE, or past the memory estimate without `tile`;
 a flow starting with img2img without an init image; a plain job or a txt2img stage on an
 image-to-image model (a refiner: it finishes other stages' images, it starts none).
 
-UI side: reads models' JSON configs and the JSON header of LoRA files, never torch.
+UI side: reads models' JSON configs and safetensors headers (LoRAs', models'), never torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from diffdeck.engines.core.flows import Flow, Lora, Stage
+from diffdeck.engines.core.lora_fit import LoraFileError, json_object, lora_fit, once_per_file
 from diffdeck.engines.core.registry import Registry, RegistryError, hub_cache_dir
 from diffdeck.engines.core.routes import capped, choose_route
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, FAMILY_NAMES, MAX_SIDE, JobSpec, check_scheduler
@@ -33,9 +31,6 @@ from diffdeck.engines.core.validation import SpecError, check
 # (a recent GPU, half precision): enough to tell a preview from a final.
 FAMILY_STEP_S = {"sd": 0.05, "sdxl": 0.15, "sd3": 0.3, "flux": 0.6}
 REFINING_FAMILIES = ("sdxl",)  # pipelines with denoising_end / denoising_start
-_CROSS_KEY = re.compile(r"attn2[._]to_k.*lora_(A|down)[._]")
-_MAX_HEADER = 100_000_000  # bytes of safetensors JSON header; a real LoRA's is far smaller
-_hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256, once per file per process
 
 SizeCheck = Callable[[JobSpec], None]  # raises SpecError when job.model cannot render job.width x height
 
@@ -45,8 +40,7 @@ def resolve_flow(spec: JobSpec, registry: Registry, check_size: SizeCheck | None
     with stages takes the first stage's model, steps, guidance, scheduler and size as its own.
     Idempotent: a resolved spec (a replay, a restored job) comes back as it is, re-checked."""
     spec.validate()
-    job = expand(spec, registry)
-    _check_init(job)
+    job = _checked_init(expand(spec, registry))
     return _resolved(job, registry, check_size)
 
 
@@ -71,7 +65,9 @@ def route_job(spec: JobSpec, registry: Registry, max_cost_s: float | None = None
     """The route a job asks for (a name, or `auto`) chosen and applied: its flow, or its model and
     the job fields it gives that the job leaves open; `routed_by` says which rule chose it and
     why. With `max_cost_s`, the preview route when the chosen one's estimate is over it. A job
-    already routed (`routed_by` set), or asking for none, comes back as it is."""
+    already routed (`routed_by` set), or asking for none, comes back as it is. A job naming an
+    unknown model is refused, even where its route or flow would render on another."""
+    registry.get(spec.model)
     if spec.route is None:
         check(max_cost_s is None, "max_cost", "caps the cost of a route; give a route (final, or auto) with it")
     if spec.route is None or spec.routed_by is not None:
@@ -91,6 +87,23 @@ def expand(spec: JobSpec, registry: Registry) -> JobSpec:
     if job.stages and job.stages[0].model:
         job = replace(job, model=job.stages[0].model)
     return job
+
+
+def overriding(spec: JobSpec, registry: Registry, field: str, given: Any) -> str | None:
+    """What sets the job's `field` (model, steps, guidance, scheduler, loras) everywhere it renders,
+    so that the value `given` for it would not be used, in words; None where it is used: a route or
+    flow leaves it to the job in some stage (a stage that names no steps takes the job's), or the
+    job has neither. `spec`: the job with `given` in it."""
+    job = expand(spec, registry)
+    by = (f"flow {job.flow}" + (f" of route {job.route}" if job.route else "")) if job.flow else f"route {job.route}"
+    if field == "model":
+        return None if job.model == given else f"{by} renders on model {job.model}"
+    if not job.stages or any(getattr(stage, field) is None and (field == "loras" or stage.model in (None, job.model))
+                             for stage in job.stages):  # a stage's LoRAs are the job's on any model
+        return None
+    values = [getattr(stage, field) for stage in job.stages if stage.model in (None, job.model)]
+    said = ", ".join(dict.fromkeys(str(v) for v in values if v is not None and field != "loras"))
+    return f"{by} sets {field} in every stage" + (f" ({said})" if said else "")
 
 
 def estimate_seconds(spec: JobSpec, registry: Registry) -> float:
@@ -166,20 +179,27 @@ def _stage_size(job: JobSpec, stage: Stage, before: Stage | None, defaults: dict
     return before.width, before.height
 
 
-def _check_init(job: JobSpec) -> None:
+def _checked_init(job: JobSpec) -> JobSpec:
+    """The job with its init image checked, named by its absolute path (what a replay or resume
+    from another folder, and the worker, read) and hashed; refused where it changed since then."""
     starts_from_image = bool(job.stages) and job.stages[0].kind == "img2img"
     if job.init_image is None:
         check(not starts_from_image, "init_image",
               "the flow starts with img2img, which needs an image to start from (--init IMAGE.png, or promote one)")
-        return
+        return job
     check(starts_from_image, "init_image", "is used only by a flow whose first stage is img2img"
           + (f"; flow {job.flow} starts with {job.stages[0].kind}" if job.stages else "; this job has no flow"))
     try:
         with open(job.init_image, "rb") as f:
             is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+        digest = file_sha256(Path(job.init_image))
     except OSError as e:
         raise SpecError("init_image", f"{job.init_image} cannot be read: {e.strerror or e}") from None
     check(is_png, "init_image", f"{job.init_image} is not a PNG image")
+    check(job.init_sha256 in (None, digest), "init_image",
+          f"the init image {job.init_image} changed since it was recorded (its sha256 is now {digest[:12]}..., "
+          f"recorded {str(job.init_sha256)[:12]}...); restore it to render the job as it was")
+    return replace(job, init_image=str(Path(job.init_image).expanduser().absolute()), init_sha256=digest)
 
 
 def _check_stage(job: JobSpec, i: int, stages: list[Stage], registry: Registry, check_size: SizeCheck | None) -> None:
@@ -237,7 +257,7 @@ def _check_same_latents(first: str, second: str, registry: Registry, where: str,
 
 def _latent_space(model: str, registry: Registry) -> tuple[str, int, float] | None:
     files = registry.files(model)
-    vae = _json(files.folder / "vae" / "config.json") if files.folder else None
+    vae = json_object(files.folder / "vae" / "config.json") if files.folder else None
     if vae is None or files.family is None:
         return None
     return files.family, vae.get("latent_channels", 4), vae.get("scaling_factor", 0.18215)
@@ -254,13 +274,12 @@ def _checked_lora(lora: Lora, model: str, registry: Registry, where: str) -> Lor
     check(path is not None, where, f"{lora.source}: no such file, nor a downloaded hub adapter in {hub_cache_dir()}")
     check(path.suffix == ".safetensors", where,
           f"{lora.source} is not a .safetensors file; adapters are loaded as safetensors only (pickle files can run code)")
-    widths = _cross_attention_inputs(_safetensors_header(path, where))
-    model_widths = _model_cross_attention(model, registry)
-    if widths and model_widths is not None and not widths <= model_widths:
-        family = registry.files(model).family
-        raise SpecError(where, f"{lora.name} is a LoRA for another family: its cross-attention takes text "
-                               f"embeddings {'/'.join(map(str, sorted(widths)))} wide, and model {model!r} "
-                               f"({FAMILY_NAMES.get(family, family)}) gives {'/'.join(map(str, sorted(model_widths)))}")
+    folder = registry.files(model).folder
+    try:
+        misfit = lora_fit(path, folder, model) if folder is not None else None  # not downloaded: the worker checks
+    except LoraFileError as e:
+        raise SpecError(where, str(e)) from None
+    check(misfit is None, where, misfit or "")
     digest = file_sha256(path)
     check(lora.sha256 in (None, digest), where,
           f"{path} has changed since it was recorded (sha256 {digest[:12]}..., recorded {str(lora.sha256)[:12]}...)")
@@ -288,56 +307,16 @@ def lora_file(source: str) -> Path | None:
 
 
 def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _hashes:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
+    """The file's SHA-256, hashed once per process for each version of it (path, size, mtime)."""
+    return once_per_file(path, _sha256)
 
 
-def _safetensors_header(path: Path, where: str) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            check(0 < size <= _MAX_HEADER, where, f"{path} is not a safetensors file (no header)")
-            header = json.loads(f.read(size))
-    except OSError as e:
-        raise SpecError(where, f"{path} cannot be read: {e.strerror or e}") from None
-    except ValueError:
-        raise SpecError(where, f"{path} is not a safetensors file (its header is not JSON)") from None
-    check(isinstance(header, dict), where, f"{path} is not a safetensors file (its header is not a mapping)")
-    return header
-
-
-def _cross_attention_inputs(header: dict[str, Any]) -> set[int]:
-    """The text-embedding widths the LoRA's cross-attention key projections take (lora_A or
-    lora_down of attn2.to_k: [rank, width])."""
-    widths = set()
-    for name, entry in header.items():
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if _CROSS_KEY.search(name) and isinstance(shape, list) and len(shape) >= 2 and isinstance(shape[1], int):
-            widths.add(shape[1])
-    return widths
-
-
-def _model_cross_attention(model: str, registry: Registry) -> set[int] | None:
-    """The widths a model's UNet cross-attends to; an empty set for a transformer model (SD3,
-    Flux: no attn2), None where its configs are not here."""
-    files = registry.files(model)
-    if files.folder is None or files.family is None:
-        return None
-    if files.family in ("sd3", "flux"):
-        return set()
-    unet = _json(files.folder / "unet" / "config.json")
-    width = unet.get("cross_attention_dim") if unet else None
-    if isinstance(width, int):
-        return {width}
-    return set(width) if isinstance(width, list) and all(isinstance(w, int) for w in width) else None
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # routes
@@ -350,14 +329,6 @@ def _applied(spec: JobSpec, registry: Registry, name: str, why: str) -> JobSpec:
     open_fields = {k: v for k, v in route.fields.items() if getattr(spec, k) in (None, (), "", DEFAULT_SCHEDULER)}
     return replace(spec, **open_fields, model=route.model or spec.model, flow=route.flow or spec.flow,
                    route=name, routed_by=f"{why}: {route.target()}")
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _multiple_of_8(value: float) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from diffdeck.engines.core.flows import Flow, Stage, stages_from
 from diffdeck.engines.core.routes import Route, role_routes
 from diffdeck.engines.core.spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
-from diffdeck.engines.core.validation import is_number
+from diffdeck.engines.core.validation import is_int, is_number
 from diffdeck.engines.core.yamlfile import parse_yaml, read_utf8
 
 DEMO_FOLDER = Path(__file__).parents[1] / "demo_model"
@@ -70,6 +70,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 _HUB_ID = re.compile(r"^(?![.~])[\w.-]+/(?!\.\.?$)[\w.-]+$")  # org/name, never ./x or ../x
+_GPU = re.compile(r"cuda:\d+")  # device: one GPU of several
 _DEFAULT_KEYS = ("steps", "guidance", "width", "height", "size")
 _ENTRY_KEYS = {f.name for f in fields(ModelSpec)} - {"name"}
 
@@ -344,7 +345,7 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
     if not entry.get("source"):
         raise RegistryError(f"{where}: 'source:' is missing (a hub id such as org/name, or a folder)")
     for key, allowed in (("dtype", DTYPES), ("device", DEVICES), ("offload", OFFLOAD_MODES)):
-        if key in entry and entry[key] not in allowed:
+        if key in entry and entry[key] not in allowed and not (key == "device" and _GPU.fullmatch(str(entry[key]))):
             raise RegistryError(f"{where}: {key} {entry[key]!r} is not one of {', '.join(allowed)}")
     source = str(entry["source"])
     if not _HUB_ID.match(source) or (path.parent / source).exists():
@@ -363,12 +364,17 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
     step_s = entry.get("seconds_per_step")
     if step_s is not None and not (is_number(step_s) and step_s > 0):
         raise RegistryError(f"{where}: seconds_per_step must be a number above 0, got {step_s!r}")
+    gpus = entry.get("gpus")
+    if gpus is not None and not (isinstance(gpus, list) and gpus and all(is_int(g) and g >= 0 for g in gpus)):
+        raise RegistryError(f"{where}: gpus must be a list of GPU indices such as [0, 1], got {gpus!r}")
+    if gpus is not None and _GPU.fullmatch(str(entry.get("device", ""))):
+        raise RegistryError(f"{where}: give either gpus or device cuda:N, not both")
     if not isinstance(entry.get("allow_pickle", False), bool):
         raise RegistryError(f"{where}: allow_pickle must be true or false, unquoted")
     return ModelSpec(
         name=name, source=source, revision=_opt_str(entry.get("revision")),
         dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
-        offload=entry.get("offload", "none"), defaults=_size_split(defaults),
+        gpus=tuple(gpus) if gpus is not None else None, offload=entry.get("offload", "none"), defaults=_size_split(defaults),
         memory_gb=entry.get("memory_gb"), seconds_per_step=step_s,
         roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
         description=str(entry.get("description", "")), example=str(entry.get("example", "")),

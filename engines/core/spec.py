@@ -17,7 +17,7 @@ from diffdeck.engines.core.validation import MAX_STEPS, SpecError, check, is_int
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3/3.5", "flux": "Flux.1"}
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, one GPU of several (its position among the visible ones)
 MAX_SIDE = 4096
 MAX_COUNT = 64
 MAX_PROMPT = 10_000  # characters; T5 in SD3 and Flux reads 512 tokens, CLIP 77: this is ample
@@ -96,6 +96,7 @@ class JobSpec:
     group: str | None = None  # A/B set or grid cell this job belongs to
     loras: tuple[Lora, ...] = ()  # adapters for every stage that names none of its own
     init_image: str | None = None  # a PNG: the init of a flow that starts with img2img (a promoted preview)
+    init_sha256: str | None = None  # the init image file's, filled in at submit: a changed file is refused
     flow: str | None = None  # the flow's name; its stages are copied into `stages` at submit
     stages: tuple[Stage, ...] = ()  # empty: one txt2img pass, as a job without a flow
     route: str | None = None  # the intent it was rendered for (preview, final, ...)
@@ -193,6 +194,7 @@ class ModelSpec:
     revision: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    gpus: tuple[int, ...] | None = None  # the GPUs its workers may run on (None: any); device cuda:N pins one
     offload: str = "none"
     defaults: dict[str, Any] = field(default_factory=dict)
     memory_gb: float | None = None  # estimate used by the dispatcher's memory budget
@@ -211,6 +213,7 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
         data = dict(data)
         data["roles"] = tuple(data.get("roles") or ())
+        data["gpus"] = tuple(data["gpus"]) if data.get("gpus") is not None else None
         return cls(**data)
 
 

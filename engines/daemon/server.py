@@ -43,7 +43,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from diffdeck.engines import __version__
 from diffdeck.engines.core.events import Event, EventStream, JobRecord, Status
@@ -52,8 +52,10 @@ from diffdeck.engines.core.registry import RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.daemon.wire import LINE_LIMIT, PROTOCOL, DaemonError, encode, read_message
 from diffdeck.engines.record.session import SessionError, SessionWriteError
-from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.engines.sets.variants import VariantSet
+
+if TYPE_CHECKING:  # the client imports this module: it needs not the Dispatcher's modules
+    from diffdeck.engines.service.recorded_queue import RecordedQueue
 
 MAX_BACKLOG = 50_000  # events; previews, steps and telemetry make a few a second
 MAX_WHOLE = 2**31 - 1  # what a whole-number argument may be (a position, an image, stars, pixels)

@@ -8,7 +8,7 @@ The A1111 shape is what sd-parsers, A1111's "PNG Info", Civitai and most galleri
 
 Values that contain ',', ':' or '"' are JSON-quoted, as A1111 does. A flow's image says what A1111
 says of its own img2img, hires fix and refiner (Denoising strength, Hires upscale, Hires steps,
-Hires upscaler, Refiner, Refiner switch at) for the stages up to it, and its LoRAs as A1111's
+Hires upscaler, Hires checkpoint, Refiner, Refiner switch at) for the stages up to it, and its LoRAs as A1111's
 prompt does, <lora:NAME:WEIGHT>, with their `Lora hashes`.
 """
 
@@ -70,10 +70,11 @@ def a1111_parameters(record: dict[str, Any]) -> str:
         ("Seed", record["seed"]),
         ("Size", f"{spec['width']}x{spec['height']}"),
     ]
-    if model.get("revision") and model["name"] == spec["model"]:  # a refiner's image: Model is the base's
+    base = (stages[0].get("model") if stages else None) or spec["model"]  # the first pass's checkpoint
+    if model.get("revision") and model["name"] == base:  # a refiner's image: Model is the base's
         fields.append(("Model hash", model["revision"][:10]))
     loras = _loras(spec, stages)
-    fields += [("Model", spec["model"]), *_flow_fields(stages)]
+    fields += [("Model", base), *_flow_fields(stages, base)]
     if any(lora.sha256 for lora in loras):
         fields.append(("Lora hashes", ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in loras if lora.sha256)))
     fields.append(("Version", f"diffdeck {__version__}"))
@@ -88,9 +89,11 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _flow_fields(stages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+def _flow_fields(stages: list[dict[str, Any]], base: str) -> list[tuple[str, Any]]:
     """A1111's words for what the stages did: the last re-noising strength, the first upscale
-    (its hires fix), the first refine."""
+    (its hires fix), the first refine. A second pass on another checkpoint than `base` is A1111's
+    `Hires checkpoint` (1.6+): that of the first upscale, else of the first img2img after the
+    first stage (A1111's hires fix is that pass; it has no other word for one)."""
     fields: list[tuple[str, Any]] = []
     strength = next((s["strength"] for s in reversed(stages) if s.get("strength") is not None), None)
     if strength is not None:
@@ -100,6 +103,9 @@ def _flow_fields(stages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
         method = upscale.get("method") or "lanczos"
         fields += [("Hires upscale", _number(upscale["factor"])), ("Hires steps", upscale["steps"]),
                    ("Hires upscaler", UPSCALER_NAMES.get(method, method))]
+    second = upscale or next((s for s in stages[1:] if s["kind"] == "img2img"), None)
+    if second and (second.get("model") or base) != base:
+        fields.append(("Hires checkpoint", second["model"]))
     refine = next((s for s in stages if s["kind"] == "refine"), None)
     if refine:
         fields += [("Refiner", refine["model"]), ("Refiner switch at", _number(refine["switch"]))]
@@ -152,17 +158,31 @@ def _png_text(path: str | Path) -> dict[str, str]:
 
 
 def image_job(path: str | Path) -> JobSpec:
-    """The job that renders this one image again, alone: its spec with its own seed."""
+    """The job that renders this one image again, alone: its spec with its own seed. A flow's
+    stage image: its flow up to that stage, which ends with that image."""
     record = read_record(path)
     try:
         seed = record["seed"]
-        job = JobSpec.from_dict({**record["spec"], "count": 1, "seed": seed, "seeds": [seed]})
+        spec = record["spec"] if record.get("stage") is None else _through_stage(record, path)
+        job = JobSpec.from_dict({**spec, "count": 1, "seed": seed, "seeds": [seed]})
         job.validate()
         return job
     except (KeyError, TypeError) as e:
         raise MetadataError(f"{path}: its diffdeck record is incomplete ({e})") from None
     except SpecError as e:
         raise MetadataError(f"{path}: its diffdeck record holds a job that cannot run ({e})") from None
+
+
+def _through_stage(record: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The spec of a stage image's flow cut after that stage. Refused for a stage a refine takes
+    over part-way: its image is the schedule's part before the switch, which no flow ends with."""
+    stages, stage = record["spec"]["stages"], record["stage"]
+    if not isinstance(stage, int) or not 0 <= stage < len(stages):
+        raise MetadataError(f"{path}: its diffdeck record names stage {stage!r} of a flow of {len(stages)} stages")
+    if stage + 1 < len(stages) and stages[stage + 1]["kind"] == "refine":
+        raise MetadataError(f"{path} is stage {stage} of its flow, stopped at the switch for the refine after it, "
+                            "and renders only with that refine; render --from the flow's own image")
+    return {**record["spec"], "stages": stages[:stage + 1]}
 
 
 _FIELD = re.compile(r'\s*(\w[\w \-/]*): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

@@ -7,23 +7,32 @@ import math
 from typing import Any
 
 from diffdeck.engines.record.session import Session
-from diffdeck.engines.sets.similarity import measure
+from diffdeck.engines.sets.similarity import measure, not_comparable
 from PIL import Image
 
 
 def set_differences(session: Session, set_id: str) -> list[dict[str, Any]]:
     """For each variant after the first and each image both have on disk: PSNR (None when
-    identical) and perceptual-hash distance against the first variant's image."""
+    identical) and perceptual-hash distance against the first variant's image, and a note
+    ("identical pixels"; for images of different sizes, both figures None and why)."""
     variants = session.sets[set_id]["variants"]
     first, others = min(variants, key=lambda v: v["cell"]), sorted(variants, key=lambda v: v["cell"])[1:]
     pairs = []
     for other in others:
         for index, (left, right) in _paired_images(session, first["job"], other["job"]).items():
             with Image.open(session.resolve(left["path"])) as a, Image.open(session.resolve(right["path"])) as b:
-                db, distance = measure(a, b)
-            pairs.append({"image": index, "seed": left["seed"], "left": first["label"], "right": other["label"],
-                          "psnr_db": None if math.isinf(db) else round(db, 2), "phash_distance": distance})
+                pair = {"image": index, "seed": left["seed"], "left": first["label"], "right": other["label"]}
+                pairs.append({**pair, **_measures(a, b)})
     return pairs
+
+
+def _measures(a: Image.Image, b: Image.Image) -> dict[str, Any]:
+    if why := not_comparable(a, b):
+        return {"psnr_db": None, "phash_distance": None, "note": why}
+    db, distance = measure(a, b)
+    identical = math.isinf(db)
+    return {"psnr_db": None if identical else round(db, 2), "phash_distance": distance,
+            "note": "identical pixels" if identical else None}
 
 
 def _paired_images(session: Session, left: str, right: str) -> dict[int, tuple[dict, dict]]:

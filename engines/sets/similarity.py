@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffdeck.engines.core.pixels import pixel_sha256
+from diffdeck.engines.sets.tolerance import Tolerance
 from PIL import Image, ImageChops, ImageStat
 
 
@@ -20,17 +21,9 @@ class Verdict:
     # image's pixels no longer match the SHA-256 in its record)
     kind: str
     psnr_db: float | None = None  # None: identical pixels, or not compared
-    phash_distance: int = 0
+    phash_distance: int | None = 0  # None: not compared
     max_difference: int | None = None  # the largest difference of one channel of one pixel, 0..255; None: not measured
     note: str | None = None  # why, where the kind alone does not say
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How close near-identical is: the last-bit noise of other float kernels, never a visible change."""
-    min_psnr_db: float = 60.0
-    max_difference: int = 2
-    max_phash_distance: int = 2
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -52,26 +45,34 @@ def dhash(image: Image.Image, side: int = 8) -> int:
     return bits
 
 
+def not_comparable(a: Image.Image, b: Image.Image) -> str | None:
+    """Why two images cannot be measured pixel for pixel (their sizes differ); None when they can."""
+    if a.size == b.size:
+        return None
+    return f"sizes differ ({a.width}x{a.height} vs {b.width}x{b.height}): not compared"
+
+
 def measure(a: Image.Image, b: Image.Image) -> tuple[float, int]:
-    """PSNR in dB (inf: identical) and perceptual-hash distance in bits of two images; images of
-    different sizes are as far apart as can be."""
-    if a.size != b.size:
-        return 0.0, 64
+    """PSNR in dB (inf: identical) and perceptual-hash distance in bits of two images of one size
+    (ValueError otherwise: see `not_comparable`)."""
+    if why := not_comparable(a, b):
+        raise ValueError(why)
     return psnr(a, b), bin(dhash(a) ^ dhash(b)).count("1")
 
 
 def max_difference(a: Image.Image, b: Image.Image) -> int:
-    """The largest difference of one channel of one pixel (255 for images of different sizes)."""
-    if a.size != b.size:
-        return 255
+    """The largest difference of one channel of one pixel of two images of one size."""
     return max(high for _, high in ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getextrema())
 
 
 def compare(recorded: str | Path, new: str | Path, tolerance: Tolerance) -> Verdict:
-    """Identical pixels, or near-identical within every bound of the tolerance, or different."""
+    """Identical pixels, or near-identical within every bound of the tolerance, or different
+    (without figures where the sizes differ)."""
     with Image.open(recorded) as a, Image.open(new) as b:
         if pixel_sha256(a) == pixel_sha256(b):
             return Verdict("identical")
+        if why := not_comparable(a, b):
+            return Verdict("different", note=why)
         (db, distance), largest = measure(a, b), max_difference(a, b)
     near = (db >= tolerance.min_psnr_db and largest <= tolerance.max_difference
             and distance <= tolerance.max_phash_distance)

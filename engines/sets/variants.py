@@ -26,7 +26,7 @@ from typing import Any
 
 from diffdeck.engines.core.flow_checks import expand
 from diffdeck.engines.core.flows import STAGE_KINDS
-from diffdeck.engines.core.registry import Registry
+from diffdeck.engines.core.registry import Registry, RegistryError
 from diffdeck.engines.core.spec import MAX_STEPS, JobSpec, SpecError, check_scheduler, draw_seeds, parse_size
 from diffdeck.engines.core.text import counted
 
@@ -234,13 +234,17 @@ def plan_grid(base: JobSpec, axes: dict[str, str], registry: Registry | None = N
 
 
 def _varied(base: JobSpec, changes: dict[str, Any], registry: Registry | None, where: str) -> JobSpec:
-    """`base` with a variant's changes, checked. A route or a flow replaces the other; a stage
-    field sets it on every stage of its kind (the flow copied into the job first)."""
+    """`base` with a variant's changes, checked. A route or a flow replaces the other (and must
+    be one there is); a stage field sets it on every stage of its kind (the flow copied into the
+    job first)."""
     fields = {k: v for k, v in changes.items() if "." not in k}
-    if "route" in fields or "flow" in fields:
+    routed = "route" in fields or "flow" in fields
+    if routed:
         fields = {"route": None, "flow": None, **fields, "stages": (), "routed_by": None}
     spec = dataclasses.replace(base, **fields)
     try:
+        if routed and registry is not None:
+            _known_route_and_flow(spec, registry)
         for name, value in changes.items():
             if name == LORA_WEIGHT:
                 spec = _weighed(spec, value)
@@ -250,6 +254,13 @@ def _varied(base: JobSpec, changes: dict[str, Any], registry: Registry | None, w
     except SpecError as e:
         raise SpecError(e.field, f"in {where}: {e.message}") from None
     return spec
+
+
+def _known_route_and_flow(spec: JobSpec, registry: Registry) -> None:
+    try:
+        expand(spec, registry)
+    except RegistryError as e:
+        raise SpecError("flow" if spec.flow else "model", str(e)) from None
 
 
 def _with_stage_field(spec: JobSpec, name: str, value: Any, registry: Registry | None) -> JobSpec:

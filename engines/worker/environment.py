@@ -98,5 +98,19 @@ def _git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def devices() -> list[dict[str, Any]]:
+    """The GPUs this process sees, in CUDA's order (CUDA_VISIBLE_DEVICES applied): what the
+    Dispatcher pins workers to where NVML cannot say."""
+    if not torch.cuda.is_available():
+        return []
+    found = []
+    for i in range(torch.cuda.device_count()):
+        properties = torch.cuda.get_device_properties(i)
+        uuid = getattr(properties, "uuid", None)
+        found.append({"name": properties.name, "memory": properties.total_memory,
+                      "uuid": f"GPU-{uuid}" if uuid is not None else None})
+    return found
+
+
 if __name__ == "__main__":
-    json.dump(describe(), sys.stdout)
+    json.dump(devices() if sys.argv[1:] == ["--devices"] else describe(), sys.stdout)

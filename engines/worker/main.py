@@ -244,9 +244,11 @@ class Worker:
 
     def _render_stages(self, job: "_JobRun", index: int, stages: range, files: dict[str, str]) -> None:
         runner = StageRunner(self.model, job.spec)
-        handed = Handed.read(files)
+        since: float | None = time.perf_counter()  # the first stage's preparation reads what it starts from
+        handed = Handed.read(files, job.spec.init_sha256 if stages[0] == 0 else None)
         for i in stages:
-            output = runner.run(i, index, handed, job.hooks(i))
+            output = runner.run(i, index, handed, job.hooks(i), since)
+            since = None
             handed = Handed(output.image, output.latents)
             leg_ends_before_flow = i == stages[-1] and i + 1 < len(job.spec.stages)
             job.save(index, output.image, output.timings, output.peak, i,
@@ -277,7 +279,7 @@ class _JobRun:
 
     def __init__(self, worker: Worker, job_id: str, spec: JobSpec, out_dir: Path):
         self.worker, self.job_id, self.spec, self.out_dir = worker, job_id, spec, out_dir
-        self.totals = {"denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+        self.totals = {"prepare_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
         self.peak = 0
         self._last_step = 0.0
         self._previewing = True

@@ -8,8 +8,12 @@ through the schedule) or a `latent` upscale of the same model. Worker side: impo
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import io
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,11 +38,16 @@ class Handed:
     latents: torch.Tensor | None = None
 
     @classmethod
-    def read(cls, files: dict[str, str]) -> "Handed":
-        """The previous leg's output, or a flow's init image, from the files a job message names."""
+    def read(cls, files: dict[str, str], sha256: str | None = None) -> "Handed":
+        """The previous leg's output, or a flow's init image, from the files a job message names.
+        `sha256`: the init image's at submit; ValueError when the file is not that one now."""
         image = latents = None
         if files.get("image"):
-            with Image.open(files["image"]) as f:
+            data = Path(files["image"]).read_bytes()
+            if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+                raise ValueError(f"the init image {files['image']} has changed since the job was submitted; "
+                                 "submit the job again to start from the file as it is now")
+            with Image.open(io.BytesIO(data)) as f:
                 image = f.convert("RGB")
         if files.get("latents"):
             latents = load_file(files["latents"])[LATENTS_KEY]
@@ -69,7 +78,11 @@ class StageRunner:
         return following is not None and (following.kind == "refine" or (
             following.kind == "upscale" and following.method == "latent" and self.model_of(i + 1) == self.model_of(i)))
 
-    def run(self, i: int, index: int, handed: Handed, hooks: Hooks) -> Output:
+    def run(self, i: int, index: int, handed: Handed, hooks: Hooks, since: float | None = None) -> Output:
+        """Stage `i` of image `index`, from what the stage before handed it. Its timings: prepare_s
+        (scheduler, LoRA adapters, the img2img pipeline, the resample or VAE encode of its input;
+        from `since`, where the caller read that input from files), then the pipeline call's."""
+        since = time.perf_counter() if since is None else since
         stage = self.spec.stages[i]
         if self.model_of(i) != self.model.spec.name:
             raise ValueError(f"stage {i} ({stage.kind}) is for model {self.model_of(i)!r}, "
@@ -79,15 +92,18 @@ class StageRunner:
         size = self._size(stage, handed)
         pipe = self.model.txt2img if stage.kind == "txt2img" else self.model.img2img
         source = self._source(i, stage, handed, size)
+        prepare_s = time.perf_counter() - since
         if stage.kind == "upscale" and stage.tile and max(size) > stage.tile:
             if self.hands_latents(i) and self.spec.stages[i + 1].kind == "refine":
                 raise ValueError(f"stage {i}: a tiled upscale cannot hand latents to a refine stage")
-            return self._tiled(pipe, i, index, source, size, stage.tile, hooks)
-        args = self._args(pipe, i, index, source, size)
-        if self.hands_latents(i):
-            args.update(self._hand_over(pipe, i))
-        image, latents, timings, peak = self.model.call(pipe, args, index, hooks, size)
-        return Output(image, latents, timings, peak)
+            output = self._tiled(pipe, i, index, source, size, stage.tile, hooks)
+        else:
+            args = self._args(pipe, i, index, source, size)
+            if self.hands_latents(i):
+                args.update(self._hand_over(pipe, i))
+            output = Output(*self.model.call(pipe, args, index, hooks, size))
+        output.timings = {"prepare_s": prepare_s, **output.timings}
+        return output
 
     def _size(self, stage: Stage, handed: Handed) -> tuple[int, int]:
         """(width, height) the stage renders: filled in at submit; else the job's, or its input's."""
