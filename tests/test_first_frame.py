@@ -1,15 +1,19 @@
 """What the workbench does before its first frame, and `diffdeck bench frame`, which measures it."""
 
+import importlib.util
 import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 from diffdeck.engines.core.registry import load_registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.app import Workbench
+from diffdeck.tui.cli.bench_frame import compile_diffdeck
 from diffdeck.tui.config import load_config
 from diffdeck.tui.engine import LocalEngine
 from diffdeck.tui.images import tmux_blocks_graphics
@@ -78,6 +82,55 @@ async def test_the_local_engine_starts_once_the_first_frame_is_whole(tmp_path):
         await until(pilot, lambda: "not resumed" in str(app.query_one(QueueView).get_row("job-0001")), timeout=10,
                     what="job-0001 marked as not resumed")
         assert any(toast.startswith("job-0001 not resumed: unknown model 'gone-now'") for toast in app.said), app.said
+
+
+class NotesTheFirstFrame(RecordsToasts):
+    keys_in_first_frame: list[str] | None = None
+
+    async def on_mount(self) -> None:
+        await super().on_mount()
+        self.call_after_refresh(lambda: setattr(self, "keys_in_first_frame", keys(self)))
+
+
+async def test_the_first_frame_has_the_prompts_keys_in_the_footer(tmp_path):
+    """Textual composes the footer's keys a refresh or two after the focus brings them: the
+    first frame had none, and `bench frame` waited for the next ones."""
+    config = load_config(tmp_path)
+    app = NotesTheFirstFrame(LocalEngine(load_registry(None), Session.open(tmp_path / "s")), config,
+                             [load_theme(p) for p in config.theme_files], history=tmp_path / "history")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.keys_in_first_frame is not None, timeout=10, what="the first frame")
+        assert {"Render", "A/B", "Quit", "Keys"} <= set(app.keys_in_first_frame), app.keys_in_first_frame
+        assert app.screen.focused is app.query_one("#prompt")
+
+
+# what the UI start must not load; what does, loads once the engine or an image needs it
+ENGINE_SIDE = ("psutil", "pynvml", "PIL", "diffdeck.engines.queue.dispatcher",
+               "diffdeck.engines.service.recorded_queue", "diffdeck.engines.service.replay")
+
+
+def test_the_workbench_starts_without_the_engines_modules():
+    """The local engine is built after the first frame, images drawn later still: its modules
+    (the Dispatcher's, psutil, PIL: the replay options' defaults need no image code) are not
+    imported before it."""
+    probe = ("import sys; import diffdeck.tui.cli.main as m; m.build_parser(); m.build_workbench_parser(); "
+             "import diffdeck.tui.app, diffdeck.tui.engine, diffdeck.tui.images, diffdeck.tui.themes; "
+             f"print(' '.join(name for name in {ENGINE_SIDE!r} if name in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == [], loaded
+
+
+def test_the_frame_bench_starts_diffdeck_from_bytecode():
+    """Compiled once before the starts it times, as an install is (PYTHONDONTWRITEBYTECODE set
+    compiled diffdeck from source at every start, and Textual not)."""
+    import diffdeck.tui.plain as module
+
+    source = module.__file__
+    cached = importlib.util.cache_from_source(source)
+    if os.path.exists(cached):
+        os.unlink(cached)
+    compile_diffdeck()
+    assert os.path.getmtime(cached) >= os.path.getmtime(source)
 
 
 async def test_a_local_engine_asked_before_it_started_starts_and_records_what_it_is_asked(tmp_path):

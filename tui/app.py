@@ -22,10 +22,8 @@ from diffdeck.engines.core.events import UNFINISHED, VERDICT_EVENTS, EventKind, 
 from diffdeck.engines.core.registry import RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.core.text import counted, visible
-from diffdeck.engines.daemon.client import daemon_holding
 from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionWriteError
-from diffdeck.engines.sets.contact_sheet import SheetError, contact_sheet
 from diffdeck.engines.sets.variants import VariantSet, plan_ab
 from diffdeck.themes import STYLESHEET
 from diffdeck.tui.compare_state import Comparison
@@ -61,6 +59,11 @@ WORKER_EVENTS = frozenset({EventKind.LOADING, EventKind.WORKER_READY, EventKind.
                            EventKind.WORKER_EVICTED})
 # what may change an open set view: a new image, or a job of it ending without one
 SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED})
+
+
+def breakpoint(size: int, breakpoints: list[tuple[int, str]]) -> str | None:
+    """The class of the largest breakpoint `size` reaches (as Textual's Screen picks it)."""
+    return max(((at, name) for at, name in breakpoints if size >= at), default=(0, None))[1]
 
 
 class Workbench(App):
@@ -120,6 +123,14 @@ class Workbench(App):
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return dict(PRESSURE_COLOURS)
 
+    def get_default_screen(self) -> Screen:
+        """The screen with its breakpoint classes for the terminal's size already set: set at its
+        first resize (Textual's way), they would style every widget a second time before the
+        first frame."""
+        width, height = self.size
+        classes = [breakpoint(width, self.HORIZONTAL_BREAKPOINTS), breakpoint(height, self.VERTICAL_BREAKPOINTS)]
+        return Screen(id="_default", classes=" ".join(c for c in classes if c))
+
     def compose(self) -> ComposeResult:
         yield Static(plain(self._title_text()), id="title")
         with Vertical(id="main"):  # two rows, each split on its own: the queue wants width, the editor height
@@ -132,7 +143,6 @@ class Workbench(App):
                 yield Gallery(self.image_class, id="gallery")
         if self.hint:
             yield Static(self.hint, id="hint")
-        yield Footer()
 
     @property
     def session(self) -> Session:
@@ -144,6 +154,11 @@ class Workbench(App):
         return f"diffdeck · session {self.engine.session_name}{engine}"
 
     async def on_mount(self) -> None:
+        # The footer comes once the prompt has the focus, so that it draws the keys that focus
+        # brings in the first frame, not a refresh or two later (Textual's way: it waits for the
+        # screen to say its bindings changed, and then for a refresh)
+        self.screen.set_focus(self.query_one("#prompt"))
+        await self.mount(Footer())
         self.board.load(self.session)
         self.marks = self.session.image_marks()
         self._show_model(self.first_model)
@@ -181,6 +196,8 @@ class Workbench(App):
     async def _warn_if_a_daemon_holds(self) -> None:
         """An engine daemon running beside this workbench's own engine: its warm models would load
         here a second time, in twice the memory."""
+        from diffdeck.engines.daemon.client import daemon_holding  # the daemon's modules: after the first frame
+
         warning = await daemon_holding(self.engine.models())
         if warning:
             self.notify(f"{warning}; diffdeck without a session attaches to the daemon instead",
@@ -587,6 +604,8 @@ class Workbench(App):
 
     @work(thread=True, group="contact-sheet", exit_on_error=False)
     def _write_sheet(self, set_id: str) -> None:
+        from diffdeck.engines.sets.contact_sheet import SheetError, contact_sheet  # PIL's drawing: not at start
+
         try:
             paths = contact_sheet(self.session, set_id)
         except (OSError, SheetError) as e:

@@ -8,7 +8,8 @@ folded in, and nothing written by the workbench (the daemon records; picks and r
 it and come back as events). For a daemon on another machine, the images are fetched as
 thumbnails into a cache folder, and the mirror's paths point there.
 
-UI side: never imports torch.
+UI side: never imports torch. The Dispatcher's modules load when the local engine starts, after
+the workbench's first frame.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 from diffdeck.engines.core.events import RECORDED_EVENTS, VERDICT_EVENTS, Event, EventKind, Status
 from diffdeck.engines.core.registry import Registry, RegistryError
-from diffdeck.engines.daemon.client import EngineClient, save_image
 from diffdeck.engines.daemon.wire import DaemonError
-from diffdeck.engines.queue.dispatcher import Dispatcher
 from diffdeck.engines.record.session import Session
 from diffdeck.engines.service.engine import Engine
-from diffdeck.engines.service.recorded_queue import RecordedQueue
+
+if TYPE_CHECKING:
+    from diffdeck.engines.daemon.client import EngineClient
+    from diffdeck.engines.queue.dispatcher import Dispatcher
+    from diffdeck.engines.service.recorded_queue import RecordedQueue
 
 FETCHED_PX = 512  # the largest view the workbench draws (the image screen)
 
@@ -59,6 +62,8 @@ class LocalEngine:
     @property
     def queue(self) -> RecordedQueue:
         if self._queue is None:
+            from diffdeck.engines.service.recorded_queue import RecordedQueue
+
             self._queue = RecordedQueue(self.registry, self.session, **self._dispatcher_options)
         return self._queue
 
@@ -213,6 +218,8 @@ class AttachedEngine:
             return self._relative(path)
         local = self.session.images_dir / Path(path).name
         if not local.is_file():
+            from diffdeck.engines.daemon.client import save_image
+
             with contextlib.suppress(DaemonError):  # gone from the daemon's disk: drawn as missing, as here
                 save_image(await self.client.image(job_id, index, FETCHED_PX), self.session.images_dir)
         return os.path.relpath(local, self.session.folder)

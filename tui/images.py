@@ -2,7 +2,8 @@
 
 textual-image asks the terminal what it supports when it is imported, so `image_widget()` is
 called once before the app starts. Kitty graphics send the whole PNG at every redraw: the
-gallery shows thumbnails, never the full files.
+gallery shows thumbnails, never the full files. PIL loads with the first image, not before the
+workbench's first frame.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image as PILImage
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 THUMB_PX = 128
 GRAPHICS_MODES = ("auto", "kitty", "sixel")  # the modes that send the terminal graphics
@@ -40,13 +43,17 @@ def image_widget(mode: str):
             "halfcell": widgets.HalfcellImage}[mode]
 
 
-def thumbnail(path: Path | str, size: int = THUMB_PX) -> PILImage.Image:
+def thumbnail(path: Path | str, size: int = THUMB_PX) -> Image:
+    from PIL import Image as PILImage
+
     with PILImage.open(path) as image:
         image.thumbnail((size, size))
         return image.convert("RGB")
 
 
-def decode_preview(data: bytes) -> PILImage.Image:
+def decode_preview(data: bytes) -> Image:
+    from PIL import Image as PILImage
+
     with PILImage.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
 

@@ -10,8 +10,8 @@ from diffdeck.engines.core.spec import JobSpec
 
 PROMOTED_TO = "final"
 # what a promoted job takes from its route, not from the preview: the preview's flow and stages,
-# why it was routed, its init image, its place in an A/B set
-ROUTED = {"flow": None, "stages": (), "routed_by": None, "init_image": None, "group": None}
+# why it was routed, its init image (and that file's hash), its place in an A/B set
+ROUTED = {"flow": None, "stages": (), "routed_by": None, "init_image": None, "init_sha256": None, "group": None}
 # settings the preview's model or route may have filled in: final's model or route fills them again
 FILLABLE = ("steps", "guidance", "width", "height", "scheduler")
 OPEN = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.name in FILLABLE}

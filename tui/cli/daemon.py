@@ -38,7 +38,6 @@ from diffdeck.engines.daemon.client import (
 from diffdeck.engines.daemon.server import Daemon, Place, hold_lock, place, socket_path
 from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionError, is_session, new_session_dir
-from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.tui.cli.progress import Progress, exit_status, follow_jobs
 
 START_TIMEOUT_S = 60.0
@@ -123,6 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         folder = args.session or (None if args.new_session else _session_to_resume(where)) or new_session_dir()
         # absolute: the daemon's paths are read by clients in other folders, or on other machines
         session = open_for_writing(folder.resolve())
+        from diffdeck.engines.service.recorded_queue import RecordedQueue  # the Dispatcher's modules: not at start
+
         return asyncio.run(_serve(Daemon(RecordedQueue(registry, session), where)))
     finally:
         if session is not None:
@@ -482,7 +483,7 @@ async def render_attached(connect: Connect, specs: list[JobSpec], as_json: bool,
         jobs = {}
         for spec in specs:
             job = await client.submit(spec)
-            jobs[job.id] = job.spec["model"]
+            jobs[job.id] = job
         print(visible(f"diffdeck: {', '.join(jobs)} queued on the daemon (session {client.hello['session']}); "
                       "ctrl+c detaches, the renders go on"), file=sys.stderr)
         following = asyncio.create_task(follow_jobs(client.events(), jobs, as_json))

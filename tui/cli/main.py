@@ -18,19 +18,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffdeck.engines import __version__
 from diffdeck.engines.core.events import Status
-from diffdeck.engines.core.flow_checks import flow_problem, route_job
+from diffdeck.engines.core.flow_checks import flow_problem, overriding, route_job
 from diffdeck.engines.core.flows import Lora
 from diffdeck.engines.core.registry import Registry, RegistryError, load_registry
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.wire import DaemonError
-from diffdeck.engines.queue.environment_probe import probe_environment
-from diffdeck.engines.queue.telemetry import Telemetry
-from diffdeck.engines.record.png_metadata import MetadataError, image_job
 from diffdeck.engines.record.session import (
     DEFAULT_ROOT,
     Session,
@@ -40,21 +37,7 @@ from diffdeck.engines.record.session import (
     new_session_dir,
     summarize,
 )
-from diffdeck.engines.service.recorded_queue import RecordedQueue
-from diffdeck.engines.service.replay import (
-    Check,
-    ImageResult,
-    check_environment,
-    job_models,
-    new_replay_folder,
-    replay,
-    result_dict,
-    select_jobs,
-    summarize_replay,
-)
-from diffdeck.engines.sets.contact_sheet import contact_sheet
-from diffdeck.engines.sets.pairs import set_differences
-from diffdeck.engines.sets.similarity import Tolerance
+from diffdeck.engines.sets.tolerance import Tolerance
 from diffdeck.engines.sets.variants import (
     AXIS_FIELDS,
     CONFIRM_ABOVE,
@@ -74,6 +57,9 @@ from diffdeck.tui.cli.daemon import (
 )
 from diffdeck.tui.cli.progress import exit_status, follow_jobs
 from diffdeck.tui.config import IMAGE_MODES, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from diffdeck.engines.service.recorded_queue import RecordedQueue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 128 + signal.SIGPIPE
-    except (SpecError, RegistryError, SessionError, MetadataError, ConfigError, DaemonError, UsageError) as e:
+    except (SpecError, RegistryError, SessionError, ConfigError, DaemonError, UsageError) as e:
         print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)  # it may quote a file, a PNG, a daemon
         return 2
     except SessionWriteError as e:  # a full disk, say: not bad input, and what was recorded is kept
@@ -366,7 +352,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         if given:
             raise SpecError("--from", f"renders the image as it was recorded, so {', '.join(given)} cannot apply; "
                                       "to change it, render its prompt with those options")
-        specs = [image_job(args.from_image)]
+        from diffdeck.engines.record.png_metadata import MetadataError, image_job  # PIL's PNG reader: not at start
+
+        try:
+            specs = [image_job(args.from_image)]
+        except MetadataError as e:
+            raise SpecError("--from", str(e)) from None
     elif not args.prompts:
         raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
     else:
@@ -374,7 +365,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.max_cost is not None:
         if not args.route:
             raise SpecError("--max-cost", "caps the cost of a route; give --route final (or auto) with it")
+        if not 0 < args.max_cost < float("inf"):
+            raise SpecError("--max-cost", f"is a number of seconds above 0, got {args.max_cost:g}")
         specs = [route_job(spec, registry, args.max_cost) for spec in specs]
+    for spec in specs if not args.from_image else ():
+        _check_used(args, spec, registry)
     connect = daemon_connection(args)
     if args.fetch and not connect:
         raise SpecError("--fetch", "copies images from a daemon; this render is local (--engine daemon, or --remote HOST)")
@@ -404,6 +399,25 @@ def _job_spec(args: argparse.Namespace, prompt: str) -> JobSpec:
     return JobSpec(prompt=prompt, **{name: value for name, value in given.items() if value is not None})
 
 
+# the options a route or flow may set in every stage, and the JobSpec field each gives
+STAGE_OPTIONS = {"model": "model", "steps": "steps", "guidance": "guidance", "scheduler": "scheduler", "lora": "loras"}
+
+
+def _check_used(args: argparse.Namespace, spec: JobSpec, registry: Registry) -> None:
+    """With --route or --flow, an option is used where some stage leaves its field to the job;
+    one that the route or flow sets everywhere is refused (it would be dropped without a word)."""
+    if not (spec.route or spec.flow):
+        return
+    for option, field in STAGE_OPTIONS.items():
+        if getattr(args, option) is None:
+            continue
+        given = args.model if field == "model" else getattr(spec, field)  # a route may have set the model
+        why = overriding(spec, registry, field, given)
+        if why is not None:
+            raise SpecError(f"--{option}", f"{why}, so --{option} would not be used; leave it out, or render "
+                                           f"without {'--route' if spec.route else '--flow'} to set it")
+
+
 def _lora(text: str) -> Lora:
     """`FILE[:WEIGHT]`, a file named as the daemon will find it: absolute."""
     lora = Lora.from_dict(text, "--lora")
@@ -421,13 +435,20 @@ def _given_job_options(args: argparse.Namespace) -> list[str]:
 
 def cmd_ab(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    return _run_set(args, registry, plan_varied(_job_spec(args, args.prompts[0]), args.prompts, args.vary, registry))
+    base = _used_job_spec(args, args.prompts[0], registry)
+    return _run_set(args, registry, plan_varied(base, args.prompts, args.vary, registry))
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
     axes = {"x": args.x, "y": args.y, "page": args.page}
-    return _run_set(args, registry, plan_grid(_job_spec(args, args.prompt), axes, registry))
+    return _run_set(args, registry, plan_grid(_used_job_spec(args, args.prompt, registry), axes, registry))
+
+
+def _used_job_spec(args: argparse.Namespace, prompt: str, registry: Registry) -> JobSpec:
+    spec = _job_spec(args, prompt)
+    _check_used(args, spec, registry)
+    return spec
 
 
 def _run_set(args: argparse.Namespace, registry: Registry, variants: VariantSet) -> int:
@@ -448,6 +469,9 @@ def _run_set(args: argparse.Namespace, registry: Registry, variants: VariantSet)
     status = asyncio.run(_render(registry, session, queue, args.json))
     if not queued:
         return status
+    from diffdeck.engines.sets.contact_sheet import contact_sheet
+    from diffdeck.engines.sets.pairs import set_differences
+
     set_id = queued[0]
     pairs = set_differences(session, set_id) if variants.kind == "ab" else []
     sheets = [str(path) for path in contact_sheet(session, set_id)]
@@ -455,8 +479,8 @@ def _run_set(args: argparse.Namespace, registry: Registry, variants: VariantSet)
         print(json.dumps({"set": set_id, "pairs": pairs, "sheets": sheets}))
         return status
     for pair in pairs:
-        print(f"{pair['left']} vs {pair['right']} image {pair['image']} seed {pair['seed']}: PSNR {pair['psnr_db']} dB, "
-              f"perceptual-hash distance {pair['phash_distance']}")
+        measures = pair["note"] or f"PSNR {pair['psnr_db']} dB, perceptual-hash distance {pair['phash_distance']}"
+        print(f"{pair['left']} vs {pair['right']} image {pair['image']} seed {pair['seed']}: {measures}")
     for sheet in sheets:
         print(visible(f"contact sheet: {sheet}"))
     return status
@@ -511,15 +535,17 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
     `resume`, the session's unfinished jobs are queued again first), print each image as it is
     saved, then shut the queue down, which compacts the session, and let go of the session.
     Exit status: 0 all done, 130 cancelled, 1 any failed or held."""
+    from diffdeck.engines.service.recorded_queue import RecordedQueue
+
     engine = RecordedQueue(registry, session)
     events = engine.subscribe()
     loop = asyncio.get_running_loop()
     try:
         engine.start(resume=resume)
         job_ids = await queue_jobs(engine)  # raises on bad input, before anything runs
-        jobs = {job_id: engine.dispatcher.jobs[job_id].spec.model for job_id in job_ids}
+        jobs = {job_id: engine.dispatcher.jobs[job_id].record() for job_id in job_ids}
         loop.add_signal_handler(signal.SIGINT, engine.dispatcher.cancel_all)
-        await warn_of_a_daemon_holding(jobs.values())
+        await warn_of_a_daemon_holding([job.spec["model"] for job in jobs.values()])
         following = asyncio.create_task(follow_jobs(events, jobs, as_json))
         await asyncio.wait({following, engine.recording}, return_when=asyncio.FIRST_COMPLETED)
         if session.write_error is not None:  # nothing more can be recorded: render nothing more
@@ -540,6 +566,18 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
 # replay
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from diffdeck.engines.service.replay import (
+        Check,
+        ImageResult,
+        check_environment,
+        job_models,
+        new_replay_folder,
+        replay,
+        result_dict,
+        select_jobs,
+        summarize_replay,
+    )
+
     registry = load_registry(args.models)
     session = Session.open(args.session, create=False)
     job_ids = select_jobs(session, args.jobs)
@@ -679,6 +717,9 @@ def _stage_text(stage: dict[str, Any]) -> str:
 # doctor
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from diffdeck.engines.queue.environment_probe import probe_environment
+    from diffdeck.engines.queue.telemetry import Telemetry
+
     print(f"diffdeck {__version__}  python {sys.version.split()[0]}  ({sys.executable})")
     env = probe_environment()
     if env is None:

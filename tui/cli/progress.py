@@ -9,19 +9,22 @@ import shutil
 import sys
 from typing import Any, TextIO
 
-from diffdeck.engines.core.events import FINISHING_EVENTS, EventKind, Status
+from diffdeck.engines.core.events import FINISHING_EVENTS, EventKind, JobRecord, Status, rendering_timings
 from diffdeck.engines.core.text import visible
 
 
-async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) -> dict[str, tuple[Status, str | None]]:
-    """Follow the events of `jobs` (id -> model) until each has finished or the stream ends:
-    record each (and each job-less one) with `record`, show progress on a terminal, print each
-    image as it is saved. Returns how each job ended, with its error."""
+async def follow_jobs(events, jobs: dict[str, JobRecord], as_json: bool,
+                      record=None) -> dict[str, tuple[Status, str | None]]:
+    """Follow the events of `jobs` (as queued: a resumed flow's with the stage images made
+    before) until each has finished or the stream ends: record each (and each job-less one) with
+    `record`, show progress on a terminal, print each image as it is saved. Returns how each job
+    ended, with its error."""
     if not jobs:
         return {}
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not as_json else None
     ended: dict[str, tuple[Status, str | None]] = {}
     timings: dict[str, dict[str, float]] = {}
+    stages = {job_id: list(job.stages) for job_id, job in jobs.items()}
     try:
         async for event in events:
             if event.job is not None and event.job not in jobs:
@@ -32,10 +35,16 @@ async def follow_jobs(events, jobs: dict[str, str], as_json: bool, record=None) 
                 progress.show(event)
             if event.type == EventKind.STARTED:
                 timings[event.job] = {k: event.data[k] for k in ("queue_wait_s", "load_s")}
+            elif event.type == EventKind.STAGE_IMAGE:
+                stages[event.job].append(event.data)
             elif event.type == EventKind.IMAGE:
                 if progress:
                     progress.clear()  # the path goes on a line of its own
-                _print_image(event.data, event.job, jobs[event.job], timings.get(event.job, {}), as_json)
+                if as_json:
+                    print(json.dumps(image_json(event.data, jobs[event.job], timings.get(event.job, {}),
+                                                stages[event.job])), flush=True)
+                else:
+                    print(visible(event.data["path"]), flush=True)
             elif event.type in FINISHING_EVENTS:
                 ended[event.job] = (Status(event.type), event.data.get("error"))
                 if len(ended) == len(jobs):
@@ -58,13 +67,23 @@ def exit_status(ended: dict[str, tuple[Status, str | None]]) -> int:
     return status
 
 
-def _print_image(data: dict[str, Any], job_id: str, model: str, job_timings: dict[str, float], as_json: bool) -> None:
-    if not as_json:
-        print(visible(data["path"]), flush=True)
-        return
-    record = {"path": data["path"], "seed": data["seed"], "model": model, "job": job_id, "image": data["image"],
-              "timings": {**job_timings, **data["timings"]}, "peak_memory": data["peak_memory"]}
-    print(json.dumps(record), flush=True)
+def image_json(data: dict[str, Any], job: JobRecord, job_timings: dict[str, float],
+               stage_images: list[dict[str, Any]]) -> dict[str, Any]:
+    """An image as `--json` prints it: its job's route and flow; its timings (the job's queue wait
+    and load, what every stage of the image took added up, the job's time so far as total_s); and
+    a flow's stages one by one, the image itself the last."""
+    spec, index = job.spec, data["image"]
+    made = {s["stage"]: s for s in stage_images if s["image"] == index}  # a stage rendered again: its last
+    flow = spec.get("stages") or []
+    if flow:
+        made[len(flow) - 1] = {**data, "kind": flow[-1]["kind"], "model": flow[-1].get("model") or spec["model"]}
+    stages = [{"stage": i, "kind": s["kind"], "model": s["model"], "path": s["path"],
+               "timings": rendering_timings([s]), "peak_memory": s["peak_memory"]} for i, s in sorted(made.items())]
+    return {"path": data["path"], "seed": data["seed"], "model": spec["model"], "job": job.id, "image": index,
+            "route": spec.get("route"), "flow": spec.get("flow"),
+            "timings": {**job_timings, **rendering_timings(list(made.values()) or [data]),
+                        "total_s": data["timings"]["total_s"]},
+            "stages": stages, "peak_memory": max(m["peak_memory"] or 0 for m in [data, *made.values()])}
 
 
 class Progress:

@@ -10,12 +10,10 @@ import math
 from typing import Any
 
 from diffdeck.engines.record.session import TIE
-from diffdeck.engines.sets.similarity import measure
 from diffdeck.tui.compare_state import LEFT, RIGHT, Comparison, Side
 from diffdeck.tui.images import thumbnail
 from diffdeck.tui.plain import plain
 from diffdeck.tui.widgets.footer import Footer
-from PIL import Image
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -151,12 +149,18 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-measure", exit_on_error=False)
     def _measure(self, sides: list[Side]) -> None:
+        from diffdeck.engines.sets.similarity import measure, not_comparable  # PIL, not before the first frame
+        from PIL import Image
+
         paths = tuple(side.image["path"] if side.image else "" for side in sides)
         if not all(paths):
             self.post_message(self.Measured(paths, "difference: waiting for both images"))
             return
         try:
             with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
+                if why := not_comparable(a, b):
+                    self.post_message(self.Measured(paths, f"difference: {why}"))
+                    return
                 db, distance = measure(a, b)
         except OSError as e:
             self.post_message(self.Measured(paths, f"difference: cannot read an image ({e})"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer as TextualFooter
 
@@ -14,12 +15,17 @@ class Footer(TextualFooter):
 
     _shown: tuple[bool, tuple[tuple[Binding, bool, str], ...]] | None = None
 
+    def compose(self) -> ComposeResult:
+        if self.screen.focused is not None:  # the keys are known already: drawn in the first frame it is in
+            self.set_reactive(TextualFooter._bindings_ready, True)
+        if self._bindings_ready:
+            self._shown = self._keys()
+        yield from super().compose()
+
     async def recompose(self) -> None:
         if not self.is_attached:  # its screen closed since (Textual's recompose does nothing then)
             return
-        keys = self._keys()
-        if keys != self._shown:
-            self._shown = keys
+        if self._keys() != self._shown:
             await super().recompose()
 
     def _keys(self) -> tuple[bool, tuple[tuple[Binding, bool, str], ...]]:

@@ -3,18 +3,20 @@ stands in for the image it is making. Enter on a thumbnail opens it larger."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffdeck.tui.images import decode_preview, thumbnail
 from diffdeck.tui.plain import plain
 from diffdeck.tui.workbench_state import Board
-from PIL import Image as PILImage
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Label, Static
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
 
 LIVE = -1  # the image index of the running job's live preview
 
