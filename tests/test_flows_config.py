@@ -414,3 +414,12 @@ def test_the_shipped_example_flows_and_routes_load():
     job = resolve_flow(JobSpec("a fox", route="final"), registry)
     assert [(s.kind, s.model) for s in job.stages] == [("txt2img", "sdxl"), ("upscale", "sdxl")], \
         "a stage that names no model renders on the flow's first model, not on the job's default"
+
+
+def test_a_built_in_lora_is_named_and_recorded_by_name_so_its_sessions_replay_from_any_checkout(flows_registry, tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    (lora,) = resolve_flow(JobSpec("a striped red star", loras=(Lora.from_dict("striped:0.75"),)), flows_registry).loras
+    shipped = DEMO_FOLDER.parent / "demo" / "loras" / "striped.safetensors"
+    assert (lora.source, lora.weight, lora.sha256) == ("striped", 0.75, file_sha256(shipped))
+    assert refusal(flows_registry, JobSpec("x", loras=(Lora("stripy"),))).endswith("nor a built-in adapter (striped)")

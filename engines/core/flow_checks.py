@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from diffdeck.engines.core.flows import Flow, Lora, Stage
 from diffdeck.engines.core.lora_fit import LoraFileError, json_object, lora_fit, once_per_file
-from diffdeck.engines.core.registry import Registry, RegistryError, hub_cache_dir
+from diffdeck.engines.core.registry import BUILT_IN_LORAS, Registry, RegistryError, hub_cache_dir
 from diffdeck.engines.core.routes import capped, choose_route
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, FAMILY_NAMES, MAX_SIDE, JobSpec, check_scheduler
 from diffdeck.engines.core.validation import SpecError, check
@@ -271,7 +271,8 @@ def _checked_loras(loras: tuple[Lora, ...], model: str, registry: Registry, wher
 
 def _checked_lora(lora: Lora, model: str, registry: Registry, where: str) -> Lora:
     path = lora_file(lora.source)
-    check(path is not None, where, f"{lora.source}: no such file, nor a downloaded hub adapter in {hub_cache_dir()}")
+    check(path is not None, where, f"{lora.source}: no such file, nor a downloaded hub adapter in {hub_cache_dir()}, "
+                                   f"nor a built-in adapter ({', '.join(built_in_loras())})")
     check(path.suffix == ".safetensors", where,
           f"{lora.source} is not a .safetensors file; adapters are loaded as safetensors only (pickle files can run code)")
     folder = registry.files(model).folder
@@ -287,12 +288,20 @@ def _checked_lora(lora: Lora, model: str, registry: Registry, where: str) -> Lor
     return replace(lora, source=str(path) if local else lora.source, sha256=digest)
 
 
+def built_in_loras() -> list[str]:
+    """The adapters that ship with diffdeck, by name (`--lora striped`): recorded by name, so a
+    session that used one replays from any checkout."""
+    return sorted(path.stem for path in BUILT_IN_LORAS.glob("*.safetensors"))
+
+
 def lora_file(source: str) -> Path | None:
-    """A LoRA's file: a local path, else `org/repo[/file.safetensors]` in the hub cache (the repo's
-    one .safetensors file when it names none). None when neither is here."""
+    """A LoRA's file: a local path, else a built-in adapter's name, else `org/repo[/file.safetensors]`
+    in the hub cache (the repo's one .safetensors file when it names none). None when none is here."""
     local = Path(source).expanduser()
     if local.is_file():
         return local.absolute()
+    if source in built_in_loras():
+        return BUILT_IN_LORAS / f"{source}.safetensors"
     parts = source.split("/")
     if len(parts) < 2 or local.is_absolute():
         return None

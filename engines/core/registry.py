@@ -22,6 +22,7 @@ from diffdeck.engines.core.validation import is_int, is_number
 from diffdeck.engines.core.yamlfile import parse_yaml, read_utf8
 
 DEMO_FOLDER = Path(__file__).parents[1] / "demo_model"
+BUILT_IN_LORAS = Path(__file__).parents[1] / "demo" / "loras"  # adapters for the demo model, by name
 DEMO = ModelSpec(
     name="demo",
     source=str(DEMO_FOLDER),

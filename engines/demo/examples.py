@@ -56,7 +56,7 @@ def remake(root: Path) -> None:
         diffdeck("render", "a large red circle on a blue background", "--seed", "1", "--route", route,
                  "--session", str(root / "demo-flow"))
     Session.open(root / "demo-flow").compact()
-    diffdeck("grid", "a striped red star on a blue background", "--lora", str(STRIPED_LORA),
+    diffdeck("grid", "a striped red star on a blue background", "--lora", STRIPED_LORA.stem,
              "--x", "lora.weight=0..1 step 0.25", "--y", "prompt=red star -> yellow square, white circle, green cross",
              "--seed", "11", "--yes", "--session", str(root / "demo-lora"))
     Session.open(root / "demo-lora").compact()
