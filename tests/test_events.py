@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from diffdeck.engines.core.events import STATUSES, Event, EventKind, EventStream, JobRecord, Status
+from diffdeck.engines.core.events import STATUSES, Event, EventKind, EventStream, JobRecord, Status, render_seconds
 from diffdeck.engines.core.registry import DEMO, Registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import Intervals
@@ -86,3 +86,11 @@ def test_statuses_and_kinds_are_their_words_in_text_and_json():
         '{"status": "held", "type": "worker_ready"}'
     assert f"{Status.RUNNING:8}|{EventKind.DONE}" == "running |done" and str(Status.QUEUED) == "queued"
     assert ", ".join(Status) == "queued, running, done, failed, cancelled, held"
+
+
+def test_render_seconds_count_a_flows_preparing_and_wait_for_what_is_missing():
+    assert render_seconds({"prepare_s": 0.24, "denoise_s": 0.5, "decode_s": 0.01, "save_s": 0.002, "load_s": 3.0}) \
+        == pytest.approx(0.752), "prepare (a resample, an encode) is render time; the model load is not"
+    assert render_seconds({"denoise_s": 0.5, "decode_s": 0.01, "save_s": 0.002}) == pytest.approx(0.512), \
+        "records from before flows have no prepare_s"
+    assert render_seconds({"denoise_s": 0.5}) is None

@@ -6,8 +6,9 @@ widgets. The user's picks and ratings are read from the session, which records t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from diffdeck.engines.core.events import render_seconds
 from diffdeck.engines.record.session import Session
 from diffdeck.tui.workbench_state import JobRow
 
@@ -110,9 +111,9 @@ class Comparison:
         rows = [(name, _value(left, key), _value(right, key)) for name, key in PARAMETERS]
         rows.append(("seed", _seed(left), _seed(right)))
         compared = [(name, a, b, a != b) for name, a, b in rows]
-        for name, keys in (("denoise", ("denoise_s",)), ("decode", ("decode_s",)),
-                           ("render", ("denoise_s", "decode_s", "save_s"))):  # no queue wait, no model load
-            compared.append((name, _seconds(left, keys), _seconds(right, keys), False))
+        for name, seconds in (("denoise", lambda t: t.get("denoise_s")), ("decode", lambda t: t.get("decode_s")),
+                              ("render", render_seconds)):  # no queue wait, no model load
+            compared.append((name, _seconds(left, seconds), _seconds(right, seconds), False))
         compared.append(("peak memory", _memory(left), _memory(right), False))
         compared.append(("rating", _stars(left.rating), _stars(right.rating), False))
         return compared
@@ -133,10 +134,9 @@ def _seed(side: Side) -> str:
     return str(side.image["seed"]) if side.image else "—"
 
 
-def _seconds(side: Side, keys: tuple[str, ...]) -> str:
-    timings = (side.image or {}).get("timings", {})
-    parts = [timings.get(key) for key in keys]
-    return f"{sum(parts):.2f} s" if all(isinstance(p, (int, float)) for p in parts) else "—"
+def _seconds(side: Side, seconds: Callable[[dict[str, Any]], float | None]) -> str:
+    taken = seconds((side.image or {}).get("timings", {}))
+    return f"{taken:.2f} s" if isinstance(taken, (int, float)) else "—"
 
 
 def _memory(side: Side) -> str:

@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status
+from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status, render_seconds
 from diffdeck.engines.record.session import Session
 
 HISTORY = 60  # telemetry samples kept for the sparklines (about a minute)
@@ -48,9 +48,8 @@ class JobRow(JobRecord):
         return count if isinstance(count, int) and count > 0 else 1
 
     def render_s(self) -> float | None:
-        """Time spent making its images (denoise, decode, save): no queue wait, no load."""
-        parts = [self.timings.get(k) for k in ("denoise_s", "decode_s", "save_s")]
-        return sum(parts) if all(isinstance(p, (int, float)) for p in parts) else None
+        """Time spent making its images: no queue wait, no load."""
+        return render_seconds(self.timings)
 
     @property
     def steps_done(self) -> int:

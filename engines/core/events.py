@@ -109,6 +109,17 @@ class JobRecord:
                    data.get("worker_crashes", 0), dict(data.get("progress") or {}), list(data.get("stages") or ()))
 
 
+# The parts of making an image, as its timings name them: no queue wait, no model load.
+RENDER_PARTS = (("prepare", "prepare_s"), ("denoise", "denoise_s"), ("decode", "decode_s"), ("save", "save_s"))
+
+
+def render_seconds(timings: dict[str, Any]) -> float | None:
+    """What making the images took, RENDER_PARTS added up; None while denoise, decode or save is not
+    known (prepare, which records before flows lack, counts where it is)."""
+    parts = [timings.get(key, 0.0 if key == "prepare_s" else None) for _, key in RENDER_PARTS]
+    return sum(parts) if all(isinstance(p, (int, float)) for p in parts) else None
+
+
 def rendering_timings(made: Iterable[dict[str, Any]]) -> dict[str, float]:
     """What rendering took (prepare, denoise, decode, save), added up over images or stage images
     (their `timings`; total_s, when each was made counted from its job's submit, left out)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from diffdeck.engines.core.events import RENDER_PARTS
 from diffdeck.engines.core.text import visible
 from diffdeck.tui.workbench_state import Board, JobRow, pressure
 from rich.text import Text
@@ -118,8 +119,7 @@ def timing_text(board: Board) -> Text:
 
 def breakdown(row: JobRow) -> Text:
     t = row.timings
-    parts = [f"{name} {t[key]:.2f}s" for name, key in (("load", "load_s"), ("denoise", "denoise_s"),
-                                                      ("decode", "decode_s"), ("save", "save_s")) if key in t]
+    parts = [f"{name} {t[key]:.2f}s" for name, key in (("load", "load_s"), *RENDER_PARTS) if key in t]
     text = Text(visible(f"last {row.id}: ") + "  ".join(parts))
     if row.peak_memory:
         text.append(f"\npeak {row.peak_memory / GIB:.2f} GiB")
