@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status, render_seconds
+from diffdeck.engines.core.flows import denoising_steps, stages_from
 from diffdeck.engines.record.session import Session
 
 HISTORY = 60  # telemetry samples kept for the sparklines (about a minute)
@@ -52,12 +53,21 @@ class JobRow(JobRecord):
         return render_seconds(self.timings)
 
     @property
+    def stage_steps(self) -> list[int]:
+        """The steps of each stage of one image: a job without a flow has one stage, as its steps
+        counter says (a scheduler may count otherwise than `steps`)."""
+        stages = stages_from(self.spec.get("stages") or ())
+        return denoising_steps(stages) if stages else [self.total or int(self.spec.get("steps") or 0)]
+
+    @property
     def steps_done(self) -> int:
-        return (self.image * self.total if self.total else 0) + self.step
+        per_stage = self.stage_steps
+        stage = int(self.progress.get("stage") or 0)
+        return self.image * sum(per_stage) + sum(per_stage[:stage]) + self.step
 
     @property
     def steps_total(self) -> int:
-        return self.count * (self.total or int(self.spec.get("steps") or 0))
+        return self.count * sum(self.stage_steps)
 
     def eta_s(self) -> float | None:
         """Seconds left at the measured step rate; None before a rate is known."""
@@ -67,8 +77,7 @@ class JobRow(JobRecord):
 
     def steps_left(self) -> int:
         """Steps still to render: a job resumed with some images kept renders only the rest."""
-        per_image = self.total or int(self.spec.get("steps") or 0)
-        return max(0, self.steps_total - len(self.images) * per_image)
+        return max(0, self.steps_total - len(self.images) * sum(self.stage_steps))
 
 
 @dataclass
@@ -137,7 +146,7 @@ class Board:
 
     def _measure(self, row: JobRow) -> None:
         """A done job's render time per step (decode and save included) stands for its model's rate."""
-        render_s, steps = row.render_s(), len(row.images) * int(row.spec.get("steps") or 0)
+        render_s, steps = row.render_s(), len(row.images) * sum(row.stage_steps)
         if render_s and steps:
             self.step_s[str(row.spec.get("model"))] = render_s / steps
 

@@ -160,6 +160,24 @@ class Flow:
         return {"name": self.name, "description": self.description, "stages": [s.to_dict() for s in self.stages]}
 
 
+def denoising_steps(stages: tuple[Stage, ...]) -> list[int]:
+    """The steps each stage of a resolved flow denoises for one image, as diffusers counts them: an
+    img2img or upscale pass `strength` of its steps, a stage a refine takes over up to `switch`, the
+    refine the rest. (Tiles each take the pass's steps again: not counted here.)"""
+    counts = []
+    for i, stage in enumerate(stages):
+        steps = stage.steps or 0
+        following = stages[i + 1] if i + 1 < len(stages) else None
+        if stage.kind in ("img2img", "upscale"):
+            steps = int(steps * (stage.strength or 1))
+        elif stage.kind == "refine":
+            steps -= round(steps * (stage.switch or 0))
+        if following is not None and following.kind == "refine":
+            steps = round(steps * (following.switch or 1))
+        counts.append(max(steps, 0))
+    return counts
+
+
 def stages_from(data: Any) -> tuple[Stage, ...]:
     check(isinstance(data, (list, tuple)), "stages", f"must be a list of stages, got {data!r}")
     return tuple(s if isinstance(s, Stage) else Stage.from_dict(s, i) for i, s in enumerate(data))
