@@ -4,12 +4,14 @@ Commands go in (submit, cancel, cancel_all, move, pause, resume, retry); an asyn
 stream of `Event`s comes out. It knows nothing of its clients: the TUI, the headless
 CLI and later a daemon all speak this one API. UI side: never imports torch.
 
-Jobs run one at a time (one GPU). Workers stay warm after a job; an idle worker is
-stopped after `idle_timeout_s`, or earlier, least recently used first, when a model
-that is about to load would push the warm models' memory past the budget.
+Each device (diffdeck.engines.queue.devices: the GPUs, else the CPU) runs one job at a time, so
+N GPUs run N jobs at once; diffdeck.engines.queue.placement decides which queued job starts where.
+Workers are kept per (model, device), each pinned to its GPU, and stay warm after a job; an
+idle worker is stopped after `idle_timeout_s`, or earlier, least recently used first, when a
+model about to load on its device would push the warm models' memory past that device's budget.
 
-A flow's job runs in legs: each leg the stages in a row of one model, one job message to that
-model's worker, handed the previous leg's images (or latents, for a refine) through the files
+A flow's job runs in legs: each leg the stages in a row of one model, placed on a device of its
+own, one job message to that model's worker there, handed the previous leg's images (or latents, for a refine) through the files
 it wrote. A resumed flow starts at the first leg some image has not been through.
 """
 
@@ -23,16 +25,26 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import psutil
-from diffdeck.engines.core.events import UNFINISHED, Event, EventKind, EventStream, JobRecord, Status
+from diffdeck.engines.core.events import (
+    UNFINISHED,
+    Event,
+    EventKind,
+    EventStream,
+    JobRecord,
+    Status,
+    rendering_timings,
+)
 from diffdeck.engines.core.flow_checks import resolve_flow
 from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.registry import ModelFiles, Registry, RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError, draw_seeds
 from diffdeck.engines.core.worker_protocol import Intervals
+from diffdeck.engines.queue.devices import Device, discover
 from diffdeck.engines.queue.footprint import Budget, Footprint, check_size, element_bytes
+from diffdeck.engines.queue.placement import Gpu, Plan, Policy, QueuedJob, Start, WarmModel, pins, place
 from diffdeck.engines.queue.telemetry import Telemetry, WorkerView
 from diffdeck.engines.queue.worker_handles import IDLE, WorkerError, WorkerProcess, describe_exit
 from diffdeck.engines.sets.variants import VariantSet
@@ -61,6 +73,7 @@ class Job:
     progress: dict[str, Any] = field(default_factory=dict)  # its last step: image, count, step, total, it_s
     stages: list[dict[str, Any]] = field(default_factory=list)  # a flow's stage images (stage_image messages)
     leg: Leg | None = None  # the leg of its flow that runs, or is next to
+    placed: asyncio.Future[Placed | None] | None = None  # while a later leg of its flow waits for a device
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     leg_ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -99,6 +112,32 @@ def legs(spec: JobSpec) -> list[Leg]:
     return cut
 
 
+@dataclass
+class DeviceSlot:
+    """One device of the Dispatcher: its warm workers, within its memory budget, and the job it
+    runs (one at a time)."""
+
+    device: Device
+    budget_gb: float
+    workers: dict[str, WorkerProcess] = field(default_factory=dict)
+    job: Job | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {"index": self.device.index, "name": self.device.name, "uuid": self.device.uuid,
+                "gpu": self.device.is_gpu, "fake": self.device.fake, "budget_gb": self.budget_gb,
+                "job": self.job.id if self.job else None,
+                "workers": {name: {"pid": w.pid, "state": w.state, "memory_gb": w.memory_gb}
+                            for name, w in self.workers.items()}}
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where placement put a job (or a leg of its flow): the device, and what to stop there first."""
+
+    slot: DeviceSlot
+    start: Start
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -114,7 +153,13 @@ class Dispatcher:
         telemetry: Telemetry | None = None,
         first_job_number: int = 1,
         first_set_number: int = 1,
+        devices: list[Device] | None = None,
+        launcher: Callable[..., WorkerProcess] = WorkerProcess,
     ):
+        """`devices`: what to render on; None: discovered (diffdeck.engines.queue.devices).
+        `memory_budget_gb`: each device's; None: 90 % of a GPU's memory, half the RAM for the CPU.
+        `launcher`: starts a worker, with WorkerProcess's arguments; a Ray cluster's: ray_workers.RayWorker."""
+        self.launcher = launcher
         self.registry = registry
         self.images_dir = Path(images_dir)
         self.idle_timeout_s = idle_timeout_s
@@ -123,10 +168,13 @@ class Dispatcher:
         self.intervals = intervals
         self.telemetry_interval_s = telemetry_interval_s
         self.telemetry = telemetry or Telemetry()
-        self.memory_budget_gb = memory_budget_gb or _default_budget_gb(self.telemetry)
+        self.devices = [DeviceSlot(device, memory_budget_gb or _default_budget_gb(device))
+                        for device in (devices if devices is not None else discover(self.telemetry.nvml))]
+        self.memory_budget_gb = max(slot.budget_gb for slot in self.devices)  # the most a job may take
         self.jobs: dict[str, Job] = {}
         self.queue: list[Job] = []
-        self.workers: dict[str, WorkerProcess] = {}
+        self._legs_waiting: list[Job] = []  # running flows whose next leg waits for a device, first come first
+        self._memory: dict[str, float] = {}  # each model's estimate
         self.paused = False
         self._ids = itertools.count(first_job_number)
         self._set_ids = itertools.count(first_set_number)
@@ -134,6 +182,7 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
+        self._runs: set[asyncio.Task] = set()  # the running jobs', one per busy device
         self._footprints: dict[str, Footprint | None] = {}  # per model, read at its first job  # cancels being enforced, workers being retired
 
     # lifecycle
@@ -156,10 +205,19 @@ class Dispatcher:
         running = [j.finished.wait() for j in self.jobs.values() if j.status == Status.RUNNING]
         if running:
             await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=grace_s)
-        for task in self._tasks:
+        for task in (*self._tasks, *self._runs):
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
-        await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+        await asyncio.gather(*self._tasks, *self._runs, *self._background, return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in self.all_workers()))
+
+    @property
+    def workers(self) -> dict[str, WorkerProcess]:
+        """Each warm model's worker: where it has replicas on several devices, the one used last
+        (`devices` has them all)."""
+        return {w.model: w for w in sorted(self.all_workers(), key=lambda w: w.last_used)}
+
+    def all_workers(self) -> list[WorkerProcess]:
+        return [worker for slot in self.devices for worker in slot.workers.values()]
 
     def _in_background(self, work) -> None:
         """Run `work` as a task that is kept until it ends (the loop holds tasks weakly), and that
@@ -226,7 +284,22 @@ class Dispatcher:
         defaults = self.registry.defaults(spec.model, files.family)
         job = spec.resolved(defaults, files.family, seeds)
         self._check_size(job)
+        for model in {job.model, *(stage.model for stage in job.stages if stage.model)}:
+            self._check_pins(model)
         return job
+
+    def _check_pins(self, model: str) -> None:
+        """RegistryError when a model is pinned to GPUs this machine does not have."""
+        pinned = self._pins(model)
+        gpus = {slot.device.index for slot in self.devices if slot.device.is_gpu}
+        if pinned is not None and not pinned & gpus:
+            have = f"GPUs {', '.join(map(str, sorted(gpus)))}" if gpus else "no GPU"
+            raise RegistryError(f"{model!r} is pinned to GPU {', '.join(map(str, sorted(pinned)))}; "
+                                f"this machine has {have}")
+
+    def _pins(self, model: str) -> frozenset[int] | None:
+        spec = self.registry.get(model)
+        return pins(spec.device, spec.gpus)
 
     def _check_size(self, job: JobSpec) -> None:
         """SpecError when `job.model` cannot render `job`'s size: past its area, or past the memory budget."""
@@ -257,13 +330,14 @@ class Dispatcher:
             self.queue.remove(job)
             self._finish(job, Status.CANCELLED)
         elif job.status == Status.RUNNING:
-            worker = self.workers.get(job.model)
+            slot = next((slot for slot in self.devices if slot.job is job), None)
+            worker = slot.workers.get(job.model) if slot else None
             if worker is not None and worker.job_id == job.id:
                 worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
                 self._in_background(self._enforce_cancel(job, worker))
             else:  # still waiting for its model to load
                 self._finish(job, Status.CANCELLED)
-                if worker is not None and not any(j.spec.model == worker.model for j in self.queue):
+                if worker is not None and not any(j.model == worker.model for j in self.queue):
                     self._in_background(self._retire(worker, "cancelled while loading"))
         else:
             return False
@@ -319,6 +393,7 @@ class Dispatcher:
         return self._enqueue(job)
 
     def _enqueue(self, job: Job) -> Job:
+        job.leg = next(_legs_to_run(job))  # placed by its model (a flow: its first leg's)
         self.queue.append(job)
         self._emit(EventKind.QUEUED, job, spec=job.spec.to_dict(), position=len(self.queue) - 1,
                    worker_crashes=job.worker_crashes)
@@ -332,51 +407,89 @@ class Dispatcher:
 
     # scheduling
 
-    def _next_job(self) -> Job | None:
-        """The head of the queue, unless a job close behind it can use a warm model.
-        A job is passed over at most `lookahead` times, so nothing starves."""
-        if self.paused or not self.queue:
-            return None
-        head = self.queue[0]
-        warm = {name for name, w in self.workers.items() if w.state == IDLE}
-        if head.spec.model in warm or head.passed_over >= self.lookahead:
-            return head
-        for i, job in enumerate(self.queue[1:self.lookahead + 1], start=1):
-            if job.spec.model in warm:
-                for skipped in self.queue[:i]:
-                    skipped.passed_over += 1
-                return job
-        return head
+    def _plan(self) -> list[Plan]:
+        """Where the legs of running flows that wait for a device start now, then, on the devices
+        still idle (and unless paused), the queued jobs: a queued job never goes before a flow
+        that has begun."""
+        largest = max(slot.budget_gb for slot in self.devices)  # a model past every budget runs alone on one
+        gpus = [Gpu(slot.device.index, slot.budget_gb, busy=slot.job is not None,
+                    warm=tuple(WarmModel(w.model, w.memory_gb, w.last_used) for w in slot.workers.values()
+                               if w.state == IDLE)) for slot in self.devices]
+        plans = []
+        for waiting in (self._legs_waiting, [] if self.paused else self.queue):
+            if not waiting:
+                continue
+            queue = [QueuedJob(job.id, job.model, job.submitted_at, min(self._memory_gb(job.model), largest),
+                               self._pins(job.model), job.passed_over) for job in waiting]
+            plans.append(place(gpus, queue, time.monotonic(), Policy(lookahead=self.lookahead)))
+            taken = {start.gpu for start in plans[-1].starts}
+            gpus = [dataclasses.replace(gpu, busy=True) if gpu.index in taken else gpu for gpu in gpus]
+        for plan in plans:
+            for job_id, count in plan.passed_over.items():
+                self.jobs[job_id].passed_over = count
+        return plans
+
+    def _memory_gb(self, model: str) -> float:
+        """The model's estimate, its weights' size read once (0 while a hub model is not here yet: asked again)."""
+        if not self._memory.get(model):
+            self._memory[model] = self.registry.memory_gb(model)
+        return self._memory[model]
 
     async def _schedule(self) -> None:
         while True:
-            job = self._next_job()
-            if job is None:
+            plans = self._plan()
+            starts = [start for plan in plans for start in plan.starts]
+            for start in starts:
+                self._start(start)
+            if not starts:
                 self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            self.queue.remove(job)
-            job.status, job.started_at = Status.RUNNING, time.monotonic()
-            self._emit(EventKind.DEQUEUED, job)  # its model may take a while to load before `started`
-            try:
-                await self._run(job)
-            except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue
-                log.exception("%s failed in the dispatcher", job.id)
-                if job.status == Status.RUNNING:
-                    self._fail(job, f"{type(e).__name__}: {e}", "error")
+                wake_at = min((plan.wake_at for plan in plans if plan.wake_at is not None), default=None)
+                wait = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
 
-    async def _run(self, job: Job) -> None:
-        """The job's one message to its model's worker, or its flow's legs one after another."""
+    def _start(self, start: Start) -> None:
+        """A job placed: a leg of a running flow goes on, a queued job leaves the queue and runs."""
+        job, slot = self.jobs[start.job], self.devices[start.gpu]
+        slot.job, placed = job, Placed(slot, start)
+        if job in self._legs_waiting:
+            self._legs_waiting.remove(job)
+            job.placed.set_result(placed)
+            return
+        self.queue.remove(job)
+        job.status, job.started_at = Status.RUNNING, time.monotonic()
+        self._emit(EventKind.DEQUEUED, job)  # its model may take a while to load before `started`
+        task = asyncio.create_task(self._run(job, placed))
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def _run(self, job: Job, placed: Placed) -> None:
+        try:
+            await self._run_legs(job, placed)
+        except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue
+            log.exception("%s failed in the dispatcher", job.id)
+            if job.status == Status.RUNNING:
+                self._fail(job, f"{type(e).__name__}: {e}", "error")
+        finally:
+            self._free(job)
+
+    async def _run_legs(self, job: Job, placed: Placed) -> None:
+        """The job's one message to its model's worker, or its flow's legs one after another, each
+        placed on a device of its own."""
         job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": 0.0}
         job.peak_memory, started = None, False
-        for leg in legs(job.spec) or [None]:
-            made = _made(job, leg)
-            if leg is not None and leg.hands_over(job.spec) and len(made) == len(job.spec.seeds):
-                continue  # every image went through it before the job was resumed
-            job.leg, job.leg_ended = leg, asyncio.Event()
-            worker = await self._ready_worker(job)
+        for leg in _legs_to_run(job):
+            if leg != job.leg:  # a later leg of its flow
+                self._free(job)
+                job.leg = leg
+                placed = await self._placed_again(job)
+                if placed is None:
+                    return
+            job.leg_ended = asyncio.Event()
+            worker = await self._ready_worker(job, placed)
             if worker is None:
                 return
+            made = _made(job, leg)
             leg_fields = {} if leg is None else {"stages": [leg.first, leg.last], "inputs": _inputs(job, leg, made)}
             try:
                 worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir), skip=sorted(made),
@@ -385,20 +498,41 @@ class Dispatcher:
                 self._fail(job, str(e), "crash")
                 return
             if not started:
-                self._emit(EventKind.STARTED, job, model=job.spec.model, pid=worker.pid, **job.timings)
+                self._emit(EventKind.STARTED, job, model=job.spec.model, pid=worker.pid, device=placed.slot.device.index,
+                           **job.timings)
                 started = True
             await job.leg_ended.wait()
             worker.release()
             if job.status != Status.RUNNING:
                 return
 
-    async def _ready_worker(self, job: Job) -> WorkerProcess | None:
-        """The worker of `job.model`, warm, or started now (its load time added to the job's);
-        None when the job ended meanwhile (its model failed to load, a cancel)."""
-        worker = self.workers.get(job.model)
+    async def _placed_again(self, job: Job) -> Placed | None:
+        """The device the job's next leg runs on, once placement gives it one; None if the job ended meanwhile."""
+        job.placed = asyncio.get_running_loop().create_future()
+        self._legs_waiting.append(job)
+        self._wakeup.set()
+        return await job.placed
+
+    def _free(self, job: Job) -> None:
+        """The device the job ran on is free for the next."""
+        for slot in self.devices:
+            if slot.job is job:
+                slot.job = None
+                self._wakeup.set()
+
+    async def _ready_worker(self, job: Job, placed: Placed) -> WorkerProcess | None:
+        """The worker of `job.model` on the placed device, warm, or started now after what placement
+        evicts there is stopped (its load time added to the job's); None when the job ended
+        meanwhile (its model failed to load, a cancel)."""
+        slot = placed.slot
+        worker = slot.workers.get(job.model)
         if worker is None:
             loading = time.monotonic()
-            worker = await self._spawn(job.model)
+            for model in placed.start.evict:
+                if model in slot.workers:
+                    await self._retire(slot.workers[model], "memory budget", budget_gb=slot.budget_gb,
+                                       needed_gb=self._memory_gb(job.model))
+            worker = await self._spawn(job.model, slot)
             self._emit(EventKind.LOADING, job, model=job.model, pid=worker.pid)
             identity = self._identify(job.model)  # hashes weights while the worker loads
             try:
@@ -414,17 +548,15 @@ class Dispatcher:
             job.timings["load_s"] = round(job.timings["load_s"] + time.monotonic() - loading, 4)
         return worker if job.status == Status.RUNNING else None  # else cancelled while its model loaded
 
-    async def _spawn(self, model: str) -> WorkerProcess:
+    async def _spawn(self, model: str, slot: DeviceSlot) -> WorkerProcess:
         spec = self.registry.get(model)
-        need = self.registry.memory_gb(model)
-        idle = sorted((w for w in self.workers.values() if w.state == IDLE), key=lambda w: w.last_used)
-        while idle and sum(w.memory_gb for w in self.workers.values()) + need > self.memory_budget_gb:
-            await self._retire(idle.pop(0), "memory budget", budget_gb=self.memory_budget_gb, needed_gb=need)
-        worker = WorkerProcess(spec, need, self._on_worker_message, self._on_worker_exit,
-                               self.intervals)
+        if spec.device.startswith("cuda:"):  # pinned to that GPU, the one it sees
+            spec = dataclasses.replace(spec, device="cuda")
+        worker = self.launcher(spec, self._memory_gb(model), self._on_worker_message, self._on_worker_exit,
+                               self.intervals, device=slot.device)
         await worker.start()
-        self.workers[model] = worker
-        self._emit(EventKind.WORKER_SPAWNED, None, model=model, pid=worker.pid)
+        slot.workers[model] = worker
+        self._emit(EventKind.WORKER_SPAWNED, None, model=model, pid=worker.pid, device=slot.device.index)
         return worker
 
     def _identify(self, model: str) -> asyncio.Future | None:
@@ -436,21 +568,27 @@ class Dispatcher:
     async def _retire(self, worker: WorkerProcess, reason: str, grace_s: float = 5.0, **data: Any) -> None:
         """Take a worker out of service and stop it (killed after `grace_s`); its memory is free
         when this returns."""
-        if self.workers.get(worker.model) is worker:
-            del self.workers[worker.model]
-        self._emit(EventKind.WORKER_EVICTED, None, model=worker.model, pid=worker.pid, reason=reason, **data)
+        self._forget(worker)
+        self._emit(EventKind.WORKER_EVICTED, None, model=worker.model, pid=worker.pid, reason=reason,
+                   device=worker.device.index, **data)
         await worker.stop(grace_s)
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        """Out of service: no job is given to it again."""
+        workers = self.devices[worker.device.index].workers
+        if workers.get(worker.model) is worker:
+            del workers[worker.model]
 
     async def _watch(self) -> None:
         """Telemetry at about 1 Hz, and idle workers stopped after their timeout."""
         while True:
-            views = [WorkerView(w.pid, w.model, w.state) for w in self.workers.values() if w.pid]
+            views = [WorkerView(w.pid, w.model, w.state) for w in self.all_workers() if w.pid]
             try:
                 self._emit(EventKind.TELEMETRY, None, **self.telemetry.sample(views))
             except Exception:  # noqa: BLE001 - a sensor failing must not stop idle eviction
                 log.exception("telemetry sample failed")
             now = time.monotonic()
-            for worker in list(self.workers.values()):
+            for worker in self.all_workers():
                 if worker.state == IDLE and now - worker.last_used > self.idle_timeout_s:
                     await self._retire(worker, "idle timeout")
             await asyncio.sleep(self.telemetry_interval_s)
@@ -466,27 +604,28 @@ class Dispatcher:
             return
         if kind in ("image", "stage_image"):
             message["timings"]["total_s"] = round(time.monotonic() - job.submitted_at, 4)
+            if worker.device.is_gpu:
+                message["gpu"] = worker.device.record()  # which one rendered it: replay names another as drift
             if kind == "image":
                 job.images.append(message)
             else:
                 job.stages = [s for s in job.stages if (s["image"], s["stage"]) != (message["image"], message["stage"])]
                 job.stages.append(message)
-        elif kind == "done":  # of the job, or of a leg of its flow: the totals of every stage it ran
-            for key, seconds in message["timings"].items():
-                job.timings[key] = round(job.timings.get(key, 0.0) + seconds, 4)
-            job.peak_memory = max(job.peak_memory or 0, message["peak_memory"])
+        elif kind == "done":  # of the job, or of a leg of its flow
             if job.leg is not None and job.leg.hands_over(job.spec):
                 job.leg_ended.set()  # on to the next leg
                 return
-            job.timings["total_s"] = round(time.monotonic() - job.submitted_at, 4)
+            # every stage of every image, those made before the job was resumed too
+            job.timings.update(rendering_timings(job.stages + job.images), total_s=round(time.monotonic() - job.submitted_at, 4))
+            job.peak_memory = max([message["peak_memory"], *(m["peak_memory"] or 0 for m in job.stages + job.images)])
             self._finish(job, Status.DONE, images=job.images, timings=job.timings, peak_memory=job.peak_memory)
             return
         elif kind == "cancelled":
             self._finish(job, Status.CANCELLED, step=message["step"])
             return
         elif kind == "failed":
-            if message["kind"] == "fatal" and self.workers.get(worker.model) is worker:
-                del self.workers[worker.model]  # it exits by itself; the next job gets a new one
+            if message["kind"] == "fatal":
+                self._forget(worker)  # it exits by itself; the next job gets a new one
             self._fail(job, message["error"], message["kind"])
             return
         elif kind == "step":
@@ -494,9 +633,9 @@ class Dispatcher:
         self._emit(EventKind(kind), job, **message)  # step, preview, image, stage_image
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
-        if self.workers.get(worker.model) is worker:
-            del self.workers[worker.model]
-        self._emit(EventKind.WORKER_EXITED, None, model=worker.model, pid=worker.pid, returncode=worker.returncode)
+        self._forget(worker)
+        self._emit(EventKind.WORKER_EXITED, None, model=worker.model, pid=worker.pid, returncode=worker.returncode,
+                   device=worker.device.index)
         job = self.jobs.get(worker.job_id) if worker.job_id else None
         if job is not None and job.status == Status.RUNNING:
             if worker.stop_requested:  # we stopped it: the job did not crash anything
@@ -519,6 +658,9 @@ class Dispatcher:
         job.status = status
         job.finished.set()
         job.leg_ended.set()
+        if job in self._legs_waiting:  # a flow ended between two legs
+            self._legs_waiting.remove(job)
+            job.placed.set_result(None)
         self._emit(EventKind(status), job, **data)
         self._wakeup.set()
 
@@ -532,6 +674,15 @@ class Dispatcher:
             return self.jobs[job_id]
         except KeyError:
             raise ValueError(f"no job {job_id!r}") from None
+
+
+def _legs_to_run(job: Job) -> Iterator[Leg | None]:
+    """The legs of a job's flow still to run, worked out one at a time as the ones before end
+    (None: a job without a flow, one message)."""
+    for leg in legs(job.spec) or [None]:
+        if leg is not None and leg.hands_over(job.spec) and len(_made(job, leg)) == len(job.spec.seeds):
+            continue  # every image went through it before the job was resumed
+        yield leg
 
 
 def _made(job: Job, leg: Leg | None) -> set[int]:
@@ -563,7 +714,7 @@ def _identity_or_none(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _default_budget_gb(telemetry: Telemetry) -> float:
-    """90 % of the first GPU's memory, else half the RAM (CPU workers share it with the system)."""
-    gpu = telemetry.gpu_total_bytes()
+def _default_budget_gb(device: Device) -> float:
+    """90 % of a GPU's memory, else half the RAM (CPU workers share it with the system)."""
+    gpu = device.memory_bytes
     return round((gpu * 0.9 if gpu else psutil.virtual_memory().total * 0.5) / 1e9, 2)

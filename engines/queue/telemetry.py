@@ -39,6 +39,11 @@ class Telemetry:
         psutil.cpu_percent()  # the first call only starts the measurement
 
     @property
+    def nvml(self) -> Any:
+        """The initialised pynvml module, or None."""
+        return self._nvml
+
+    @property
     def has_gpu(self) -> bool:
         return bool(self._handles)
 
@@ -79,7 +84,7 @@ class Telemetry:
         nvml, gpus, by_pid = self._nvml, [], {}
         for index, handle in enumerate(self._handles):
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            gpu = {"index": index, "name": _text(nvml.nvmlDeviceGetName(handle)),
+            gpu = {"index": index, "name": nvml_text(nvml.nvmlDeviceGetName(handle)),
                    "memory_used": memory.used, "memory_total": memory.total,
                    "utilization": None, "temperature": None, "power_w": None}
             for key, read in (
@@ -110,5 +115,6 @@ def _init_nvml():
         return None
 
 
-def _text(value: Any) -> str:
+def nvml_text(value: Any) -> str:
+    """NVML answers bytes in older versions of its bindings, str in newer."""
     return value.decode() if isinstance(value, bytes) else str(value)

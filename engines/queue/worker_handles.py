@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from diffdeck.engines.core.spec import ModelSpec
 from diffdeck.engines.core.worker_protocol import Intervals, ProtocolError, decode, encode
+from diffdeck.engines.queue.devices import CPU, Device
 
 STARTING, LOADING, IDLE, BUSY, STOPPING, EXITED = "starting", "loading", "idle", "busy", "stopping", "exited"
 _LINE_LIMIT = 1 << 20
@@ -36,8 +37,10 @@ class WorkerProcess:
         on_message: Callable[["WorkerProcess", dict[str, Any]], None],
         on_exit: Callable[["WorkerProcess"], None],
         intervals: Intervals = Intervals(),
+        device: Device = CPU,
     ):
         self.spec = spec
+        self.device = device  # the one it is pinned to
         self.memory_gb = memory_gb  # the registry's estimate until the worker measures itself
         self.state = STARTING
         self.job_id: str | None = None
@@ -64,17 +67,12 @@ class WorkerProcess:
         return self.spec.name
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTORCH_ALLOC_CONF": "expandable_segments:True", "PYTHONUNBUFFERED": "1",
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-        # A session of its own: Ctrl-C in the terminal reaches the client, which cancels the
-        # job cleanly, instead of killing every worker with it.
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "diffdeck.engines.worker", "--model", json.dumps(self.spec.to_dict()),
-            *self._intervals.to_args(), "--parent", str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, limit=_LINE_LIMIT, start_new_session=True,
-        )
+        self._proc = await self._launch()
         self._watcher = asyncio.create_task(self._watch())
+
+    async def _launch(self) -> asyncio.subprocess.Process:
+        """The worker's process, or what stands for it (diffdeck.engines.queue.ray_workers)."""
+        return await spawn_worker(self.spec, self._intervals, self.device)
 
     async def wait_ready(self) -> None:
         """Until the model is loaded; WorkerError if it cannot be. Cancelling the waiter
@@ -169,6 +167,23 @@ class WorkerProcess:
         elif kind == "failed" and message["kind"] == "fatal":
             self.state = STOPPING  # it exits next; no job may be given to it
         self._on_message(self, message)
+
+
+async def spawn_worker(spec: ModelSpec, intervals: Intervals, device: Device = CPU) -> asyncio.subprocess.Process:
+    """`python -m diffdeck.engines.worker` for `spec`, its pipes open, pinned to `device` (the
+    only GPU it sees); it dies with this process."""
+    env = {**os.environ, "PYTORCH_ALLOC_CONF": "expandable_segments:True", "PYTHONUNBUFFERED": "1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if device.visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device.visible
+    # A session of its own: Ctrl-C in the terminal reaches the client, which cancels the
+    # job cleanly, instead of killing every worker with it.
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "diffdeck.engines.worker", "--model", json.dumps(spec.to_dict()),
+        *intervals.to_args(), "--parent", str(os.getpid()),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, limit=_LINE_LIMIT, start_new_session=True,
+    )
 
 
 def describe_exit(returncode: int | None) -> str:

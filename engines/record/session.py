@@ -53,7 +53,8 @@ LOCK = "session.lock"
 TIE = "tie"
 JOB_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
 # what a session keeps of a flow's stage image (the worker's stage_image message, less type and id)
-STAGE_FIELDS = ("stage", "kind", "model", "image", "seed", "path", "pixel_sha256", "timings", "peak_memory", "latents")
+STAGE_FIELDS = ("stage", "kind", "model", "image", "seed", "path", "pixel_sha256", "timings", "peak_memory", "latents",
+                "gpu")
 
 
 _JOURNAL_EVENTS = RECORDED_EVENTS | VERDICT_EVENTS  # what a journal line may be
@@ -315,6 +316,8 @@ class Session:
             job.update(status=Status.RUNNING, timings={k: event[k] for k in ("queue_wait_s", "load_s")})
         elif kind == EventKind.IMAGE:
             image = {k: event[k] for k in ("image", "seed", "path", "pixel_sha256", "timings", "peak_memory")}
+            if "gpu" in event:  # the one that rendered it, where it was a GPU: index, name, UUID
+                image["gpu"] = event["gpu"]
             job["images"] = [i for i in job["images"] if i["image"] != image["image"]] + [image]
         elif kind == EventKind.STAGE_IMAGE:
             stage = {k: event[k] for k in STAGE_FIELDS if k in event}

@@ -108,7 +108,8 @@ class RecordedQueue(Engine):
                 "workers": {name: {"state": w.state, "pid": w.pid, "job": w.job_id, "memory_gb": w.memory_gb}
                             for name, w in d.workers.items()},
                 "memory_budget_gb": d.memory_budget_gb,
-                "telemetry": d.telemetry.sample([WorkerView(w.pid, w.model, w.state) for w in d.workers.values() if w.pid])}
+                "devices": [slot.state() for slot in d.devices],  # each with its workers and running job
+                "telemetry": d.telemetry.sample([WorkerView(w.pid, w.model, w.state) for w in d.all_workers() if w.pid])}
 
     async def image(self, job_id: str, image: int, max_side: int | None = None) -> dict[str, str]:
         if job_id not in self.dispatcher.jobs:

@@ -9,7 +9,7 @@ UI side: a client of the Dispatcher.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +35,7 @@ class ImageResult:
     replayed: str | None
     verdict: Verdict | None  # None: not checked, or (the record intact) not rendered
     stage: str | None = None  # a flow's image: the first stage whose image fails the check, "stage 1 (upscale)"
+    gpu_drift: list[str] = field(default_factory=list)  # rendered again on another GPU than recorded
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[s
     image fails, in stage order, the image itself (its last stage's) last."""
     recorded_path = session.resolve(recorded["path"])
     result = ImageResult(job_id, recorded["image"], recorded["seed"], str(recorded_path),
-                         new["path"] if new else None, None)
+                         new["path"] if new else None, None, gpu_drift=gpu_drift(recorded, new))
     if not check:
         return result
     spec = session.jobs[job_id]["spec"]
@@ -194,16 +195,26 @@ def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[s
     for stage in recorded_stages:
         replayed = new_stages.get(stage["stage"])
         verdict = judge(session.resolve(stage["path"]), stage.get("pixel_sha256"), replayed and replayed["path"],
-                        check.tolerance, check.drift.get(stage["model"], []))
+                        check.tolerance, check.drift.get(stage["model"], []) + gpu_drift(stage, replayed))
         if verdict is not None and verdict.kind in FAILING:
             result.verdict, result.stage = verdict, f"stage {stage['stage']} ({stage['kind']})"
             return result
     last_model = (stages[-1].get("model") or spec["model"]) if stages else spec["model"]
     result.verdict = judge(recorded_path, recorded.get("pixel_sha256"), result.replayed, check.tolerance,
-                           check.drift.get(last_model, []))
+                           check.drift.get(last_model, []) + result.gpu_drift)
     if stages and result.verdict is not None and result.verdict.kind in FAILING:
         result.stage = f"stage {len(stages) - 1} ({stages[-1]['kind']})"
     return result
+
+
+def gpu_drift(recorded: dict[str, Any], new: dict[str, Any] | None) -> list[str]:
+    """A drift factor where an image recorded on one GPU was rendered again on another (even two
+    of one kind may differ in the last bit); a change between GPU and CPU is the environment's."""
+    then, now = recorded.get("gpu"), (new or {}).get("gpu")
+    if not (isinstance(then, dict) and isinstance(now, dict)) or then.get("uuid") == now.get("uuid"):
+        return []
+    return [f"GPU: {then.get('index')} {then.get('name')} ({then.get('uuid')}) -> "
+            f"{now.get('index')} {now.get('name')} ({now.get('uuid')})"]
 
 
 def judge(recorded: Path, recorded_sha256: str | None, new: str | None, tolerance: Tolerance,
