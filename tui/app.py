@@ -175,6 +175,7 @@ class Workbench(App):
     def _engine_started(self, started: Started) -> None:
         """Follow the engine's events; say what its start found (jobs not resumed, a daemon's
         warm models) and what the session's opening did."""
+        self.board.set_devices(started.devices)
         for event in started.preface:
             self.board.apply(event)
         self._following = asyncio.create_task(self._follow(started.events))
@@ -226,10 +227,10 @@ class Workbench(App):
         each worker process exits)."""
         if self.engine.attached:
             return f"detaching from the engine on {self.engine.where}; its queue goes on…"
-        running = self.board.running()
-        waits = [f"{running.id} to stop at its next step"] if running else []
+        running = [row.id for row in self.board.running()]
+        waits = [f"{', '.join(running)} to stop at {'their' if len(running) > 1 else 'its'} next step"] if running else []
         if self.board.warm:
-            waits.append(f"the worker{'s' * (len(self.board.warm) > 1)} ({', '.join(self.board.warm)}) to exit")
+            waits.append(f"the worker{'s' * (len(self.board.warm) > 1)} ({', '.join(self.board.warm_models())}) to exit")
         return f"quitting: waiting for {' and '.join(waits)}…" if waits else "quitting…"
 
     async def action_detach(self) -> None:
@@ -285,7 +286,7 @@ class Workbench(App):
             await asyncio.sleep(REDRAW_S)
 
     def _redraw(self) -> None:
-        self.query_one(QueueView).show(self.board.rows(), self.board.variant_of)
+        self.query_one(QueueView).show(self.board.rows(), self.board.variant_of, self.board.device_tags())
         self.query_one(GpuPanel).show(self.board)
         self.query_one(Gallery).show(self.board, self.marks)
         paused = " · queue paused (p in the queue resumes)" if self.board.paused else ""
@@ -294,7 +295,7 @@ class Workbench(App):
             self._titles = titles
             self.query_one("#title", Static).update(plain(titles[0]))
             self.query_one(QueueView).border_title = titles[1]
-        busy = bool(self.board.queue) or self.board.running() is not None
+        busy = bool(self.board.queue or self.board.running())
         if self._busy and not busy:
             self._queue_emptied()
         self._busy = busy
@@ -321,7 +322,7 @@ class Workbench(App):
             self.notify(str(e), severity="warning")
 
     def _show_warm_models(self) -> None:
-        labels = {name: f"{name} · {state}" for name, (state, _pid) in self.board.warm.items()}
+        labels = {name: f"{name} · {state}" for name, state in self.board.warm_models().items()}
         self.query_one(PromptEditor).show_models(labels)
 
     def _show_model(self, model: str) -> None:

@@ -44,6 +44,7 @@ class Started(NamedTuple):
     watched: list  # tasks whose failure means the session is no longer recorded
     refused: list[tuple[str, str]]  # jobs of the session that could not be queued again, and why
     preface: list[Event]  # the engine's state when attached, as events (running jobs, warm workers)
+    devices: tuple[dict[str, Any], ...] = ()  # what it renders on (DeviceSlot.state); none from an older daemon
 
 
 class LocalEngine:
@@ -103,7 +104,8 @@ class LocalEngine:
         if self.started is None:
             events = self.dispatcher.subscribe()
             refused = self.queue.start()
-            self.started = Started(events, [self.queue.recording], refused, [])
+            devices = tuple(slot.state() for slot in self.dispatcher.devices)
+            self.started = Started(events, [self.queue.recording], refused, [], devices)
         return self.started
 
     async def absorb(self, batch: list[Event]) -> list[Event]:
@@ -187,13 +189,20 @@ class AttachedEngine:
         for job_id, job in self.session.jobs.items():
             for image in job["images"]:
                 image["path"] = await self._image(job_id, image["image"], image["path"])
-        preface = [Event(EventKind.DEQUEUED, job["id"]) for job in hello["jobs"] if job["status"] == Status.RUNNING]
-        preface += [Event(EventKind.LOADING if worker["state"] in ("starting", "loading") else EventKind.WORKER_READY,
-                          None, {"model": name, "pid": worker["pid"]})
-                    for name, worker in hello["workers"].items() if worker["pid"] and worker["state"] != "exited"]
+        devices = hello.get("devices") or [{"index": 0, "workers": hello["workers"]}]  # an older daemon: one
+        on = {device["job"]: device["index"] for device in devices if device.get("job")}
+        preface = [Event(EventKind.DEQUEUED, job["id"], {"device": on.get(job["id"])})
+                   for job in hello["jobs"] if job["status"] == Status.RUNNING]
+        for device in devices:
+            for name, worker in device["workers"].items():
+                if worker["pid"] and worker["state"] != "exited":
+                    model = {"model": name, "pid": worker["pid"]}
+                    preface += [Event(EventKind.WORKER_SPAWNED, None, {**model, "device": device["index"]}),
+                                Event(EventKind.LOADING if worker["state"] in ("starting", "loading")
+                                      else EventKind.WORKER_READY, None, model)]
         if self._paused:
             preface.append(Event(EventKind.PAUSED))
-        self.started = Started(self.client.events(), [], [], preface)
+        self.started = Started(self.client.events(), [], [], preface, tuple(hello.get("devices") or ()))
         return self.started
 
     async def absorb(self, batch: list[Event]) -> list[Event]:

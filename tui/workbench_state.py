@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ class JobRow(JobRecord):
 
     status: RowStatus = Status.QUEUED
     preview: bytes | None = None  # the running image's latest step preview (JPEG)
+    device: int | None = None  # the index of the device it runs on (or ran on last)
 
     @property
     def image(self) -> int:
@@ -81,6 +83,36 @@ class JobRow(JobRecord):
 
 
 @dataclass
+class DeviceRow:
+    """A device of the engine's (its DeviceSlot state): a GPU, a fake one for tests, or the CPU."""
+
+    index: int
+    name: str
+    gpu: bool = True
+    fake: bool = False
+    budget_gb: float | None = None
+    uuid: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """Its short name in a queue cell or the status: gpu1, cpu."""
+        return f"gpu{self.index}" if self.gpu else "cpu"
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DeviceRow:
+        return cls(int(state["index"]), str(state["name"]), bool(state.get("gpu", True)), bool(state.get("fake")),
+                   state.get("budget_gb"), state.get("uuid"))
+
+    def workers(self, board: Board) -> dict[str, tuple[str, int]]:
+        """Its workers: model -> (loading / warm, pid)."""
+        return {model: warm for (model, device), warm in board.warm.items() if device == self.index}
+
+    def jobs(self, board: Board) -> list[JobRow]:
+        """The job it runs (one at a time; a list, for a moment between two)."""
+        return [row for row in board.running() if row.device == self.index]
+
+
+@dataclass
 class Board:
     jobs: dict[str, JobRow] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)  # jobs that left the queue, in that order
@@ -88,7 +120,9 @@ class Board:
     telemetry: dict[str, Any] | None = None
     memory_history: dict[int, deque] = field(default_factory=dict)  # GPU index -> used fractions
     ram_history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
-    warm: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (loading / warm, worker pid)
+    devices: dict[int, DeviceRow] = field(default_factory=dict)  # by index, as the engine reported them
+    warm: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)  # (model, device) -> (loading / warm, pid)
+    worker_device: dict[int, int] = field(default_factory=dict)  # worker pid -> its device's index
     paused: bool = False
     last_done: str | None = None
     set_ids: list[str] = field(default_factory=list)  # A/B sets and grids, oldest first
@@ -125,24 +159,57 @@ class Board:
     def newest_set(self) -> str | None:
         return self.set_ids[-1] if self.set_ids else None
 
-    def running(self) -> JobRow | None:
-        return next((row for row in self.jobs.values() if row.status == Status.RUNNING), None)
+    def running(self) -> list[JobRow]:
+        """The running jobs: one a device."""
+        return [row for row in self.jobs.values() if row.status == Status.RUNNING]
+
+    def set_devices(self, states: Iterable[dict[str, Any]]) -> None:
+        """The engine's devices, as its state lists them (DeviceSlot.state)."""
+        self.devices = {row.index: row for row in map(DeviceRow.from_state, states)}
+
+    @property
+    def several_devices(self) -> bool:
+        return len(self.devices) > 1
+
+    def device_tags(self) -> dict[str, str]:
+        """Job id -> the device each running job is on (gpu1), where the engine has several (with
+        one there is nothing to say)."""
+        if not self.several_devices:
+            return {}
+        return {row.id: self.devices[row.device].tag if row.device in self.devices else f"gpu{row.device}"
+                for row in self.running() if row.device is not None}
+
+    def warm_models(self) -> dict[str, str]:
+        """Each model with a worker: warm where any of its replicas is, else loading."""
+        states: dict[str, str] = {}
+        for (model, _device), (state, _pid) in self.warm.items():
+            states[model] = "warm" if "warm" in (state, states.get(model)) else state
+        return states
 
     def queue_eta(self) -> tuple[float, int]:
-        """Seconds until the queue is empty, at each model's measured rate (the running job's own
-        rate for it), and how many jobs are on models not measured yet (not counted in it). Model
-        loads are not counted."""
-        seconds, unmeasured = 0.0, 0
-        running = self.running()
-        rows = ([running] if running else []) + [self.jobs[job_id] for job_id in self.queue]
-        for row in rows:
-            eta = row.eta_s()
-            step_s = self.step_s.get(str(row.spec.get("model")))
+        """Seconds until the queue is empty, and how many jobs are on models not measured yet (not
+        counted in it). Each device first finishes its running job (at that job's own rate), then
+        the queued jobs, in order, each start on the device that frees first and take their model's
+        measured rate: the Dispatcher's order on idle devices. Model loads, warm-model affinity and
+        pinned GPUs are not counted."""
+        unmeasured = 0
+
+        def seconds(row: JobRow) -> float:
+            nonlocal unmeasured
+            eta, step_s = row.eta_s(), self.step_s.get(str(row.spec.get("model")))
             if eta is None and step_s is None:
                 unmeasured += 1
-            else:
-                seconds += eta if eta is not None else step_s * row.steps_left()
-        return seconds, unmeasured
+                return 0.0
+            return eta if eta is not None else step_s * row.steps_left()
+
+        running = self.running()
+        count = max([len(self.devices), len(running), 1, *((row.device or 0) + 1 for row in running)])
+        free_at = [0.0] * count  # when each device is free, from now
+        for row in running:
+            free_at[row.device if row.device is not None else free_at.index(min(free_at))] += seconds(row)
+        for row in (self.jobs[job_id] for job_id in self.queue):
+            free_at[free_at.index(min(free_at))] += seconds(row)
+        return max(free_at), unmeasured
 
     def _measure(self, row: JobRow) -> None:
         """A done job's render time per step (decode and save included) stands for its model's rate."""
@@ -174,6 +241,7 @@ class Board:
     def _on_started(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
         row.status, row.progress = Status.RUNNING, {"image": 0, "step": 0, "total": int(row.spec.get("steps") or 0)}
+        row.device = data.get("device", row.device)
         row.timings = {k: data[k] for k in ("queue_wait_s", "load_s") if k in data}
 
     def _leave(self, job_id: str) -> None:
@@ -226,18 +294,27 @@ class Board:
 
     def _on_dequeued(self, job_id: str, data: dict[str, Any]) -> None:
         self.jobs[job_id].status = Status.RUNNING
+        self.jobs[job_id].device = data.get("device")  # an attached engine's preface says where it runs
         self._leave(job_id)
         self.history.append(job_id)
 
+    def _on_worker_spawned(self, job_id, data):
+        self.worker_device[data["pid"]] = int(data.get("device") or 0)
+        self.warm[(data["model"], self.worker_device[data["pid"]])] = ("loading", data["pid"])
+
     def _on_loading(self, job_id, data):
-        self.warm[data["model"]] = ("loading", data["pid"])
+        device = self.worker_device.get(data["pid"], 0)
+        self.warm[(data["model"], device)] = ("loading", data["pid"])
+        if job_id in self.jobs:  # a later leg of a flow may load on another device than its first
+            self.jobs[job_id].device = device
 
     def _on_worker_ready(self, job_id, data):
-        self.warm[data["model"]] = ("warm", data["pid"])
+        self.warm[(data["model"], self.worker_device.get(data["pid"], 0))] = ("warm", data["pid"])
 
     def _on_worker_exited(self, job_id, data):
-        if self.warm.get(data["model"], (None, None))[1] == data["pid"]:  # not its replacement
-            del self.warm[data["model"]]
+        key = (data["model"], self.worker_device.pop(data["pid"], int(data.get("device") or 0)))
+        if self.warm.get(key, (None, None))[1] == data["pid"]:  # not its replacement
+            del self.warm[key]
 
     _on_worker_evicted = _on_worker_exited
 

@@ -39,6 +39,7 @@ from diffdeck.engines.daemon.server import Daemon, Place, hold_lock, place, sock
 from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionError, is_session, new_session_dir
 from diffdeck.tui.cli.progress import Progress, exit_status, follow_jobs
+from diffdeck.tui.workbench_state import DeviceRow
 
 START_TIMEOUT_S = 60.0
 WATCH_S = 1.0  # status --watch: seconds between two drawings
@@ -50,6 +51,9 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
                        help="session to write (default: the last daemon's, if it left jobs unfinished, else a new one)")
     serve.add_argument("--new-session", action="store_true",
                        help="start a new session even when the last daemon's left jobs unfinished or cannot be read")
+    serve.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="run each model's worker on a Ray cluster (ray start --address=ADDRESS); "
+                            "without ADDRESS, a local one started now (pip install 'diffdeck[ray]')")
     serve.set_defaults(run=cmd_serve)
 
     status = commands.add_parser("status", help="the daemon's workers, queue and memory")
@@ -110,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.foreground:
         if _answers():
             raise DaemonError(f"a diffdeck daemon is already running on {socket_path()} (diffdeck status)")
-        state = start_daemon(args.models, args.session, args.new_session)
+        state = start_daemon(args.models, args.session, args.new_session, args.ray)
         print(visible(f"diffdeck daemon running (pid {state['pid']}) on {socket_path()}, session {state['session']}; "
                       f"log: {place().log}; diffdeck status shows it, diffdeck stop stops it"))
         return 0
@@ -119,12 +123,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     session = None
     try:
         registry = load_registry(args.models)
+        options = {} if args.ray is None else {"launcher": ray_launcher(args.ray)}
         folder = args.session or (None if args.new_session else _session_to_resume(where)) or new_session_dir()
         # absolute: the daemon's paths are read by clients in other folders, or on other machines
         session = open_for_writing(folder.resolve())
         from diffdeck.engines.service.recorded_queue import RecordedQueue  # the Dispatcher's modules: not at start
 
-        return asyncio.run(_serve(Daemon(RecordedQueue(registry, session), where)))
+        return asyncio.run(_serve(Daemon(RecordedQueue(registry, session, **options), where)))
     finally:
         if session is not None:
             session.close()
@@ -174,13 +179,32 @@ def _session_to_resume(where: Place) -> Path | None:
     return folder if session.unfinished() else None
 
 
-def start_daemon(models: str | None, session: Path | None = None, new_session: bool = False) -> dict[str, Any]:
+def ray_launcher(address: str) -> Callable[..., Any]:
+    """Join the Ray cluster at `address` ("": a local one, started now); what starts a worker there."""
+    try:
+        from diffdeck.engines.queue import ray_workers
+    except ImportError as e:
+        if e.name != "ray":
+            raise
+        raise DaemonError("diffdeck serve --ray needs Ray on this machine: pip install 'diffdeck[ray]'") from None
+    try:
+        said = ray_workers.join_cluster(address or None)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise DaemonError(f"could not join the Ray cluster at {address or 'a new local one'}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    print(f"diffdeck: {visible(said)}", file=sys.stderr, flush=True)
+    return ray_workers.RayWorker
+
+
+def start_daemon(models: str | None, session: Path | None = None, new_session: bool = False,
+                 ray: str | None = None) -> dict[str, Any]:
     """Start `diffdeck serve --foreground` in a process session of its own (the terminal's ctrl+c
     and hang-up do not reach it); its state once it answers."""
     log = place().log
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     command = [sys.executable, "-m", "diffdeck.tui", "serve", "--foreground", *(["--models", models] if models else []),
-               *(["--session", str(session.resolve())] if session else []), *(["--new-session"] if new_session else [])]
+               *(["--session", str(session.resolve())] if session else []), *(["--new-session"] if new_session else []),
+               *([] if ray is None else ["--ray", *([ray] if ray else [])])]
     with open(log, "ab") as out:
         start = out.tell()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
@@ -249,9 +273,15 @@ async def _watch_status() -> int:
 def status_lines(state: dict[str, Any]) -> list[str]:
     lines = [f"daemon pid {state['pid']} (diffdeck {state['version']}), session {state['session']}, "
              f"{state['clients'] - 1} other client(s) attached" + (", queue paused" if state["paused"] else "")]
-    for name, worker in state["workers"].items():
-        busy = f", rendering {worker['job']}" if worker["job"] and worker["state"] == "busy" else ""
-        lines.append(f"  worker {name}: {worker['state']} (pid {worker['pid']}, about {worker['memory_gb']:.1f} GB){busy}")
+    devices = state.get("devices") or []  # a daemon before several devices has none
+    on = {device["job"]: DeviceRow.from_state(device).tag for device in devices if device["job"]} \
+        if len(devices) > 1 else {}
+    if len(devices) > 1:
+        lines += device_lines(devices)
+    else:
+        for name, worker in state["workers"].items():
+            busy = f", rendering {worker['job']}" if worker["job"] and worker["state"] == "busy" else ""
+            lines.append(f"  {worker_line(name, worker)}{busy}")
     telemetry = state["telemetry"]
     for gpu in telemetry["gpus"] or []:
         lines.append(f"  GPU {gpu['index']} {gpu['name']}: {gpu['memory_used'] / 2**30:.1f} of "
@@ -262,11 +292,26 @@ def status_lines(state: dict[str, Any]) -> list[str]:
     jobs = {job.id: job for job in map(JobRecord.from_dict, state["jobs"])}
     running = [job for job in jobs.values() if job.status == Status.RUNNING]
     for job in running + [jobs[job_id] for job_id in state["queue"]]:
+        where = ", ".join(filter(None, [f"on {on[job.id]}" if job.id in on else "", where_it_is(job)]))
         lines.append(f"  {job.id} {job.status:8} {job.spec['model']}: {job.spec['prompt']}"
-                     + (f" ({where_it_is(job)})" if job.status == Status.RUNNING else ""))
+                     + (f" ({where})" if job.status == Status.RUNNING else ""))
     done = sum(job.status == Status.DONE for job in jobs.values())
     lines.append(f"  {len(state['queue'])} queued, {len(running)} running, {done} done since the daemon started")
     return lines
+
+
+def device_lines(devices: list[dict[str, Any]]) -> list[str]:
+    """Each device, what it renders, and its workers under it."""
+    lines = []
+    for device in devices:
+        lines.append(f"  {DeviceRow.from_state(device).tag} {device['name']} (budget {device['budget_gb']:.1f} GB): "
+                     + (f"rendering {device['job']}" if device["job"] else "idle"))
+        lines += [f"    {worker_line(name, worker)}" for name, worker in device["workers"].items()]
+    return lines
+
+
+def worker_line(name: str, worker: dict[str, Any]) -> str:
+    return f"worker {name}: {worker['state']} (pid {worker['pid']}, about {worker['memory_gb']:.1f} GB)"
 
 
 def where_it_is(job: JobRecord) -> str:

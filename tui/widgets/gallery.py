@@ -130,16 +130,16 @@ class Gallery(VerticalScroll):
                 self._thumbs[key].mark(marks.get(key, ""))
         self._marks = marks
         running = board.running()
-        for key in [k for k in self._thumbs if k[1] == LIVE and (running is None or k[0] != running.id)]:
+        for key in [k for k in self._thumbs if k[1] == LIVE and k[0] not in {row.id for row in running}]:
             self._thumbs.pop(key).remove()
             self._preview_of.pop(key[0], None)
-        if running is not None:
-            key = (running.id, LIVE)
+        for row in running:  # one a device
+            key = (row.id, LIVE)
             if key not in self._thumbs:
-                self._add(key, f"{running.id.removeprefix('job-')} …")
-            if running.preview and self.image_class and self._preview_of.get(running.id) is not running.preview:
-                self._preview_of[running.id] = running.preview
-                self._decode_preview(key, running.preview)
+                self._add(key, f"{row.id.removeprefix('job-')} …")
+            if row.preview and self.image_class and self._preview_of.get(row.id) is not row.preview:
+                self._preview_of[row.id] = row.preview
+                self._decode_preview(key, row.preview)
 
     def _add(self, key: tuple[str, int], caption: str, variant: str = "") -> None:
         thumb = self._thumbs[key] = Thumb(key[0], key[1], caption, self.image_class, variant)

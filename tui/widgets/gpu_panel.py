@@ -1,6 +1,7 @@
 """GPU memory and timing: per GPU a memory bar with its recent history, utilisation,
 temperature and power; per worker its model, state and memory; the running job's step rate and
-the last job's breakdown. Without a GPU it says so and shows CPU and RAM."""
+the last job's breakdown. Without a GPU it says so and shows CPU and RAM. Where the engine has
+several devices, each gets a block of its own: its memory, its workers and the job it runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 from diffdeck.engines.core.events import RENDER_PARTS
 from diffdeck.engines.core.text import visible
-from diffdeck.tui.workbench_state import Board, JobRow, pressure
+from diffdeck.tui.workbench_state import Board, DeviceRow, JobRow, pressure
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -38,11 +39,18 @@ class GpuPanel(Vertical):
             return
         gpus = sample.get("gpus")
         width = self.content_size.width or 40
-        self.query_one("#devices", Static).update(devices_text(sample, self.app.theme_variables, width))
-        history = board.memory_history.get(0) if gpus else board.ram_history
-        self.query_one("#memory-history", Static).update(sparkline(history or (), width))
-        self.query_one("#workers", Static).update(workers_text(sample, board))
-        self.query_one("#timing", Static).update(timing_text(board))
+        several = board.several_devices  # a block each, with its workers and job: no room for a history
+        self.query_one("#memory-history").display = self.query_one("#workers").display = not several
+        if several:
+            blocks = [device_block(device, board, sample, self.app.theme_variables, width)
+                      for device in board.devices.values()]
+            self.query_one("#devices", Static).update(Text("\n").join(blocks))
+        else:
+            self.query_one("#devices", Static).update(devices_text(sample, self.app.theme_variables, width))
+            history = board.memory_history.get(0) if gpus else board.ram_history
+            self.query_one("#memory-history", Static).update(sparkline(history or (), width))
+            self.query_one("#workers", Static).update(workers_text(sample, board))
+        self.query_one("#timing", Static).update(timing_text(board, rates=not several))
 
 
 SPARKS = " ▁▂▃▄▅▆▇█"
@@ -73,6 +81,30 @@ def memory_bar(used: int, total: int, label: str, colours: dict[str, str], width
     if level != "ok":
         text.append(f"  memory {level}", style=f"bold {colour}")
     return text
+
+
+def device_block(device: DeviceRow, board: Board, sample: dict, colours: dict[str, str], width: int) -> Text:
+    """One device of several: its name, its memory (a GPU's as NVML measures it; a fake one's or
+    the CPU's: its workers' against its budget), each worker, and what the busy one renders."""
+    out = Text(visible(f"{device.tag} {device.name}"), style="bold")
+    measured = next((gpu for gpu in sample.get("gpus") or () if device.gpu and not device.fake and (
+        gpu.get("uuid") == device.uuid if gpu.get("uuid") else gpu["index"] == device.index)), None)
+    workers, jobs = device.workers(board), {row.spec.get("model"): row for row in device.jobs(board)}
+    if measured:
+        out.append("\n")
+        out.append_text(memory_bar(measured["memory_used"], measured["memory_total"], "mem", colours, width))
+    elif device.budget_gb:
+        memory = {w["pid"]: w.get("gpu_memory") or w.get("rss") or 0 for w in sample.get("workers") or ()}
+        used = sum(memory.get(pid, 0) for _state, pid in workers.values())
+        out.append("\n")
+        out.append_text(memory_bar(used, int(device.budget_gb * 1e9), "mem", colours, width))
+    for model, (state, _pid) in workers.items():
+        job = jobs.get(model)
+        doing = f" {job.id.removeprefix('job-')}" + (f" {job.it_s:.1f} it/s" if job.it_s else "") if job else ""
+        out.append("\n" + visible(f" {model} {'busy' if job and state == 'warm' else state}{doing}"))
+    if not workers:
+        out.append("\n no worker", style="dim")
+    return out
 
 
 def devices_text(sample: dict, colours: dict[str, str], width: int) -> Text:
@@ -106,11 +138,12 @@ def workers_text(sample: dict, board: Board) -> Text:
     return out
 
 
-def timing_text(board: Board) -> Text:
+def timing_text(board: Board, rates: bool = True) -> Text:
+    """The running jobs' step rates (unless the device blocks show them) and the last job's breakdown."""
     out = Text()
-    running = board.running()
-    if running and running.it_s:
-        out.append(visible(f"{running.id}: {running.it_s:.1f} it/s") + "\n")
+    for running in board.running() if rates else ():
+        if running.it_s:
+            out.append(visible(f"{running.id}: {running.it_s:.1f} it/s") + "\n")
     last = board.jobs.get(board.last_done) if board.last_done else None
     if last:
         out.append_text(breakdown(last))

@@ -47,22 +47,25 @@ class QueueView(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
         self._shown: dict[str, tuple[str, ...]] = {}
         self._widths: tuple[int, ...] = ()
-        self._drawn: tuple[list[JobRow], dict[str, tuple[str, str]]] = ([], {})
+        self._drawn: tuple[list[JobRow], dict[str, tuple[str, str]], dict[str, str]] = ([], {}, {})
         self._kept_in_view: tuple[str, int] | None = None  # the running job's id and row, once scrolled to
 
     def on_resize(self) -> None:
         self._kept_in_view = None  # the panels around moved: scroll to the running job again
         self.show(*self._drawn)
 
-    def show(self, rows: list[JobRow], variant_of: dict[str, tuple[str, str]]) -> None:
+    def show(self, rows: list[JobRow], variant_of: dict[str, tuple[str, str]],
+             devices: dict[str, str] | None = None) -> None:
         """Redraw what changed: cells of known rows, or the whole table when rows came or moved
         or the columns' widths changed. A job of an A/B set or grid shows its set and variant
-        before its prompt. Every cell is plain text: a prompt's brackets are not markup."""
-        self._drawn = (rows, variant_of)
+        before its prompt; a running job, the device it runs on where there are several
+        (`devices`: job id -> gpu1). Every cell is plain text: a prompt's brackets are not markup."""
+        devices = devices or {}
+        self._drawn = (rows, variant_of, devices)
         if not self.size.width:  # not laid out yet: drawn to its width when it is (on_resize)
             return
-        widths = column_widths(rows, self.size.width - CELL_PADDING * len(COLUMNS) - SCROLLBAR)
-        cells = {row.id: row_cells(row, variant_of.get(row.id), widths[2]) for row in rows}
+        widths = column_widths(rows, self.size.width - CELL_PADDING * len(COLUMNS) - SCROLLBAR, devices)
+        cells = {row.id: row_cells(row, variant_of.get(row.id), widths[2], devices.get(row.id)) for row in rows}
         if widths != self._widths:
             self._widths, self._shown = widths, {}
             self.clear(columns=True)
@@ -104,22 +107,29 @@ class QueueView(DataTable):
         self.post_message(self.Command(action, self.selected_job()))
 
 
-def column_widths(rows: list[JobRow], room: int) -> tuple[int, ...]:
+def column_widths(rows: list[JobRow], room: int, devices: dict[str, str] | None = None) -> tuple[int, ...]:
     """Job, status and model as wide as what they hold; the progress cell grows once the prompt
     has PROMPT_FIRST columns; the prompt takes the rest."""
     job = max([3, *(len(row.id.removeprefix("job-")) for row in rows)])
-    status = max([6, *(len(row.status) for row in rows)])
+    status = max([6, *(len(status_cell(row, (devices or {}).get(row.id))) for row in rows)])
     model = min(MAX_MODEL, max([5, *(len(model_cell(row)) for row in rows)]))
     fixed = job + status + model
     progress_width = max(PROGRESS_WIDTHS[0], min(PROGRESS_WIDTHS[1], room - fixed - PROMPT_FIRST))
     return job, status, progress_width, model, max(MIN_PROMPT, room - fixed - progress_width)
 
 
-def row_cells(row: JobRow, variant: tuple[str, str] | None, progress_width: int) -> tuple[str, ...]:
+def row_cells(row: JobRow, variant: tuple[str, str] | None, progress_width: int,
+              device: str | None = None) -> tuple[str, ...]:
     prompt = " ".join(row.spec.get("prompt", "").split())
     if variant:
         prompt = f"[{variant[0].removeprefix('set-')} {variant[1]}] {prompt}"
-    return row.id.removeprefix("job-"), row.status, progress(row, progress_width), model_cell(row), prompt
+    return (row.id.removeprefix("job-"), status_cell(row, device), progress(row, progress_width), model_cell(row),
+            prompt)
+
+
+def status_cell(row: JobRow, device: str | None) -> str:
+    """Its status; a running job's device in its place where there are several (as wide: on gpu1)."""
+    return f"on {device}" if device and row.status == Status.RUNNING else row.status
 
 
 def model_cell(row: JobRow) -> str:
@@ -174,11 +184,13 @@ def duration(seconds: float) -> str:
 
 
 def queue_title(board: Board) -> str:
-    """The queue's border title: how many jobs wait, and when the last should be done."""
-    waiting = len(board.queue) + (board.running() is not None)
+    """The queue's border title: how many jobs wait, and when the last should be done (over every
+    device, where there are several)."""
+    waiting = len(board.queue) + len(board.running())
     if not waiting:
         return "queue"
     seconds, unmeasured = board.queue_eta()
     eta = f"ETA {duration(seconds)}" if not unmeasured else \
         f"ETA {duration(seconds)} + {unmeasured} not yet measured" if seconds else "ETA not measured yet"
-    return f"queue · {waiting} to go · {eta}"
+    over = f" on {len(board.devices)} GPUs" if board.several_devices else ""
+    return f"queue · {waiting} to go · {eta}{over}"
