@@ -72,3 +72,10 @@ def test_the_queue_eta_spreads_the_queued_jobs_over_the_devices_as_they_free_up(
     board.apply(Event(EventKind.STEP, "job-0002", {"image": 0, "count": 1, "step": 90, "total": 100, "it_s": 2.0}))
     # gpu1 frees at 5 s too: one queued job each, both done at 15 s, not one after the other (25 s)
     assert board.queue_eta() == (pytest.approx(15.0), 0)
+
+
+def test_a_flows_later_leg_on_another_device_moves_its_job_there_by_its_steps():
+    board = two_devices_board()
+    board.apply(Event(EventKind.STEP, "job-0001", {"image": 0, "count": 1, "step": 1, "total": 6, "it_s": 5.0,
+                                                    "stage": 1, "stages": 2, "device": 1}))  # its model warm there
+    assert board.device_tags()["job-0001"] == "gpu1"

@@ -186,3 +186,14 @@ def test_bench_frame_measures_both_apps_and_the_import(tmp_path):
     assert re.search(r"workbench/minimal median ratio [\d.]+", out), out
     assert re.search(r"UI-side import of engines \+ diffdeck.tui.cli.main: \d+ ms", out), out
     assert not list(tmp_path.iterdir()), "the bench leaves nothing behind"
+
+
+async def test_devices_that_cannot_be_read_end_the_workbench_with_the_reason_not_a_traceback(tmp_path, monkeypatch):
+    """The local engine starts after the first frame: what stops it is said, and the app ends (exit 2)."""
+    monkeypatch.setenv("DIFFDECK_FAKE_GPUS", "two")
+    app = workbench(LocalEngine(load_registry(None), Session.open(tmp_path / "s")), tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.return_code is not None, timeout=10, what="the app to end")
+    assert app.return_code == 2 and app.start_error.startswith("DIFFDECK_FAKE_GPUS='two': expected a device count")
+    said = diffdeck("render", "a red circle", "--steps", "2", cwd=tmp_path, env={"DIFFDECK_FAKE_GPUS": "two"})
+    assert said.returncode == 2 and said.stderr.strip().splitlines() == [f"diffdeck: error: {app.start_error}"]

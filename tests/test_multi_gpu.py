@@ -71,6 +71,7 @@ async def test_two_devices_run_two_models_at_once_each_worker_pinned_to_its_own(
         done = {job.id: next(t for t, e in seen if e.type == EventKind.DONE and e.job == job.id) for job in (a, b)}
         assert first_step[a.id] < done[b.id] and first_step[b.id] < done[a.id]  # they ran at the same time
         assert {gpu_of(a), gpu_of(b)} == {0, 1}
+        assert all(e.data["device"] == gpu_of(job) for job in (a, b) for _, e in seen if e.type == "step" and e.job == job.id)
         for slot in d.devices:
             (worker,) = slot.workers.values()
             assert pinned_to(worker.pid) == str(slot.device.index)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
 from diffdeck.engines.core.events import UNFINISHED, VERDICT_EVENTS, EventKind, Status
-from diffdeck.engines.core.registry import RegistryError
+from diffdeck.engines.core.registry import DeviceError, RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.wire import DaemonError
@@ -99,6 +99,7 @@ class Workbench(App):
         self.marks: dict[tuple[str, int], str] = {}  # what the user said of each image (Session.image_marks)
         self._following: asyncio.Task | None = None
         self._leaving = False  # the engine is shut down, or being shut down: it starts no more
+        self.start_error: str | None = None  # why the local engine could not start
         self._busy = False  # jobs queued or running at the last redraw: its end is announced
         for theme in themes:  # before the stylesheet's first parse: a theme set on mount parses it all again
             self.register_theme(theme)
@@ -169,8 +170,15 @@ class Workbench(App):
             self.call_after_refresh(self.call_after_refresh, self._start_engine)
 
     async def _start_engine(self) -> None:
-        if not self._leaving:
-            self._engine_started(await self.engine.start())
+        if self._leaving:
+            return
+        try:
+            started = await self.engine.start()
+        except DeviceError as e:  # the devices as declared cannot be read: `diffdeck` says so on the terminal
+            self.start_error = str(e)
+            self.exit(return_code=2)
+            return
+        self._engine_started(started)
 
     def _engine_started(self, started: Started) -> None:
         """Follow the engine's events; say what its start found (jobs not resumed, a daemon's

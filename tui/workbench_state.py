@@ -250,7 +250,8 @@ class Board:
                 ids.remove(job_id)
 
     def _on_step(self, job_id: str, data: dict[str, Any]) -> None:
-        self.jobs[job_id].progress = data
+        row = self.jobs[job_id]
+        row.progress, row.device = data, data.get("device", row.device)  # a flow's later leg: maybe another
 
     def _on_preview(self, job_id: str, data: dict[str, Any]) -> None:
         self.jobs[job_id].preview = base64.b64decode(data["data"])

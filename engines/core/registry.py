@@ -80,6 +80,10 @@ class RegistryError(Exception):
     """models.yaml is unreadable or names something that cannot be used."""
 
 
+class DeviceError(Exception):
+    """The devices this machine is declared to have cannot be read (DIFFDECK_FAKE_GPUS malformed)."""
+
+
 @dataclass(frozen=True)
 class ModelFiles:
     """Where a model's files are on this machine, and what they are."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffdeck.engines.core.registry import DeviceError
 from diffdeck.engines.queue.environment_probe import probe_devices
 from diffdeck.engines.queue.telemetry import nvml_text
 
@@ -22,10 +23,6 @@ FAKE_VARIABLE = "DIFFDECK_FAKE_GPUS"
 _FAKE = re.compile(r"(\d+)(?::(\d+(?:\.\d+)?))?")
 # Where one of these exists a GPU driver is installed: only then is a torch probe (seconds) worth it.
 _DRIVER_FILES = ("/dev/nvidiactl", "/dev/kfd", "/proc/driver/nvidia")
-
-
-class DeviceError(Exception):
-    """The fake-device variable is malformed."""
 
 
 @dataclass(frozen=True)

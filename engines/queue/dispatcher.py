@@ -629,6 +629,7 @@ class Dispatcher:
             self._fail(job, message["error"], message["kind"])
             return
         elif kind == "step":
+            message["device"] = worker.device.index  # a flow's later leg may run on another device
             job.progress = message  # decoded afresh for each message
         self._emit(EventKind(kind), job, **message)  # step, preview, image, stage_image
 

@@ -24,7 +24,7 @@ from diffdeck.engines import __version__
 from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.flow_checks import flow_problem, overriding, route_job
 from diffdeck.engines.core.flows import Lora
-from diffdeck.engines.core.registry import Registry, RegistryError, load_registry
+from diffdeck.engines.core.registry import DeviceError, Registry, RegistryError, load_registry
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
 from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.wire import DaemonError
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 128 + signal.SIGPIPE
-    except (SpecError, RegistryError, SessionError, ConfigError, DaemonError, UsageError) as e:
+    except (SpecError, RegistryError, DeviceError, SessionError, ConfigError, DaemonError, UsageError) as e:
         print(f"diffdeck: error: {visible(str(e))}", file=sys.stderr)  # it may quote a file, a PNG, a daemon
         return 2
     except SessionWriteError as e:  # a full disk, say: not bad input, and what was recorded is kept
@@ -336,6 +336,8 @@ def run_workbench(args: argparse.Namespace) -> int:
             engine.session.close()
         if problem:  # the workbench has said it already, if it was on the screen when it happened
             print(f"diffdeck: {visible(problem)}", file=sys.stderr)
+        if app.start_error:
+            print(f"diffdeck: error: {visible(app.start_error)}", file=sys.stderr)
         print(visible(app.farewell()))
         return app.return_code or 0
     return asyncio.run(run())
