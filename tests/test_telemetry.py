@@ -26,6 +26,9 @@ class FakeNVML:
     def nvmlDeviceGetName(self, handle):
         return b"NVIDIA Test 24GB"
 
+    def nvmlDeviceGetUUID(self, handle):
+        return b"GPU-8f1c2a4e-0000-4000-8000-000000000000"
+
     def nvmlDeviceGetMemoryInfo(self, handle):
         return SimpleNamespace(used=6 * 2**30, total=24 * 2**30)
 
@@ -50,7 +53,8 @@ def test_gpu_and_worker_figures():
     sample = telemetry.sample([WorkerView(os.getpid(), "sdxl", "busy")])
     assert telemetry.has_gpu and telemetry.gpu_total_bytes() == 24 * 2**30
     assert sample["gpu_problem"] is None
-    assert sample["gpus"] == [{"index": 0, "name": "NVIDIA Test 24GB", "memory_used": 6 * 2**30,
+    assert sample["gpus"] == [{"index": 0, "name": "NVIDIA Test 24GB", "uuid": "GPU-8f1c2a4e-0000-4000-8000-000000000000",
+                               "memory_used": 6 * 2**30,
                                "memory_total": 24 * 2**30, "utilization": 87, "temperature": 71,
                                "power_w": 251.5}]
     worker = sample["workers"][0]

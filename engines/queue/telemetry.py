@@ -84,10 +84,11 @@ class Telemetry:
         nvml, gpus, by_pid = self._nvml, [], {}
         for index, handle in enumerate(self._handles):
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            gpu = {"index": index, "name": nvml_text(nvml.nvmlDeviceGetName(handle)),
+            gpu = {"index": index, "name": nvml_text(nvml.nvmlDeviceGetName(handle)), "uuid": None,
                    "memory_used": memory.used, "memory_total": memory.total,
                    "utilization": None, "temperature": None, "power_w": None}
             for key, read in (
+                ("uuid", lambda handle=handle: nvml_text(nvml.nvmlDeviceGetUUID(handle))),  # NVML's order is not CUDA's
                 ("utilization", lambda handle=handle: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
                 ("temperature", lambda handle=handle: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
                 ("power_w", lambda handle=handle: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),
