@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from diffdeck.engines.core.events import STATUSES, Event, EventKind, EventStream, JobRecord, Status, render_seconds
+from diffdeck.engines.core.events import STATUSES, Event, EventKind, EventStream, JobRecord, Status, render_parts, render_seconds
 from diffdeck.engines.core.registry import DEMO, Registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import Intervals
@@ -94,3 +94,9 @@ def test_render_seconds_count_a_flows_preparing_and_wait_for_what_is_missing():
     assert render_seconds({"denoise_s": 0.5, "decode_s": 0.01, "save_s": 0.002}) == pytest.approx(0.512), \
         "records from before flows have no prepare_s"
     assert render_seconds({"denoise_s": 0.5}) is None
+
+
+def test_render_parts_name_a_flows_preparing_and_not_a_plain_jobs_nothing():
+    assert render_parts({"prepare_s": 0.24, "denoise_s": 0.5, "decode_s": 0.01, "load_s": 3.0}) == [
+        ("prepare", 0.24), ("denoise", 0.5), ("decode", 0.01)]
+    assert render_parts({"prepare_s": 0.0001, "denoise_s": 0.5, "save_s": 0.002}) == [("denoise", 0.5), ("save", 0.002)]

@@ -113,6 +113,13 @@ class JobRecord:
 RENDER_PARTS = (("prepare", "prepare_s"), ("denoise", "denoise_s"), ("decode", "decode_s"), ("save", "save_s"))
 
 
+def render_parts(timings: dict[str, Any]) -> list[tuple[str, float]]:
+    """(name, seconds) of each part recorded, in RENDER_PARTS order; prepare only where it took
+    time (a flow's stage), not the nothing a plain job's is."""
+    return [(name, timings[key]) for name, key in RENDER_PARTS
+            if key in timings and (key != "prepare_s" or timings[key] >= 0.0005)]
+
+
 def render_seconds(timings: dict[str, Any]) -> float | None:
     """What making the images took, RENDER_PARTS added up; None while denoise, decode or save is not
     known (prepare, which records before flows lack, counts where it is)."""

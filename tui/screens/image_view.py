@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffdeck.engines.core.events import RENDER_PARTS
+from diffdeck.engines.core.events import render_parts
 from diffdeck.engines.core.flows import loras_from
 from diffdeck.tui.plain import plain
 from diffdeck.tui.widgets.footer import Footer
@@ -85,7 +85,7 @@ def parameter_rows(job_id: str, spec: dict[str, Any], image: dict[str, Any]) -> 
             ("model", spec.get("model", "")), ("seed", str(image.get("seed"))), ("steps", str(spec.get("steps"))),
             ("guidance", str(spec.get("guidance"))), ("size", f"{spec.get('width')}x{spec.get('height')}"),
             ("scheduler", str(spec.get("scheduler"))), ("job", f"{job_id} image {image['image']}")]
-    rows += [(name, f"{t[key]:.3f} s") for name, key in RENDER_PARTS if key in t]
+    rows += [(name, f"{seconds:.3f} s") for name, seconds in render_parts(t)]
     if image.get("peak_memory"):
         rows.append(("peak memory", f"{image['peak_memory'] / 2**30:.2f} GiB"))
     rows += [("pixels sha256", str(image.get("pixel_sha256", ""))[:16] + "…"), ("file", image["path"])]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from diffdeck.engines.core.events import RENDER_PARTS
+from diffdeck.engines.core.events import render_parts
 from diffdeck.engines.core.text import visible
 from diffdeck.tui.workbench_state import Board, DeviceRow, JobRow, pressure
 from rich.text import Text
@@ -152,7 +152,8 @@ def timing_text(board: Board, rates: bool = True) -> Text:
 
 def breakdown(row: JobRow) -> Text:
     t = row.timings
-    parts = [f"{name} {t[key]:.2f}s" for name, key in (("load", "load_s"), *RENDER_PARTS) if key in t]
+    parts = [f"{name} {seconds:.2f}s" for name, seconds in ([("load", t["load_s"])] if "load_s" in t else [])
+             + render_parts(t)]
     text = Text(visible(f"last {row.id}: ") + "  ".join(parts))
     if row.peak_memory:
         text.append(f"\npeak {row.peak_memory / GIB:.2f} GiB")
