@@ -7,7 +7,16 @@ import json
 import os
 
 import pytest
-from diffdeck.engines.core.events import STATUSES, Event, EventKind, EventStream, JobRecord, Status, render_parts, render_seconds
+from diffdeck.engines.core.events import (
+    STATUSES,
+    Event,
+    EventKind,
+    EventStream,
+    JobRecord,
+    Status,
+    render_parts,
+    render_seconds,
+)
 from diffdeck.engines.core.registry import DEMO, Registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.core.worker_protocol import Intervals

@@ -21,7 +21,7 @@ from diffdeck.engines.service.recorded_queue import RecordedQueue
 from helpers import diffdeck, write_models
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (CI's '.[dev]' has it)")
-from diffdeck.engines.queue.ray_workers import RayWorker, actor_options  # noqa: E402 - needs ray
+from diffdeck.engines.queue.ray_workers import RayWorker, actor_options, cluster_slots  # noqa: E402 - needs ray
 from diffdeck.engines.queue.worker_handles import WorkerError  # noqa: E402
 
 TIMEOUT = 180
@@ -79,7 +79,9 @@ async def run_until(queue: RecordedQueue, specs: list[JobSpec], stop=None) -> li
 async def test_a_render_through_ray_actors_lands_in_the_session_and_replays_here(cluster, models_file, two_demos,
                                                                                  tmp_path):
     session = Session.open_for_writing(tmp_path / "s", "test")
-    queue = RecordedQueue(two_demos, session, intervals=QUIET, launcher=RayWorker)
+    slots = cluster_slots()  # as `serve --ray` runs it: one device a GPU of the cluster, else a node
+    assert [slot.name for slot in slots] == ["Ray cluster node 0"], "one node, no GPU: one job at a time"
+    queue = RecordedQueue(two_demos, session, intervals=QUIET, launcher=RayWorker, devices=slots)
     queue.start()
     plain, flow = await run_until(queue, [JobSpec(prompt=PROMPT, model="demo", seed=1, count=2, steps=6),
                                           JobSpec(prompt=PROMPT, model="demo", seed=5, stages=TWO_MODELS)])

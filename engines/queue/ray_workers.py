@@ -26,6 +26,7 @@ import ray
 from diffdeck.engines.core.files import write_whole
 from diffdeck.engines.core.spec import ModelSpec
 from diffdeck.engines.core.worker_protocol import Intervals, ProtocolError, decode, encode
+from diffdeck.engines.queue.devices import Device
 from diffdeck.engines.queue.worker_handles import WorkerError, WorkerProcess, spawn_worker
 from ray.exceptions import RayError
 
@@ -46,6 +47,14 @@ def join_cluster(address: str | None) -> str:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     total = ray.cluster_resources()
     return f"Ray cluster of {len(nodes)} node(s), {total.get('CPU', 0):g} CPU(s), {total.get('GPU', 0):g} GPU(s)"
+
+
+def cluster_slots() -> list[Device]:
+    """The Dispatcher's devices on the cluster, each running one job at a time: one a cluster GPU
+    (Ray gives each actor its own and pins it), else one a node."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count = gpus or sum(1 for node in ray.nodes() if node.get("Alive"))
+    return [Device(i, f"Ray cluster {'GPU' if gpus else 'node'} {i}") for i in range(max(count, 1))]
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

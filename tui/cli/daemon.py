@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     session = None
     try:
         registry = load_registry(args.models)
-        options = {} if args.ray is None else {"launcher": ray_launcher(args.ray)}
+        options = {} if args.ray is None else on_ray(args.ray)
         folder = args.session or (None if args.new_session else _session_to_resume(where)) or new_session_dir()
         # absolute: the daemon's paths are read by clients in other folders, or on other machines
         session = open_for_writing(folder.resolve())
@@ -179,8 +179,9 @@ def _session_to_resume(where: Place) -> Path | None:
     return folder if session.unfinished() else None
 
 
-def ray_launcher(address: str) -> Callable[..., Any]:
-    """Join the Ray cluster at `address` ("": a local one, started now); what starts a worker there."""
+def on_ray(address: str) -> dict[str, Any]:
+    """Join the Ray cluster at `address` ("": a local one, started now); the Dispatcher's options
+    that run its workers there: what starts a worker, and the cluster's slots as its devices."""
     try:
         from diffdeck.engines.queue import ray_workers
     except ImportError as e:
@@ -193,7 +194,7 @@ def ray_launcher(address: str) -> Callable[..., Any]:
         raise DaemonError(f"could not join the Ray cluster at {address or 'a new local one'}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     print(f"diffdeck: {visible(said)}", file=sys.stderr, flush=True)
-    return ray_workers.RayWorker
+    return {"launcher": ray_workers.RayWorker, "devices": ray_workers.cluster_slots()}
 
 
 def start_daemon(models: str | None, session: Path | None = None, new_session: bool = False,
