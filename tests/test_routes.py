@@ -180,6 +180,12 @@ def test_bad_route_options_are_one_line(tmp_path, args, says):
     one_line_error(diffdeck(*args, cwd=tmp_path), says)
 
 
+def test_a_refused_second_prompt_leaves_the_first_unqueued_in_the_session(tmp_path):
+    said = diffdeck("render", "a red circle", "x" * 10_001, "--session", "s", cwd=tmp_path)
+    one_line_error(said, "prompt: is 10,001 characters long")
+    assert not (tmp_path / "s").exists() or Session.open(tmp_path / "s").jobs == {}, "nothing to resume later"
+
+
 @pytest.mark.slow
 def test_render_from_a_stage_image_renders_its_flow_up_to_that_stage(tmp_path):
     flows = {"two": {"stages": [{"kind": "txt2img", "steps": 2},

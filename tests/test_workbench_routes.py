@@ -7,8 +7,10 @@ offered the daemon's routes. Real workers render the demo model."""
 import shutil
 
 import pytest
+import yaml
 from daemons import PROMPT
-from diffdeck.engines.core.registry import DEMO, Registry, load_registry
+from diffdeck.engines.core.flow_checks import resolve_flow
+from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, Registry, load_registry
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.daemon.client import EngineClient
 from diffdeck.engines.record.session import Session
@@ -167,3 +169,15 @@ def test_a_promoted_image_keeps_the_users_settings_and_leaves_what_the_preview_f
     assert (final.steps, final.guidance, final.width, final.height) == (None, None, 96, 64)  # a size is kept whole
     assert (final.route, final.flow, final.stages, final.routed_by, final.group) == ("final", None, (), None, None)
     assert (final.seed, final.count, final.init_image, final.prompt) == (5, 1, "/s/images/job-0001-00-5.png", "a red circle")
+
+
+def test_a_preview_whose_route_took_another_model_is_promoted_on_the_users_model(tmp_path):
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({
+        "models": {"demo2": {"source": str(DEMO_FOLDER)}},
+        "flows": {"hires": {"stages": [{"kind": "txt2img"}, {"kind": "upscale", "factor": 2, "strength": 0.5}]}},
+        "routes": {"preview": {"model": "demo2", "steps": 4}, "final": {"flow": "hires"}}}))  # on the job's model
+    registry = load_registry(tmp_path / "models.yaml")
+    preview = resolve_flow(JobSpec("a red circle", model="demo", seed=5, route="preview"), registry)
+    assert (preview.model, preview.routed_from) == ("demo2", "demo")
+    final = resolve_flow(promoted(preview.to_dict(), 5, None, {"steps": 4}), registry)
+    assert (final.model, final.route, final.routed_from) == ("demo", "final", None)

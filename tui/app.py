@@ -61,7 +61,7 @@ WORKER_EVENTS = frozenset({EventKind.LOADING, EventKind.WORKER_READY, EventKind.
 SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED})
 
 
-def breakpoint(size: int, breakpoints: list[tuple[int, str]]) -> str | None:
+def breakpoint_class(size: int, breakpoints: list[tuple[int, str]]) -> str | None:
     """The class of the largest breakpoint `size` reaches (as Textual's Screen picks it)."""
     return max(((at, name) for at, name in breakpoints if size >= at), default=(0, None))[1]
 
@@ -129,7 +129,7 @@ class Workbench(App):
         first resize (Textual's way), they would style every widget a second time before the
         first frame."""
         width, height = self.size
-        classes = [breakpoint(width, self.HORIZONTAL_BREAKPOINTS), breakpoint(height, self.VERTICAL_BREAKPOINTS)]
+        classes = [breakpoint_class(width, self.HORIZONTAL_BREAKPOINTS), breakpoint_class(height, self.VERTICAL_BREAKPOINTS)]
         return Screen(id="_default", classes=" ".join(c for c in classes if c))
 
     def compose(self) -> ComposeResult:
@@ -382,7 +382,7 @@ class Workbench(App):
     async def _submit_grid(self, event: GridDialog.Queue) -> None:
         try:
             set_id, _jobs = await self.engine.calls.submit_set(event.variants)
-        except (SpecError, RegistryError, DaemonError) as e:
+        except (SpecError, RegistryError, DeviceError, DaemonError) as e:
             event.dialog.refused(str(e))
             return
         event.dialog.dismiss()
@@ -533,7 +533,7 @@ class Workbench(App):
         """Queue one image again (`spec` builds its job); `what`: it, in words, for the toast."""
         try:
             queued = await self.engine.calls.submit(spec())
-        except (SpecError, RegistryError, DaemonError) as e:
+        except (SpecError, RegistryError, DeviceError, DaemonError) as e:
             self.notify(str(e), severity="error")
             return
         self.notify(f"{queued.id}: {what}, seed {queued.spec['seeds'][0]}")

@@ -180,8 +180,8 @@ class AttachedEngine:
         hello = self.client.hello
         self._daemon_folder, self._paused, self._models = hello["session"], hello["paused"], hello["models"]
         routes = hello.get("routes")  # a daemon of an earlier diffdeck has none
-        self._routes = {str(name): menu for name, menu in routes.items()
-                        if isinstance(menu, dict) and isinstance(menu.get("about"), str)} if isinstance(routes, dict) else {}
+        self._routes = {str(name): menu for name, menu in routes.items() if _a_route_menu(menu)} \
+            if isinstance(routes, dict) else {}
         folder = Path(self._daemon_folder)
         if self._cache is not None:
             folder = self._cache / hashlib.sha256(f"{self.where}:{self._daemon_folder}".encode()).hexdigest()[:12]
@@ -248,3 +248,9 @@ class AttachedEngine:
         if self.client is not None:
             await self.client.close()
         return None  # the daemon writes its session
+
+
+def _a_route_menu(menu: Any) -> bool:
+    """Whether a daemon's entry for a route is what Registry.route_menu makes (it is the daemon's say)."""
+    return (isinstance(menu, dict) and isinstance(menu.get("about"), str) and isinstance(menu.get("first_stage"), str)
+            and isinstance(menu.get("fields"), dict))

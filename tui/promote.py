@@ -11,7 +11,8 @@ from diffdeck.engines.core.spec import JobSpec
 PROMOTED_TO = "final"
 # what a promoted job takes from its route, not from the preview: the preview's flow and stages,
 # why it was routed, its init image (and that file's hash), its place in an A/B set
-ROUTED = {"flow": None, "stages": (), "routed_by": None, "init_image": None, "init_sha256": None, "group": None}
+ROUTED = {"flow": None, "stages": (), "routed_by": None, "routed_from": None, "init_image": None, "init_sha256": None,
+          "group": None}
 # settings the preview's model or route may have filled in: final's model or route fills them again
 FILLABLE = ("steps", "guidance", "width", "height", "scheduler")
 OPEN = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.name in FILLABLE}
@@ -33,4 +34,5 @@ def promoted(spec: dict[str, Any], seed: int, init_image: str | None, filled: di
     if ("width" in opened) != ("height" in opened):  # a size is one setting: kept whole
         for name in ("width", "height"):
             opened.pop(name, None)
-    return again(spec, seed, **{**ROUTED, **opened, "route": PROMOTED_TO, "init_image": init_image})
+    model = spec.get("routed_from") or spec["model"]  # the user's, where the preview's route took another
+    return again(spec, seed, **{**ROUTED, **opened, "model": model, "route": PROMOTED_TO, "init_image": init_image})

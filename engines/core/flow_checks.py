@@ -336,8 +336,9 @@ def _applied(spec: JobSpec, registry: Registry, name: str, why: str) -> JobSpec:
         check(spec.flow in (None, route.flow), "flow",
               f"the job names flow {spec.flow!r} and route {name} names flow {route.flow!r}; give one of them")
     open_fields = {k: v for k, v in route.fields.items() if getattr(spec, k) in (None, (), "", DEFAULT_SCHEDULER)}
+    moved = route.model is not None and route.model != spec.model
     return replace(spec, **open_fields, model=route.model or spec.model, flow=route.flow or spec.flow,
-                   route=name, routed_by=f"{why}: {route.target()}")
+                   route=name, routed_by=f"{why}: {route.target()}", routed_from=spec.model if moved else spec.routed_from)
 
 
 def _multiple_of_8(value: float) -> int:

@@ -101,6 +101,7 @@ class JobSpec:
     stages: tuple[Stage, ...] = ()  # empty: one txt2img pass, as a job without a flow
     route: str | None = None  # the intent it was rendered for (preview, final, ...)
     routed_by: str | None = None  # which rule chose the route, and why
+    routed_from: str | None = None  # the model the job named, where its route renders on another
 
     def validate(self) -> None:
         check(isinstance(self.prompt, str), "prompt", "must be text")

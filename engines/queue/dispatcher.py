@@ -233,7 +233,7 @@ class Dispatcher:
 
     def submit(self, spec: JobSpec) -> Job:
         """Validate, resolve seeds and defaults, and queue. Raises SpecError or RegistryError."""
-        resolved = self._resolve(spec)  # first: bad input uses up no job number
+        resolved = self.resolve(spec)  # first: bad input uses up no job number
         job = Job(f"job-{next(self._ids):04d}", resolved)
         self.jobs[job.id] = job
         return self._enqueue(job)
@@ -245,7 +245,7 @@ class Dispatcher:
         specs = []
         for variant in variants.variants:
             try:
-                specs.append(self._resolve(variant.spec))
+                specs.append(self.resolve(variant.spec))
             except SpecError as e:
                 raise SpecError(e.field, f"variant {variant.label}: {e.message}") from None
             except RegistryError as e:
@@ -265,7 +265,7 @@ class Dispatcher:
         twice is held instead. Raises SpecError or RegistryError."""
         if record.id in self.jobs:
             raise ValueError(f"{record.id} is already in this queue")
-        job = Job(record.id, self._resolve(JobSpec.from_dict(record.spec)), images=list(record.images),
+        job = Job(record.id, self.resolve(JobSpec.from_dict(record.spec)), images=list(record.images),
                   worker_crashes=record.worker_crashes, stages=list(record.stages))
         self.jobs[job.id] = job
         if job.worker_crashes >= CRASHES_BEFORE_HOLD:
@@ -274,7 +274,9 @@ class Dispatcher:
             return job
         return self._enqueue(job)
 
-    def _resolve(self, spec: JobSpec) -> JobSpec:
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        """The spec as it would be queued: its route, flow, stages, LoRAs, the model's defaults and
+        the seeds filled in, checked. Raises SpecError or RegistryError; queues nothing."""
         spec = resolve_flow(spec, self.registry, self._check_size)  # its route, flow, stages and LoRAs
         spec.validate()
         files = self.registry.files(spec.model)

@@ -185,7 +185,7 @@ def on_ray(address: str) -> dict[str, Any]:
     try:
         from diffdeck.engines.queue import ray_workers
     except ImportError as e:
-        if e.name != "ray":
+        if (e.name or "").partition(".")[0] != "ray":
             raise
         raise DaemonError("diffdeck serve --ray needs Ray on this machine: pip install 'diffdeck[ray]'") from None
     try:

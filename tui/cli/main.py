@@ -380,6 +380,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     session = open_for_writing(args.session or new_session_dir())
 
     async def queue(engine: RecordedQueue) -> list[str]:
+        for spec in specs:  # every prompt checked first: a refused one leaves none queued in the session
+            engine.dispatcher.resolve(spec)
         records = [await engine.submit(spec) for spec in specs]
         for record in records:
             if record.spec.get("routed_by") and not args.json:

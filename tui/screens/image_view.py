@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffdeck.engines.core.events import render_parts
+from diffdeck.engines.core.events import render_parts, render_seconds
 from diffdeck.engines.core.flows import loras_from
 from diffdeck.tui.plain import plain
 from diffdeck.tui.widgets.footer import Footer
@@ -105,7 +105,8 @@ def flow_rows(spec: dict[str, Any], images: list[dict[str, Any]], shown: dict[st
     by_stage = {image.get("stage", len(stages) - 1): image for image in images}
     for i, stage in enumerate(stages):
         timings = by_stage.get(i, {}).get("timings") or {}
-        seconds = [f"{sum(timings.get(k, 0) for k in ('denoise_s', 'decode_s', 'save_s')):.2f} s"] if timings else []
+        taken = render_seconds(timings)
+        seconds = [f"{taken:.2f} s"] if taken is not None else []
         parts = [stage["kind"], *seconds, f"{stage.get('width')}x{stage.get('height')}",
                  str(stage.get("model") or spec.get("model")), f"{stage.get('steps') or spec.get('steps')} steps"]
         parts += [f"{name} {stage[name]}" for name in ("strength", "factor", "method", "tile", "switch") if name in stage]
