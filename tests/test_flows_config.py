@@ -95,6 +95,19 @@ def test_flows_and_routes_are_read_from_models_yaml_and_from_flows_yaml_beside_i
     assert registry.routes["preview"].flow == "demo-preview", "a built-in route the files do not name stays"
 
 
+
+def test_a_routes_and_a_flows_lora_are_named_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "loras").mkdir(parents=True)
+    (tmp_path / "conf" / "loras" / "style.safetensors").write_bytes(b"")
+    lora = [{"source": "loras/style.safetensors", "weight": 0.5}]
+    write_config(tmp_path / "conf", flows={"styled": {"stages": [{"kind": "txt2img", "loras": lora}]}},
+                 routes={"styled-route": {"model": "demo", "loras": [dict(lora[0])]}}, name="flows.yaml")
+    monkeypatch.chdir(tmp_path)  # elsewhere than the file: a path relative to here would name nothing
+    registry = load_registry(write_config(tmp_path / "conf", {"other": {"source": str(DEMO_FOLDER)}}))
+    beside = str((tmp_path / "conf" / "loras" / "style.safetensors").resolve())
+    assert registry.flows["styled"].stages[0].loras[0].source == beside
+    assert registry.routes["styled-route"].fields["loras"][0].source == beside
+
 def test_without_a_models_file_flows_yaml_is_found_in_the_working_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DIFFDECK_MODELS", raising=False)

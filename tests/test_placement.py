@@ -139,3 +139,9 @@ def test_lookahead_zero_keeps_queue_order():
     gpus = [Gpu(0, 8.0, warm("x"))]
     plan = place(gpus, [job("head", "y", memory_gb=6.0), job("j2", "x")], NOW, Policy(lookahead=0))
     assert [(s.job, s.evict) for s in plan.starts] == [("head", ("x",))]
+
+
+def test_a_gpu_that_keeps_one_model_warm_evicts_it_for_another_whatever_its_budget():
+    gpus = [Gpu(0, 80.0, warm("old", "new", memory_gb=1.0), one_model=True)]
+    plan = place(gpus, [job("j1", "x", memory_gb=1.0)], NOW)
+    assert [(s.gpu, s.evict) for s in plan.starts] == [(0, ("old", "new"))]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from diffdeck.engines.core.events import EventKind, Status
 from diffdeck.engines.core.flows import Stage
-from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, load_registry
+from diffdeck.engines.core.registry import DEMO, DEMO_FOLDER, RegistryError, load_registry
 from diffdeck.engines.core.spec import JobSpec, ModelSpec
 from diffdeck.engines.core.worker_protocol import Intervals
 from diffdeck.engines.record.session import Session
@@ -21,7 +21,7 @@ from diffdeck.engines.service.recorded_queue import RecordedQueue
 from helpers import diffdeck, write_models
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (CI's '.[dev]' has it)")
-from diffdeck.engines.queue.ray_workers import RayWorker, actor_options, cluster_slots  # noqa: E402 - needs ray
+from diffdeck.engines.queue.ray_workers import RayWorker, RemoteProcess, actor_options, cluster_slots, slots  # noqa: E402 - needs ray
 from diffdeck.engines.queue.worker_handles import WorkerError  # noqa: E402
 
 TIMEOUT = 180
@@ -76,6 +76,7 @@ async def run_until(queue: RecordedQueue, specs: list[JobSpec], stop=None) -> li
     return jobs
 
 
+@pytest.mark.slow  # a Ray cluster of its own
 async def test_a_render_through_ray_actors_lands_in_the_session_and_replays_here(cluster, models_file, two_demos,
                                                                                  tmp_path):
     session = Session.open_for_writing(tmp_path / "s", "test")
@@ -104,6 +105,7 @@ async def test_a_render_through_ray_actors_lands_in_the_session_and_replays_here
     assert len(said) == 3 and all(": identical" in line for line in said), result.stdout
 
 
+@pytest.mark.slow  # a Ray cluster of its own
 async def test_an_actor_killed_mid_job_is_a_worker_crash_and_what_was_made_is_kept(cluster, two_demos, tmp_path):
     session = Session.open_for_writing(tmp_path / "s", "test")
     queue = RecordedQueue(two_demos, session, intervals=QUIET, launcher=RayWorker)
@@ -138,3 +140,40 @@ def test_serve_ray_at_an_address_where_nothing_answers_is_one_line_at_once(tmp_p
     said = diffdeck("serve", "--foreground", "--ray", f"127.0.0.1:{port}", "--session", "s", cwd=tmp_path, timeout=60)
     assert said.returncode == 2 and len(said.stderr.strip().splitlines()) == 1, said.stderr
     assert f"could not join the Ray cluster at 127.0.0.1:{port}: nothing answers" in said.stderr
+
+
+def test_a_model_pinned_to_a_gpu_is_taken_where_the_cluster_has_that_many_gpus(tmp_path):
+    from diffdeck.engines.queue.dispatcher import Dispatcher
+
+    pinned = load_registry(write_models(tmp_path, {"pinned": {"source": str(DEMO_FOLDER), "gpus": [1]}}))
+    on_two_gpus = Dispatcher(pinned, tmp_path, devices=slots(gpus=2, nodes=1), launcher=RayWorker)
+    assert on_two_gpus.submit(JobSpec(prompt="x", model="pinned")).model == "pinned"  # queued: Ray picks the GPU
+    with pytest.raises(RegistryError, match="pinned to GPU 1; this machine has no GPU"):
+        Dispatcher(pinned, tmp_path, devices=slots(gpus=0, nodes=2), launcher=RayWorker).submit(
+            JobSpec(prompt="x", model="pinned"))
+
+
+@pytest.mark.slow  # a Ray cluster of its own
+async def test_a_gpu_slot_keeps_one_model_warm_so_the_next_never_waits_for_a_held_gpu(cluster, two_demos, tmp_path):
+    """Each warm model's actor holds a whole GPU: on a cluster of one GPU a second model warm beside
+    the first would wait for ever for its GPU. (This cluster has none: the actors take a CPU.)"""
+    session = Session.open_for_writing(tmp_path / "s", "test")
+    (gpu,) = slots(gpus=1, nodes=1)
+    queue = RecordedQueue(two_demos, session, intervals=QUIET, launcher=RayWorker, devices=[gpu])
+    queue.start()
+    events = queue.dispatcher.subscribe()
+    first, second = await run_until(queue, [JobSpec(prompt=PROMPT, model="demo", seed=1, steps=2),
+                                            JobSpec(prompt=PROMPT, model="demo2", seed=1, steps=2)])
+    warm = [w.model for w in queue.dispatcher.all_workers()]
+    assert await queue.shut_down() is None
+    session.close()
+    assert (first.status, second.status) == (Status.DONE, Status.DONE), (first.error, second.error)
+    evicted = [e.data for e in events.drain() if e.type == EventKind.WORKER_EVICTED]
+    assert warm == ["demo2"] and evicted[0]["model"] == "demo", evicted
+
+
+@pytest.mark.slow  # a Ray cluster of its own
+async def test_an_actor_no_node_can_place_fails_its_load_after_the_timeout(cluster):
+    asks_the_impossible = {"num_cpus": 1, "resources": {"diffdeck-test-no-node-has-this": 1}}
+    with pytest.raises(WorkerError, match=r"no Ray node could give model 'demo' .* within 2 s \(ray status"):
+        await asyncio.wait_for(RemoteProcess.start(DEMO, QUIET, asks_the_impossible, timeout_s=2), 60)

@@ -1,12 +1,11 @@
 """`diffdeck bench fleet`: a mixed queue (renders, A/B sets and grids over several models) simulated
 on 1, 2, 4 and 8 GPUs under three placements: diffdeck's (diffdeck.engines.queue.placement, the code
 the Dispatcher runs), round-robin, and one instance per GPU without model affinity (each idle GPU
-takes the next job and loads its model in place of the one it holds, as one ComfyUI per
-`--cuda-device` does).
+takes the next job and loads its model in place of the one it holds).
 
 A discrete-event simulation, seeded: no process and no GPU. A job takes its model's load time where
 its model loads, then for each image its steps times the model's step time plus the image's decode
-and save. The paper plan for scale until a multi-GPU machine is at hand.
+and save: how the placements compare at scale without the GPUs to run them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from diffdeck.engines.core.flows import Flow, Stage, stages_from
+from diffdeck.engines.core.flows import Flow, Lora, Stage, stages_from
 from diffdeck.engines.core.routes import Route, role_routes
 from diffdeck.engines.core.spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
 from diffdeck.engines.core.validation import is_int, is_number
@@ -298,20 +298,25 @@ def _flows_from(path: Path, data: dict[str, Any]) -> dict[str, Flow]:
 
 def _stage_files_here(stage: Stage, folder: Path) -> Stage:
     """A stage's LoRA files named relative to the file that names them."""
-    if not stage.loras:
-        return stage
-    loras = tuple(replace(lora, source=str((folder / lora.source).resolve()))
-                  if (folder / lora.source).exists() else lora for lora in stage.loras)
-    return replace(stage, loras=loras)
+    return replace(stage, loras=_loras_here(stage.loras, folder)) if stage.loras else stage
+
+
+def _loras_here(loras: tuple[Lora, ...], folder: Path) -> tuple[Lora, ...]:
+    """LoRA files named relative to `folder` where one is there; others as they are (a hub name, an absolute path)."""
+    return tuple(replace(lora, source=str((folder / lora.source).resolve()))
+                 if (folder / lora.source).exists() else lora for lora in loras)
 
 
 def _routes_from(path: Path, data: dict[str, Any]) -> dict[str, Route]:
     routes = {}
     for name, entry in _section(path, data, "routes").items():
         try:
-            routes[str(name)] = Route.from_entry(str(name), entry, str(path))
+            route = Route.from_entry(str(name), entry, str(path))
         except SpecError as e:
             raise RegistryError(f"{path}: {e}") from None
+        if route.fields.get("loras"):
+            route.fields["loras"] = _loras_here(route.fields["loras"], path.parent)
+        routes[str(name)] = route
     return routes
 
 

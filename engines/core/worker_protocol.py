@@ -3,8 +3,8 @@
 Dispatcher -> worker:
   job       {id, spec (resolved JobSpec dict), out_dir, skip (image indices already made)}
             a leg of a flow adds stages: [first, last] (indices into spec.stages, all of this model)
-            and inputs: {"<image index>": {"image": PNG} | {"latents": .safetensors}} (what the
-            previous leg made, or the flow's init image)
+            and inputs: {"<image index>": {"image": PNG, "pixel_sha256"} | {"latents": .safetensors}}
+            (what the previous leg made, with its recorded pixels' hash, or the flow's init image)
   cancel    {id}
   shutdown  {}
   (end of input: the Dispatcher is gone; the worker cancels its job and exits within 2 s)

@@ -29,7 +29,8 @@ _DRIVER_FILES = ("/dev/nvidiactl", "/dev/kfd", "/proc/driver/nvidia")
 class Device:
     """One place a job renders. `index` is its position among the visible devices (what `gpus:`
     and `device: cuda:N` in models.yaml name); `visible` is what a worker pinned to it gets as
-    CUDA_VISIBLE_DEVICES (None: the CPU, nothing to pin)."""
+    CUDA_VISIBLE_DEVICES (None: the CPU, nothing to pin). `one_model`: it keeps one model warm at
+    a time, whatever its budget (a Ray cluster's GPU: each warm model's actor holds a GPU)."""
 
     index: int
     name: str
@@ -37,6 +38,7 @@ class Device:
     memory_bytes: int | None = None
     visible: str | None = None
     fake: bool = False
+    one_model: bool = False
 
     @property
     def is_gpu(self) -> bool:

@@ -46,7 +46,7 @@ from diffdeck.engines.queue.devices import Device, discover
 from diffdeck.engines.queue.footprint import Budget, Footprint, check_size, element_bytes
 from diffdeck.engines.queue.placement import Gpu, Plan, Policy, QueuedJob, Start, WarmModel, pins, place
 from diffdeck.engines.queue.telemetry import Telemetry, WorkerView
-from diffdeck.engines.queue.worker_handles import IDLE, WorkerError, WorkerProcess, describe_exit
+from diffdeck.engines.queue.worker_handles import IDLE, LOADING, STARTING, WorkerError, WorkerProcess, describe_exit
 from diffdeck.engines.sets.variants import VariantSet
 
 log = logging.getLogger("diffdeck.dispatcher")
@@ -76,6 +76,8 @@ class Job:
     placed: asyncio.Future[Placed | None] | None = None  # while a later leg of its flow waits for a device
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     leg_ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    run: Run | None = None  # its attempt now, from leaving the queue; a retry is another
+    cancel_asked: bool = False  # a cancel came while it ran: it ends at its leg's end at the latest
 
     @property
     def model(self) -> str:
@@ -130,6 +132,14 @@ class DeviceSlot:
                             for name, w in self.workers.items()}}
 
 
+@dataclass(eq=False)
+class Run:
+    """One attempt at a job: the tasks of an attempt that was cancelled (a model still loading)
+    check theirs before they touch the job, which a retry may have sent running again."""
+
+    slot: DeviceSlot | None = None  # the device it holds now
+
+
 @dataclass(frozen=True)
 class Placed:
     """Where placement put a job (or a leg of its flow): the device, and what to stop there first."""
@@ -168,8 +178,9 @@ class Dispatcher:
         self.intervals = intervals
         self.telemetry_interval_s = telemetry_interval_s
         self.telemetry = telemetry or Telemetry()
-        self.devices = [DeviceSlot(device, memory_budget_gb or _default_budget_gb(device))
-                        for device in (devices if devices is not None else discover(self.telemetry.nvml))]
+        devices = devices if devices is not None else discover(self.telemetry.nvml)
+        _check_numbered(devices)
+        self.devices = [DeviceSlot(device, memory_budget_gb or _default_budget_gb(device)) for device in devices]
         self.memory_budget_gb = max(slot.budget_gb for slot in self.devices)  # the most a job may take
         self.jobs: dict[str, Job] = {}
         self.queue: list[Job] = []
@@ -308,7 +319,13 @@ class Dispatcher:
         files = self.registry.files(job.model)
         defaults = self.registry.defaults(job.model, files.family)
         check_size(job, (defaults["width"], defaults["height"]), self._footprint(job.model, files),
-                   Budget(self.memory_budget_gb, "GPU" if self.telemetry.has_gpu else "RAM"))
+                   Budget(self._budget_gb(job.model), "GPU" if self.telemetry.has_gpu else "RAM"))
+
+    def _budget_gb(self, model: str) -> float:
+        """The most memory a job of `model` may take: the largest budget of the devices it may run on."""
+        pinned = self._pins(model)
+        return max((slot.budget_gb for slot in self.devices if pinned is None or slot.device.index in pinned),
+                   default=self.memory_budget_gb)  # pinned to GPUs not here: refused by _check_pins
 
     def _footprint(self, name: str, files: ModelFiles) -> Footprint | None:
         """What a model's sizes cost, read from its configs once per Dispatcher (a grid asks per cell)."""
@@ -332,14 +349,16 @@ class Dispatcher:
             self.queue.remove(job)
             self._finish(job, Status.CANCELLED)
         elif job.status == Status.RUNNING:
-            slot = next((slot for slot in self.devices if slot.job is job), None)
+            job.cancel_asked = True  # a leg that ends before its worker reads the cancel is the last
+            slot = job.run.slot if job.run else None
             worker = slot.workers.get(job.model) if slot else None
             if worker is not None and worker.job_id == job.id:
                 worker.cancel(job.id)  # the worker answers `cancelled` at the next module it enters
                 self._in_background(self._enforce_cancel(job, worker))
-            else:  # still waiting for its model to load
+            else:  # its model still loading, or between two legs of its flow
                 self._finish(job, Status.CANCELLED)
-                if worker is not None and not any(j.model == worker.model for j in self.queue):
+                if (worker is not None and worker.state in (STARTING, LOADING)
+                        and not any(j.model == worker.model for j in self.queue)):
                     self._in_background(self._retire(worker, "cancelled while loading"))
         else:
             return False
@@ -348,13 +367,14 @@ class Dispatcher:
     async def _enforce_cancel(self, job: Job, worker: WorkerProcess) -> None:
         """A cancel the worker has not answered within `cancel_grace_s` (one long kernel of a
         huge render cannot be cut) stops the worker; the job still ends cancelled."""
+        run = job.run
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(job.finished.wait(), self.cancel_grace_s)
             return
-        if job.status == Status.RUNNING and worker.job_id == job.id:
+        if job.run is run and job.status == Status.RUNNING:
             self._finish(job, Status.CANCELLED, step=None)
-            # No await in between: the worker is out of service before any task can give it a job.
-            await self._retire(worker, "the cancel did not land in time", grace_s=0.0)
+            if worker.job_id == job.id:  # No await in between: out of service before any task can give it a job.
+                await self._retire(worker, "the cancel did not land in time", grace_s=0.0)
 
     def cancel_all(self) -> int:
         targets = [j for j in self.jobs.values() if j.status in UNFINISHED]
@@ -390,7 +410,7 @@ class Dispatcher:
             raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
         job.status, job.images, job.timings, job.error, job.error_kind = Status.QUEUED, [], {}, None, None
         job.submitted_at, job.started_at, job.passed_over, job.progress = time.monotonic(), None, 0, {}
-        job.stages, job.leg, job.peak_memory = [], None, None
+        job.stages, job.leg, job.peak_memory, job.cancel_asked = [], None, None, False
         job.finished = asyncio.Event()
         return self._enqueue(job)
 
@@ -413,15 +433,15 @@ class Dispatcher:
         """Where the legs of running flows that wait for a device start now, then, on the devices
         still idle (and unless paused), the queued jobs: a queued job never goes before a flow
         that has begun."""
-        largest = max(slot.budget_gb for slot in self.devices)  # a model past every budget runs alone on one
-        gpus = [Gpu(slot.device.index, slot.budget_gb, busy=slot.job is not None,
+        gpus = [Gpu(slot.device.index, slot.budget_gb, busy=slot.job is not None, one_model=slot.device.one_model,
                     warm=tuple(WarmModel(w.model, w.memory_gb, w.last_used) for w in slot.workers.values()
                                if w.state == IDLE)) for slot in self.devices]
         plans = []
         for waiting in (self._legs_waiting, [] if self.paused else self.queue):
             if not waiting:
                 continue
-            queue = [QueuedJob(job.id, job.model, job.submitted_at, min(self._memory_gb(job.model), largest),
+            # a model past every budget of its devices runs alone on one
+            queue = [QueuedJob(job.id, job.model, job.submitted_at, min(self._memory_gb(job.model), self._budget_gb(job.model)),
                                self._pins(job.model), job.passed_over) for job in waiting]
             plans.append(place(gpus, queue, time.monotonic(), Policy(lookahead=self.lookahead)))
             taken = {start.gpu for start in plans[-1].starts}
@@ -456,43 +476,49 @@ class Dispatcher:
         slot.job, placed = job, Placed(slot, start)
         if job in self._legs_waiting:
             self._legs_waiting.remove(job)
+            job.run.slot = slot
             job.placed.set_result(placed)
             return
         self.queue.remove(job)
-        job.status, job.started_at = Status.RUNNING, time.monotonic()
+        job.status, job.started_at, job.run = Status.RUNNING, time.monotonic(), Run(slot)
         self._emit(EventKind.DEQUEUED, job)  # its model may take a while to load before `started`
         task = asyncio.create_task(self._run(job, placed))
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
     async def _run(self, job: Job, placed: Placed) -> None:
+        run = job.run
         try:
-            await self._run_legs(job, placed)
+            await self._run_legs(job, placed, run)
         except Exception as e:  # noqa: BLE001 - one job's failure must not stop the queue
             log.exception("%s failed in the dispatcher", job.id)
-            if job.status == Status.RUNNING:
+            if _current(job, run):
                 self._fail(job, f"{type(e).__name__}: {e}", "error")
         finally:
-            self._free(job)
+            self._free(job, run)
 
-    async def _run_legs(self, job: Job, placed: Placed) -> None:
+    async def _run_legs(self, job: Job, placed: Placed, run: Run) -> None:
         """The job's one message to its model's worker, or its flow's legs one after another, each
         placed on a device of its own."""
         job.timings = {"queue_wait_s": round(job.started_at - job.submitted_at, 4), "load_s": 0.0}
         job.peak_memory, started = None, False
         for leg in _legs_to_run(job):
             if leg != job.leg:  # a later leg of its flow
-                self._free(job)
+                self._free(job, run)
                 job.leg = leg
                 placed = await self._placed_again(job)
                 if placed is None:
                     return
             job.leg_ended = asyncio.Event()
-            worker = await self._ready_worker(job, placed)
+            made = _made(job, leg)
+            try:
+                leg_fields = {} if leg is None else {"stages": [leg.first, leg.last], "inputs": _inputs(job, leg, made)}
+            except ValueError as e:  # a resumed flow's record lacks what the leg starts from
+                self._fail(job, str(e), "error")
+                return
+            worker = await self._ready_worker(job, placed, run)
             if worker is None:
                 return
-            made = _made(job, leg)
-            leg_fields = {} if leg is None else {"stages": [leg.first, leg.last], "inputs": _inputs(job, leg, made)}
             try:
                 worker.assign(job.id, spec=job.spec.to_dict(), out_dir=str(self.images_dir), skip=sorted(made),
                               **leg_fields)
@@ -505,7 +531,9 @@ class Dispatcher:
                 started = True
             await job.leg_ended.wait()
             worker.release()
-            if job.status != Status.RUNNING:
+            if _current(job, run) and job.cancel_asked:  # its worker ended the leg before it read the cancel
+                self._finish(job, Status.CANCELLED, step=None)
+            if not _current(job, run):
                 return
 
     async def _placed_again(self, job: Job) -> Placed | None:
@@ -515,14 +543,14 @@ class Dispatcher:
         self._wakeup.set()
         return await job.placed
 
-    def _free(self, job: Job) -> None:
-        """The device the job ran on is free for the next."""
-        for slot in self.devices:
-            if slot.job is job:
-                slot.job = None
-                self._wakeup.set()
+    def _free(self, job: Job, run: Run) -> None:
+        """The device the job's attempt `run` holds is free for the next (not one a retry holds)."""
+        if run.slot is not None and run.slot.job is job:
+            run.slot.job = None
+            self._wakeup.set()
+        run.slot = None
 
-    async def _ready_worker(self, job: Job, placed: Placed) -> WorkerProcess | None:
+    async def _ready_worker(self, job: Job, placed: Placed, run: Run) -> WorkerProcess | None:
         """The worker of `job.model` on the placed device, warm, or started now after what placement
         evicts there is stopped (its load time added to the job's); None when the job ended
         meanwhile (its model failed to load, a cancel)."""
@@ -534,21 +562,25 @@ class Dispatcher:
                 if model in slot.workers:
                     await self._retire(slot.workers[model], "memory budget", budget_gb=slot.budget_gb,
                                        needed_gb=self._memory_gb(job.model))
+            if not _current(job, run):  # cancelled while those stopped
+                return None
             worker = await self._spawn(job.model, slot)
             self._emit(EventKind.LOADING, job, model=job.model, pid=worker.pid)
             identity = self._identify(job.model)  # hashes weights while the worker loads
             try:
                 await worker.wait_ready()
             except WorkerError as e:
-                if job.status == Status.RUNNING:
+                if _current(job, run):  # else it was cancelled, and its worker stopped
                     self._fail(job, str(e), "load")
                 return None
             identity = identity or self._identify(job.model)  # a hub model it just downloaded
             self._emit(EventKind.WORKER_READY, None, model=worker.model, pid=worker.pid, environment=worker.environment,
                        identity=await identity if identity else None,
                        **{k: worker.loaded[k] for k in ("load_s", "family", "device", "dtype", "settings", "memory")})
+            if not _current(job, run):  # cancelled while its model loaded
+                return None
             job.timings["load_s"] = round(job.timings["load_s"] + time.monotonic() - loading, 4)
-        return worker if job.status == Status.RUNNING else None  # else cancelled while its model loaded
+        return worker if _current(job, run) else None
 
     async def _spawn(self, model: str, slot: DeviceSlot) -> WorkerProcess:
         spec = self.registry.get(model)
@@ -679,6 +711,11 @@ class Dispatcher:
             raise ValueError(f"no job {job_id!r}") from None
 
 
+def _current(job: Job, run: Run) -> bool:
+    """Whether `run` is the job's attempt now and still running (not cancelled, nor retried since)."""
+    return job.run is run and job.status == Status.RUNNING
+
+
 def _legs_to_run(job: Job) -> Iterator[Leg | None]:
     """The legs of a job's flow still to run, worked out one at a time as the ones before end
     (None: a job without a flow, one message)."""
@@ -704,9 +741,13 @@ def _inputs(job: Job, leg: Leg, made: set[int]) -> dict[str, dict[str, str]]:
     if leg.first == 0:
         return {str(i): {"image": job.spec.init_image} for i in indices} if job.spec.init_image else {}
     handed = {stage["image"]: stage for stage in job.stages if stage["stage"] == leg.first - 1}
-    refine = job.spec.stages[leg.first].kind == "refine"
-    return {str(i): {"image": handed[i]["path"], **({"latents": handed[i]["latents"]} if refine else {})}
-            for i in indices}
+    needs = ("path", "latents") if job.spec.stages[leg.first].kind == "refine" else ("path",)
+    missing = [f"image {i}'s {need}" for i in indices for need in needs if not (handed.get(i) or {}).get(need)]
+    if missing:
+        raise ValueError(f"{job.id}: the record of stage {leg.first - 1} lacks {', '.join(missing)}, which stage "
+                         f"{leg.first} starts from; retry the job to render the flow from its start")
+    return {str(i): {"image": handed[i]["path"], "pixel_sha256": handed[i].get("pixel_sha256"),
+                     **({"latents": handed[i]["latents"]} if "latents" in needs else {})} for i in indices}
 
 
 def _identity_or_none(folder: Path) -> dict[str, Any] | None:
@@ -715,6 +756,15 @@ def _identity_or_none(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         log.warning("could not identify the model in %s: %s", folder, e)
         return None
+
+
+def _check_numbered(devices: list[Device]) -> None:
+    """ValueError unless `devices` are some, numbered 0..N-1 in order (what models.yaml's pins name)."""
+    if not devices:
+        raise ValueError("devices: no device to render on")
+    indices = [device.index for device in devices]
+    if indices != list(range(len(devices))):
+        raise ValueError(f"devices: numbered 0 to {len(devices) - 1} in order, not {', '.join(map(str, indices))}")
 
 
 def _default_budget_gb(device: Device) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
-# SwarmUI's measure of a model's queue pressure: each queued job counts as 10 seconds of waiting.
+# A model's queue pressure: each queued job counts as 10 seconds of waiting.
 SECONDS_PER_QUEUED_JOB = 10.0
 
 
@@ -34,6 +34,7 @@ class Gpu:
     budget_gb: float  # what its warm models may hold together
     warm: tuple[WarmModel, ...] = ()
     busy: bool = False  # running a job, or loading a model for one
+    one_model: bool = False  # keeps one model warm at a time: another evicts it
 
     @property
     def free_gb(self) -> float:
@@ -89,8 +90,7 @@ def pins(device: str, gpus: Sequence[int] | None) -> frozenset[int] | None:
 
 
 def pressures(queue: Sequence[QueuedJob], now: float) -> dict[str, float]:
-    """Each queued model's pressure as SwarmUI measures it: 10 for each of its queued jobs, plus the
-    seconds its oldest has waited."""
+    """Each queued model's pressure: 10 for each of its queued jobs, plus the seconds its oldest has waited."""
     oldest: dict[str, float] = {}
     count: dict[str, int] = {}
     for job in queue:
@@ -104,6 +104,8 @@ def evictions(gpu: Gpu, need_gb: float) -> tuple[str, ...] | None:
     fits its budget; None when it cannot fit there."""
     if need_gb > gpu.budget_gb:
         return None
+    if gpu.one_model:
+        return tuple(model.name for model in sorted(gpu.warm, key=lambda m: m.last_used))
     free, stopped = gpu.free_gb, []
     for model in sorted(gpu.warm, key=lambda m: m.last_used):
         if free >= need_gb:

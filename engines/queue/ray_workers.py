@@ -32,6 +32,7 @@ from ray.exceptions import RayError
 
 FILE_KEYS = ("path", "latents")  # where an image or stage_image message names a file its worker wrote
 CONNECT_TIMEOUT_S = 5.0  # to reach a Ray head before Ray's own minutes of retrying
+START_TIMEOUT_S = 120.0  # for a node to give a new actor what it asks for and start it
 
 
 def join_cluster(address: str | None) -> str:
@@ -50,11 +51,20 @@ def join_cluster(address: str | None) -> str:
 
 
 def cluster_slots() -> list[Device]:
-    """The Dispatcher's devices on the cluster, each running one job at a time: one a cluster GPU
-    (Ray gives each actor its own and pins it), else one a node."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    count = gpus or sum(1 for node in ray.nodes() if node.get("Alive"))
-    return [Device(i, f"Ray cluster {'GPU' if gpus else 'node'} {i}") for i in range(max(count, 1))]
+    """The Dispatcher's devices on the cluster, each running one job at a time: one a cluster GPU,
+    else one a node."""
+    return slots(int(ray.cluster_resources().get("GPU", 0)), sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
+def slots(gpus: int, nodes: int) -> list[Device]:
+    """`gpus` GPU slots, else one slot a node. A GPU slot keeps one model warm at a time: each warm
+    model's actor holds a whole GPU, so with more warm than the cluster has GPUs the next load would
+    wait for ever. Ray reports no GPU's memory (no budget to fit several in) and pins each actor
+    to a GPU of its own: `visible` only marks the slot as a GPU (what models.yaml pins name), and
+    RayWorker ignores it."""
+    if gpus:
+        return [Device(i, f"Ray cluster GPU {i}", visible=str(i), one_model=True) for i in range(gpus)]
+    return [Device(i, f"Ray cluster node {i}") for i in range(max(nodes, 1))]
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -115,10 +125,19 @@ class RemoteProcess:
         self._pumps = (asyncio.create_task(self._relay()), asyncio.create_task(self._feed()))
 
     @classmethod
-    async def start(cls, spec: ModelSpec, intervals: Intervals, options: dict[str, Any]) -> RemoteProcess:
+    async def start(cls, spec: ModelSpec, intervals: Intervals, options: dict[str, Any],
+                    timeout_s: float = START_TIMEOUT_S) -> RemoteProcess:
+        """WorkerError where no node gives the actor what it asks for within `timeout_s` (Ray
+        would leave it pending for ever), or where it fails to start."""
         actor = NodeWorker.options(**options).remote()
         try:
-            started = await actor.start.remote(spec.to_dict(), intervals.progress_s, intervals.preview_s)
+            started = await asyncio.wait_for(
+                actor.start.remote(spec.to_dict(), intervals.progress_s, intervals.preview_s), timeout_s)
+        except asyncio.TimeoutError:
+            ray.kill(actor)
+            asked = "a GPU" if options.get("num_gpus") else f"what its actor asks for ({options})"
+            raise WorkerError(f"no Ray node could give model {spec.name!r} {asked} within {timeout_s:g} s "
+                              "(ray status shows what is free)") from None
         except RayError as e:
             ray.kill(actor)
             raise WorkerError(f"could not start a worker for {spec.name!r} on the Ray cluster: {e}") from None

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from diffdeck.engines.core.flows import Stage
+from diffdeck.engines.core.pixels import pixel_sha256
 from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.worker.diffusers_adapter import Hooks, Model
 from diffdeck.engines.worker.tiles import Blender, boxes
@@ -40,7 +41,8 @@ class Handed:
     @classmethod
     def read(cls, files: dict[str, str], sha256: str | None = None) -> "Handed":
         """The previous leg's output, or a flow's init image, from the files a job message names.
-        `sha256`: the init image's at submit; ValueError when the file is not that one now."""
+        `sha256`: the init image's at submit; ValueError when the file is not that one now, or when
+        a previous leg's image no longer has the pixels its record names (`files["pixel_sha256"]`)."""
         image = latents = None
         if files.get("image"):
             data = Path(files["image"]).read_bytes()
@@ -48,6 +50,9 @@ class Handed:
                 raise ValueError(f"the init image {files['image']} has changed since the job was submitted; "
                                  "submit the job again to start from the file as it is now")
             with Image.open(io.BytesIO(data)) as f:
+                if files.get("pixel_sha256") and pixel_sha256(f) != files["pixel_sha256"]:
+                    raise ValueError(f"the stage image {files['image']} is not the one recorded (its pixels have "
+                                     "changed); retry the job to render the flow from its start")
                 image = f.convert("RGB")
         if files.get("latents"):
             latents = load_file(files["latents"])[LATENTS_KEY]
@@ -89,7 +94,7 @@ class StageRunner:
                              f"not this worker's {self.model.spec.name!r}")
         self.model.use_scheduler(stage.scheduler or self.spec.scheduler)
         self.model.adapters.use(self.spec.loras if stage.loras is None else stage.loras)
-        size = self._size(stage, handed)
+        size = stage.width, stage.height  # filled in at submit (resolve_flow), on restore too
         pipe = self.model.txt2img if stage.kind == "txt2img" else self.model.img2img
         source = self._source(i, stage, handed, size)
         prepare_s = time.perf_counter() - since
@@ -104,21 +109,6 @@ class StageRunner:
             output = Output(*self.model.call(pipe, args, index, hooks, size))
         output.timings = {"prepare_s": prepare_s, **output.timings}
         return output
-
-    def _size(self, stage: Stage, handed: Handed) -> tuple[int, int]:
-        """(width, height) the stage renders: filled in at submit; else the job's, or its input's."""
-        if stage.width and stage.height:
-            return stage.width, stage.height
-        if stage.kind == "txt2img":
-            return self.spec.width, self.spec.height
-        if handed.image is not None:
-            width, height = handed.image.size
-        else:
-            scale = self.model.vae_scale_factor
-            height, width = (side * scale for side in handed.latents.shape[-2:])
-        if stage.kind == "upscale":
-            return _multiple_of_8(width * stage.factor), _multiple_of_8(height * stage.factor)
-        return width, height
 
     def _source(self, i: int, stage: Stage, handed: Handed, size: tuple[int, int]) -> Image.Image | torch.Tensor | None:
         """What the stage starts from: None (txt2img), an image, or latents."""
@@ -193,7 +183,3 @@ class StageRunner:
 
 def _takes(pipe, name: str) -> bool:
     return name in inspect.signature(type(pipe).__call__).parameters
-
-
-def _multiple_of_8(value: float) -> int:
-    return max(8, round(value / 8) * 8)
