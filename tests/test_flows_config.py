@@ -436,3 +436,13 @@ def test_a_built_in_lora_is_named_and_recorded_by_name_so_its_sessions_replay_fr
     shipped = DEMO_FOLDER.parent / "demo" / "loras" / "striped.safetensors"
     assert (lora.source, lora.weight, lora.sha256) == ("striped", 0.75, file_sha256(shipped))
     assert refusal(flows_registry, JobSpec("x", loras=(Lora("stripy"),))).endswith("nor a built-in adapter (striped)")
+
+
+def test_loras_named_in_the_prompt_as_a1111_writes_them_are_the_jobs(flows_registry, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = resolve_flow(JobSpec("a striped red star <lora:striped:0.75>, top"), flows_registry)
+    shipped = DEMO_FOLDER.parent / "demo" / "loras" / "striped.safetensors"
+    assert job.prompt == "a striped red star, top", "the tag is taken out of what the text encoder reads"
+    assert [(lora.source, lora.weight, lora.sha256) for lora in job.loras] == [("striped", 0.75, file_sha256(shipped))]
+    assert resolve_flow(job, flows_registry) == job, "a resolved job (a replay) stays as it is"
+    assert refusal(flows_registry, JobSpec("a star <lora:stripy>")).startswith("loras[0]: stripy: no such file")

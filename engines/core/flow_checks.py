@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from diffdeck.engines.core.flows import Flow, Lora, Stage
+from diffdeck.engines.core.flows import Flow, Lora, Stage, prompt_loras
 from diffdeck.engines.core.lora_fit import LoraFileError, json_object, lora_fit, once_per_file
 from diffdeck.engines.core.registry import BUILT_IN_LORAS, Registry, RegistryError, hub_cache_dir
 from diffdeck.engines.core.routes import capped, choose_route
@@ -39,6 +39,9 @@ def resolve_flow(spec: JobSpec, registry: Registry, check_size: SizeCheck | None
     """`spec` routed, its flow's stages copied and resolved, its LoRAs checked and hashed. A job
     with stages takes the first stage's model, steps, guidance, scheduler and size as its own.
     Idempotent: a resolved spec (a replay, a restored job) comes back as it is, re-checked."""
+    prompt, tagged = prompt_loras(spec.prompt)  # <lora:NAME:W> in the prompt, as A1111 takes them
+    if tagged:
+        spec = replace(spec, prompt=prompt, loras=spec.loras + tagged)
     spec.validate()
     job = _checked_init(expand(spec, registry))
     return _resolved(job, registry, check_size)

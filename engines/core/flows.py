@@ -15,6 +15,7 @@ another model, that model's default). Pure data: no torch, no files.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -158,6 +159,19 @@ class Flow:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "stages": [s.to_dict() for s in self.stages]}
+
+
+# A LoRA named in the prompt as AUTOMATIC1111 writes it: <lora:NAME> or <lora:NAME:WEIGHT>
+_LORA_TAG = re.compile(r"<lora:([^:<>]+?)(?::([-+]?(?:\d+\.?\d*|\.\d+)))?>")
+
+
+def prompt_loras(prompt: str) -> tuple[str, tuple[Lora, ...]]:
+    """The prompt without its `<lora:NAME:WEIGHT>` tags (the spaces they leave closed up), and the
+    adapters they name, in order (weight 1 where none is given)."""
+    loras = tuple(Lora(name.strip(), float(weight) if weight else 1.0) for name, weight in _LORA_TAG.findall(prompt))
+    if not loras:
+        return prompt, ()
+    return re.sub(r"\s+([,;.])", r"\1", " ".join(_LORA_TAG.sub(" ", prompt).split())), loras
 
 
 def denoising_steps(stages: tuple[Stage, ...]) -> list[int]:
