@@ -85,9 +85,13 @@ def test_the_daemon_killed_with_9_resumes_its_queue_and_loses_nothing(tmp_path, 
         async with await EngineClient.connect() as client:
             jobs = [await client.call("submit", spec={"prompt": PROMPT, "model": "demo", "steps": 400, "seed": 2}),
                     await client.call("submit", spec={"prompt": PROMPT, "model": "demo", "steps": 4, "seed": 3})]
-            async for event in client.events():
-                if event.type == "step" and event.job == jobs[0]["id"]:
-                    return
+
+            async def first_stepping():
+                async for event in client.events():
+                    if event.type == "step" and event.job == jobs[0]["id"]:
+                        return
+
+            await asyncio.wait_for(first_stepping(), 120)
     asyncio.run(queue_two_and_see_the_first_run())
     session = Path(state()["session"])
     daemon.kill()  # -9: no goodbye, no compaction

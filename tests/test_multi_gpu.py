@@ -141,10 +141,14 @@ async def test_a_worker_killed_on_one_device_leaves_the_other_devices_job_runnin
         doomed = submit(d, steps=400, width=256, height=256)
         other = submit(d, "demo2", **LONG)
         stepped = set()
-        async for event in events:
-            stepped |= {event.job} if event.type == "step" else set()
-            if stepped == {doomed.id, other.id}:
-                break
+
+        async def both_stepping():
+            async for event in events:
+                stepped.update({event.job} if event.type == "step" else set())
+                if stepped == {doomed.id, other.id}:
+                    return
+
+        await asyncio.wait_for(both_stepping(), TIMEOUT)
         survivor = d.workers["demo2"].pid
         os.kill(d.workers["demo"].pid, signal.SIGKILL)
         await finished(d, events, [doomed, other])
