@@ -8,6 +8,7 @@ import base64
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status, render_seconds
@@ -58,8 +59,12 @@ class JobRow(JobRecord):
     def stage_steps(self) -> list[int]:
         """The steps of each stage of one image: a job without a flow has one stage, as its steps
         counter says (a scheduler may count otherwise than `steps`)."""
-        stages = stages_from(self.spec.get("stages") or ())
-        return denoising_steps(stages) if stages else [self.total or int(self.spec.get("steps") or 0)]
+        return self._flow_steps or [self.total or int(self.spec.get("steps") or 0)]
+
+    @cached_property
+    def _flow_steps(self) -> list[int]:
+        """A flow's steps a stage, read once: the board asks on every redraw, for every row."""
+        return denoising_steps(stages_from(self.spec.get("stages") or ()))
 
     @property
     def steps_done(self) -> int:
