@@ -22,6 +22,9 @@ MAX_SIDE = 4096
 MAX_COUNT = 64
 MAX_PROMPT = 10_000  # characters; T5 in SD3 and Flux reads 512 tokens, CLIP 77: this is ample
 SEED_RANGE = 2**32
+# Hosted models: a provider's API renders them (diffdeck.engines.hosted); "diffusers": a local pipeline.
+LOCAL_KIND = "diffusers"
+HOSTED_KINDS = ("ideogram", "imagen", "gemini", "openai")
 
 # Short scheduler names. Each maps to a diffusers class and the config overrides it needs.
 # Families whose models predict noise (eps/v) take the first group; flow-matching models
@@ -204,6 +207,18 @@ class ModelSpec:
     description: str = ""
     example: str = ""  # a prompt the model draws well, shown where the prompt is typed
     allow_pickle: bool = False  # load .bin/.ckpt weights; off: they can run code on load
+    # A hosted model (kind one of HOSTED_KINDS): `source` is the provider's model id.
+    kind: str = LOCAL_KIND
+    api_key_env: str | None = None  # the environment variable that holds the key; never a key in a file
+    base_url: str | None = None  # the API's root (a proxy, a regional endpoint, a test's server); None: the provider's
+    concurrency: int = 2  # requests in flight at once for this model
+    price_usd: float | None = None  # per image; None: the provider's published price (diffdeck.engines.hosted.prices)
+    timeout_s: float = 120.0  # one request's, before it is retried
+    options: dict[str, Any] = field(default_factory=dict)  # the provider's own parameters (quality, style, ...)
+
+    @property
+    def hosted(self) -> bool:
+        return self.kind != LOCAL_KIND
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
