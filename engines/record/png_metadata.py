@@ -15,6 +15,7 @@ prompt does, <lora:NAME:WEIGHT>, with their `Lora hashes`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from diffdeck.engines import __version__
 from diffdeck.engines.core.flows import Lora
 from diffdeck.engines.core.jsontext import parse_json
 from diffdeck.engines.core.spec import MAX_SIDE, JobSpec, SpecError
+from PIL import Image
 from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 PARAMETERS_KEY = "parameters"
@@ -54,6 +56,8 @@ def _quote(value: Any) -> str:
 
 def a1111_parameters(record: dict[str, Any]) -> str:
     """The `parameters` text of one image from its diffdeck record."""
+    if record.get("hosted") is not None:
+        return _hosted_parameters(record)
     spec, model = record["spec"], record["model"]
     stages = spec.get("stages") or []
     if "stage" in record:  # a stage image: what the stages up to it did
@@ -77,11 +81,25 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     fields += [("Model", base), *_flow_fields(stages, base)]
     if any(lora.sha256 for lora in loras):
         fields.append(("Lora hashes", ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in loras if lora.sha256)))
-    fields.append(("Version", f"diffdeck {__version__}"))
-    lines = [" ".join([spec["prompt"], *(f"<lora:{lora.name}:{_number(lora.weight)}>" for lora in loras)])]
-    if spec["negative_prompt"]:
-        lines.append(f"Negative prompt: {spec['negative_prompt']}")
-    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
+    prompt = " ".join([spec["prompt"], *(f"<lora:{lora.name}:{_number(lora.weight)}>" for lora in loras)])
+    return _text(prompt, spec["negative_prompt"], fields)
+
+
+def _hosted_parameters(record: dict[str, Any]) -> str:
+    """A hosted image's: no steps, sampler or CFG scale; the size it came back at, and the seed
+    where one was sent."""
+    hosted, model = record["hosted"], record["model"]
+    returned = hosted["returned"]
+    fields: list[tuple[str, Any]] = [("Size", f"{returned['width']}x{returned['height']}")]
+    if hosted["seed_sent"] is not None:
+        fields.append(("Seed", hosted["seed_sent"]))
+    fields += [("Model", model["source"]), ("Provider", model["provider"])]
+    return _text(record["spec"]["prompt"], record["spec"]["negative_prompt"], fields)
+
+
+def _text(prompt: str, negative: str, fields: list[tuple[str, Any]]) -> str:
+    lines = [prompt, *([f"Negative prompt: {negative}"] if negative else [])]
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in [*fields, ("Version", f"diffdeck {__version__}")]))
     return "\n".join(lines)
 
 
@@ -126,6 +144,14 @@ def png_info(record: dict[str, Any]) -> PngInfo:
     info.add_text(PARAMETERS_KEY, a1111_parameters(record))
     info.add_text(RECORD_KEY, json.dumps(record, sort_keys=True))
     return info
+
+
+def save_png(image: Image.Image, record: dict[str, Any], path: Path) -> None:
+    """`image` with its record, written atomically: a kill mid-write never leaves a truncated PNG
+    under the final name."""
+    partial = path.with_name(path.name + ".part")
+    image.save(partial, format="PNG", pnginfo=png_info(record))
+    os.replace(partial, path)
 
 
 class MetadataError(ValueError):

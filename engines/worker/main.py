@@ -1,8 +1,7 @@
 """A worker process: `python -m diffdeck.engines.worker --model JSON` loads one model and serves
 jobs one at a time over JSON lines (diffdeck.engines.core.worker_protocol) on stdin/stdout.
 
-stdout carries protocol messages and nothing else: file descriptor 1 is pointed at stderr
-at start-up, so a stray print from any library lands in the log, not on the wire.
+stdout carries protocol messages and nothing else (diffdeck.engines.core.worker_process).
 Commands are read on a thread of their own so that a cancel reaches a running job at the
 next module it enters (diffdeck.engines.worker.diffusers_adapter.Interrupt). A worker never outlives the Dispatcher:
 it dies with the process that started it, and exits soon after its input ends.
@@ -10,9 +9,7 @@ it dies with the process that started it, and exits soon after its input ends.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import ctypes
 import gc
 import json
 import logging
@@ -41,8 +38,16 @@ from diffdeck.engines.core.registry import (
     snapshot_commit,
 )
 from diffdeck.engines.core.spec import JobSpec, ModelSpec
-from diffdeck.engines.core.worker_protocol import Intervals, ProtocolError, decode, encode
-from diffdeck.engines.record.png_metadata import png_info
+from diffdeck.engines.core.worker_process import (
+    Wire,
+    claim_stdout,
+    command,
+    die_with_parent,
+    exit_soon,
+    worker_arguments,
+)
+from diffdeck.engines.core.worker_protocol import Intervals
+from diffdeck.engines.record.png_metadata import save_png
 from diffdeck.engines.worker.diffusers_adapter import Cancelled, Hooks, Model, dtype_name, pick_device, pick_dtype
 from diffdeck.engines.worker.environment import describe
 from diffdeck.engines.worker.previews import encode_preview
@@ -51,32 +56,6 @@ from huggingface_hub import constants as hub_constants
 from safetensors.torch import save_file
 
 log = logging.getLogger("diffdeck.worker")
-
-ORPHANED = 4  # exit status: the Dispatcher is gone
-ORPHAN_GRACE_S = 2.0  # after its input ends, for the running job to stop cleanly
-PR_SET_PDEATHSIG = 1
-
-
-class Wire:
-    """The protocol side of stdout."""
-
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
-        self._lock = threading.Lock()
-
-    def send(self, message_type: str, /, **fields: Any) -> None:
-        data = encode(message_type, **fields)
-        with self._lock:
-            self._stream.write(data)
-            self._stream.flush()
-
-
-def claim_stdout() -> BinaryIO:
-    protocol_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(protocol_fd, "wb")  # buffered: a flush writes whole lines, even if interrupted
-
 
 class Commands:
     """Reads the Dispatcher's commands; jobs queue up, cancels are noted at once.
@@ -100,10 +79,7 @@ class Commands:
     def _read(self, stream: BinaryIO) -> None:
         try:
             for line in stream:
-                try:
-                    message = decode(line)
-                except ProtocolError as e:
-                    log.error("ignored: %s", e)
+                if (message := command(line, log)) is None:
                     continue
                 if message["type"] == "job":
                     with self._lock:
@@ -122,26 +98,6 @@ class Commands:
                     self._on_end_of_input()
         finally:
             self.jobs.put(None)  # shutdown, or the Dispatcher is gone
-
-
-def die_with_parent(parent: int | None) -> None:
-    """Have the kernel kill this worker when the process that started it dies (Linux): a
-    `kill -9` of diffdeck must not leave a worker rendering for minutes. Strictly, with the
-    thread that started it: workers are started from the Dispatcher's event loop thread.
-    `parent` is that process's pid, to catch a parent that died before the call."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if parent is not None and os.getppid() != parent:
-        os._exit(ORPHANED)
-
-
-def exit_soon(grace_s: float = ORPHAN_GRACE_S) -> None:
-    """The input ended without a shutdown: nobody reads what this worker makes. The running job
-    is cancelled already; whatever still runs after `grace_s` (a model load, one huge kernel)
-    ends with the process."""
-    timer = threading.Timer(grace_s, os._exit, (ORPHANED,))
-    timer.daemon = True
-    timer.start()
 
 
 def load_model(spec: ModelSpec, files: ModelFiles) -> Model:
@@ -350,27 +306,12 @@ def save_latents(latents, path: Path) -> Path:
     return path
 
 
-def save_png(image, record: dict[str, Any], path: Path) -> None:
-    """Write atomically: a kill mid-write never leaves a truncated PNG under the final name."""
-    partial = path.with_name(path.name + ".part")
-    image.save(partial, format="PNG", pnginfo=png_info(record))
-    os.replace(partial, path)
-
-
 def _rounded(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in timings.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffdeck.engines.worker")
-    parser.add_argument("--model", required=True, help="the ModelSpec as JSON")
-    defaults = Intervals()
-    parser.add_argument("--progress-interval", type=float, default=defaults.progress_s,
-                        help="seconds between step messages")
-    parser.add_argument("--preview-interval", type=float, default=defaults.preview_s,
-                        help="seconds between previews")
-    parser.add_argument("--parent", type=int, help="the pid of the process that started it: it dies with it")
-    args = parser.parse_args(argv)
+    args = worker_arguments("python -m diffdeck.engines.worker", argv)
     die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client cancels; Ctrl-C is not for us
