@@ -49,6 +49,13 @@ def _own_cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path_factory, monkeypatch):
+    """Each test its own XDG_STATE_HOME, so its own spend ledger (a day's budget counts what was
+    spent today there): no test sees another's spend, nor touches the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def _own_runtime_dir(tmp_path_factory, monkeypatch):
     """Each test its own runtime directory, so its own daemon socket: a daemon one test leaves
     behind is never attached to by another."""

@@ -673,10 +673,12 @@ PROVIDERS: dict[str, Kind] = {kind.name: kind for kind in (OpenAI(), Imagen(), G
 class FakeProvider:
     """An HTTP server on 127.0.0.1:<free port> speaking `kind`'s API, in a daemon thread."""
 
-    def __init__(self, kind: str, key: str = "test-key", url_lifetime_s: float = 60.0):
+    def __init__(self, kind: str, key: str = "test-key", url_lifetime_s: float = 60.0, download_s: float = 0.0):
+        """`download_s`: how long an image download (an Ideogram URL) waits before its answer."""
         if kind not in PROVIDERS:
             raise ValueError(f"no fake for {kind!r}: one of {', '.join(KINDS)}")
         self.kind, self.key, self.url_lifetime_s = PROVIDERS[kind], key, url_lifetime_s
+        self.download_s = download_s
         self.seen: list[Seen] = []
         self.dropped: list[Seen] = []
         self._plan: deque[Behaviour] = deque()
@@ -756,6 +758,8 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             seen = self.record(None)
+            if not self.wait(fake.download_s):
+                return self.drop(seen)
             found = re.fullmatch(r"/ephemeral/([0-9a-f]{32})\.\w+", urlsplit(self.path).path)
             image = fake.take(found[1]) if found else None
             if image is None:

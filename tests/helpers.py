@@ -32,7 +32,9 @@ def file_size_limit(limit: int | None):
     return apply
 
 
-def environment(env: dict[str, str] | None) -> dict[str, str] | None:
+def environment(env: dict[str, str] | None, file_limit: int | None = None) -> dict[str, str] | None:
+    if file_limit is not None:  # Python does not check its bytecode cache's write: one cut short breaks every import
+        env = {**(env or {}), "PYTHONDONTWRITEBYTECODE": "1"}
     return {**os.environ, **env} if env else None
 
 
@@ -43,7 +45,8 @@ def start(*args: str | bytes, cwd: Path, env: dict[str, str] | None = None, file
     options.setdefault("stdin", subprocess.DEVNULL)
     if capture:
         options.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.Popen([*COMMAND, *args], cwd=cwd, env=environment(env), preexec_fn=file_size_limit(file_limit),
+    return subprocess.Popen([*COMMAND, *args], cwd=cwd, env=environment(env, file_limit),
+                            preexec_fn=file_size_limit(file_limit),
                             **options)
 
 
@@ -51,8 +54,8 @@ def diffdeck(*args: str | bytes, cwd: Path, env: dict[str, str] | None = None, t
              file_limit: int | None = None) -> subprocess.CompletedProcess[str]:
     """`diffdeck ARGS` run to its end, stdin /dev/null; stdout and stderr as text (undecodable bytes
     replaced); `env` adds to this process's environment."""
-    return subprocess.run([*COMMAND, *args], cwd=cwd, env=environment(env), capture_output=True, encoding="utf-8",
-                          errors="replace", timeout=timeout, stdin=subprocess.DEVNULL,
+    return subprocess.run([*COMMAND, *args], cwd=cwd, env=environment(env, file_limit), capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=timeout, stdin=subprocess.DEVNULL,
                           preexec_fn=file_size_limit(file_limit))
 
 

@@ -143,6 +143,25 @@ def test_a_gemini_answer_with_text_and_no_image_says_what_it_said():
     assert info.value.kind == "provider" and "I can only describe it" in info.value.message
 
 
+HOSTILE = "\x1b]52;c;Zm9v\x07\x1b[2J" + "x" * 1000  # sets the clipboard, clears the screen, floods the line
+
+
+@pytest.mark.parametrize(("body", "kind"), [
+    ({"promptFeedback": {"blockReason": HOSTILE}}, "refused"),
+    ({"candidates": [{"finishReason": "SAFETY", "finishMessage": HOSTILE}]}, "refused"),
+    ({"candidates": [{"finishReason": HOSTILE, "content": {"parts": [{"text": HOSTILE}]}}]}, "provider"),
+    ({"promptFeedback": ["BLOCKED"], "candidates": [{"content": {"parts": []}}]}, "provider"),
+    ({"candidates": [{"finishReason": "STOP", "content": "an image, honest"}]}, "provider"),
+    ({"candidates": [{"content": {"parts": "not a list"}}]}, "provider"),
+    ({"candidates": []}, "provider"),
+])
+def test_a_hostile_gemini_answer_fails_as_the_providers_in_one_short_clean_line(body, kind):
+    with pytest.raises(ProviderError) as info:
+        provider("gemini").answer(model("gemini", "gemini-2.5-flash-image"), body)
+    assert info.value.kind == kind
+    assert info.value.message.isprintable() and len(info.value.message) < 400, info.value.message
+
+
 def test_an_openai_answer_decodes_base64_images():
     answer = provider("openai").answer(model("openai", "gpt-image-1"), {"created": 1, "data": [{"b64_json": B64}] * 2})
     assert [p.data for p in answer.pictures] == [PNG, PNG]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -121,7 +122,8 @@ def test_ideogram_sends_each_seed_retries_a_429_when_told_and_fetches_its_url_at
     posts = [s for s in fake.seen if s.method == "POST"]
     assert [p.json["image_request"]["seed"] for p in posts] == [40, 40, 41, 41], "the 429's request again, then each"
     assert posts[1].at - posts[0].at >= 1.9, "Retry-After: 2 was honoured (a backoff waits at most 1 s)"
-    assert any("answered 429: retrying in" in m.get("waiting", "") for m in of(first, "step"))
+    assert {m["retry"] for m in of(first, "step") if "answered 429: retrying in" in m["waiting"]} == {1}, \
+        "the retry's steps say so, and which retry it is"
     downloads = [s for s in fake.seen if s.method == "GET"]
     assert len(downloads) == 3 and not any("api-key" in s.headers for s in downloads)
 
@@ -129,7 +131,9 @@ def test_ideogram_sends_each_seed_retries_a_429_when_told_and_fetches_its_url_at
     assert record["seed"] == 41 and record["rng"] is None and record["spec"]["seeds"] == [40, 41]
     assert record["model"] == {"name": "h", "kind": "ideogram", "source": "V_2_TURBO", "provider": "Ideogram",
                                "base_url": fake.base_url, "version": None}
-    assert record["hosted"] == {"seed_sent": 41, "reproducible": True, "asked": {"width": 1024, "height": 576},
+    assert record["hosted"] == {"provider": "Ideogram", "model_id": "V_2_TURBO", "version": None,
+                                "seed_sent": 41, "seed_reported": 41, "reproducible": True,
+                                "asked": {"width": 1024, "height": 576},
                                 "sent": {"aspect_ratio": "ASPECT_16_9", "magic_prompt_option": "OFF"},
                                 "returned": {"width": image.width, "height": image.height}, "request_id": None}
     assert record["cost_usd"] == 0.05 and record["price"]["source"].startswith("published prices")
@@ -211,11 +215,24 @@ def test_a_missing_key_fails_the_load_naming_its_variable_and_a_refused_one_fail
     assert "$HOSTED_KEY" in messages[-1]["error"] and len(fake.requests()) == 1, "a refused key is not retried"
 
 
+class Told(client.Waiting):
+    """What the queue is told while each retry is waited for."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.said: list[str] = []
+
+    def retrying(self, *args) -> None:
+        super().retrying(*args)
+        self.said.append(self.text())
+
+
 async def test_a_timeout_or_an_unreachable_provider_is_tried_again_then_fails_with_its_kind(monkeypatch):
     monkeypatch.setattr(client, "BACKOFF_S", 0.01)
+    waiting = Told("openai")
 
     async def failure(model: ModelSpec) -> ProviderError:
-        http = client.Client(model, provider("openai"), client.Waiting("openai"))
+        http = client.Client(model, provider("openai"), waiting)
         try:
             with pytest.raises(ProviderError) as info:
                 await http.send(provider("openai").request(model, job(), 0, 1, KEY))
@@ -230,7 +247,10 @@ async def test_a_timeout_or_an_unreachable_provider_is_tried_again_then_fails_wi
         assert len(fake.requests()) == client.MAX_ATTEMPTS
     unreachable = await failure(model)  # the fake is gone: nothing listens on its port
     assert (timed_out.kind, unreachable.kind) == ("timeout", "network")
-    assert "did not answer within 0.3 s" in timed_out.message and "could not reach openai" in unreachable.message
+    assert re.search(r"did not answer within 0\.3 s, 4 times \(\d s in all\)", timed_out.message), timed_out.message
+    assert "could not reach openai" in unreachable.message
+    assert re.fullmatch(r"no answer from openai in 0\.3 s: sending again in \d s \(attempt 2 of 4; "
+                        r"the provider may bill both\)", waiting.said[0]), "sent again after no answer: maybe paid twice"
 
 
 def test_a_retry_waits_what_retry_after_says_else_backs_off_doubling_never_past_the_cap():

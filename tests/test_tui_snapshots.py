@@ -44,8 +44,9 @@ async def settle(pilot):
     for area in app.query("PromptArea"):
         area.cursor_blink = False
     await until(pilot, lambda: app.board.telemetry is not None and len(app.query(Thumb)) >= 2 and all(
-        any(i.image is not None for i in t.query(app.image_class)) for t in app.query(Thumb)),
-        what="the telemetry and every thumbnail drawn")
+        any(i.image is not None for i in t.query(app.image_class)) for t in app.query(Thumb)) and all(
+        "quality" in i for row in app.board.jobs.values() for i in row.images),
+        what="the telemetry, every thumbnail drawn and every image measured")
     await pilot.pause(0.3)
 
 

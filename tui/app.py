@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -57,8 +58,9 @@ REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
 LARGE_PX = 512
 WORKER_EVENTS = frozenset({EventKind.LOADING, EventKind.WORKER_READY, EventKind.WORKER_EXITED,
                            EventKind.WORKER_EVICTED})
-# what may change an open set view: a new image, or a job of it ending without one
-SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED})
+# what may change an open set view: a new image, what it measures, or a job of it ending without one
+SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.QUALITY, EventKind.DONE, EventKind.FAILED,
+                             EventKind.CANCELLED})
 
 
 def breakpoint_class(size: int, breakpoints: list[tuple[int, str]]) -> str | None:
@@ -91,7 +93,7 @@ class Workbench(App):
         self.animation_level = "none"  # over SSH every animation frame is bytes on the wire
         self.engine, self.config, self.themes = engine, config, themes
         self.image_class, self.hint = image_class, hint
-        self.board = Board()
+        self.board = Board(estimate=engine.estimate)
         self._titles: tuple[str, str] = ("", "")  # the app's and the queue's, as last drawn
         models = engine.models()
         self.first_model = "demo" if "demo" in models else models[0]
@@ -137,7 +139,8 @@ class Workbench(App):
         with Vertical(id="main"):  # two rows, each split on its own: the queue wants width, the editor height
             with Horizontal(id="top"):
                 yield PromptEditor(self.engine.models(), self.first_model, self._history,
-                                   {name: route["about"] for name, route in self.engine.routes().items()}, id="editor")
+                                   {name: route["about"] for name, route in self.engine.routes().items()},
+                                   self.engine.cost_note, id="editor")
                 yield GpuPanel(id="gpu")
             with Horizontal(id="bottom"):
                 yield QueueView(id="queue")
@@ -163,6 +166,8 @@ class Workbench(App):
         self.board.load(self.session)
         self.marks = self.session.image_marks()
         self._show_model(self.first_model)
+        if self._hosted_by:
+            self._show_warm_models()
         self._redraw()
         if self.engine.started:  # an attached engine comes started
             self._engine_started(self.engine.started)
@@ -184,6 +189,8 @@ class Workbench(App):
         """Follow the engine's events; say what its start found (jobs not resumed, a daemon's
         warm models) and what the session's opening did."""
         self.board.set_devices(started.devices)
+        self.board.lanes = self.engine.lanes()
+        self.board.set_day(self.engine.day_spend())
         for event in started.preface:
             self.board.apply(event)
         self._following = asyncio.create_task(self._follow(started.events))
@@ -284,6 +291,8 @@ class Workbench(App):
                 raise DaemonError(self.engine.client.closed_because) from None
             for event in batch:
                 self.board.apply(event)
+                if event.type == EventKind.QUALITY and isinstance(self.screen, ImageScreen):
+                    self.screen.measured(event.job, event.data["image"], event.data["quality"])
             if any(e.type in WORKER_EVENTS for e in batch):
                 self._show_warm_models()
             self._redraw()
@@ -330,13 +339,21 @@ class Workbench(App):
             self.notify(str(e), severity="warning")
 
     def _show_warm_models(self) -> None:
-        labels = {name: f"{name} · {state}" for name, state in self.board.warm_models().items()}
+        """The picker's labels: each model's name, who renders a hosted one, and whether it is warm."""
+        states = self.board.warm_models()
+        labels = {name: " · ".join(filter(None, (name, self._hosted_by.get(name), states.get(name))))
+                  for name in self.engine.models()}
         self.query_one(PromptEditor).show_models(labels)
+
+    @cached_property
+    def _hosted_by(self) -> dict[str, str]:
+        """Model -> "hosted by PROVIDER", for the hosted models among the engine's (its models file
+        or the daemon's menu: nothing looked up)."""
+        return {name: f"hosted by {provider}" for name, provider in self.engine.providers().items()}
 
     def _show_model(self, model: str) -> None:
         try:
-            about = self.engine.describe(model)
-            self.query_one(PromptEditor).show_model(about["defaults"], about["example"], about["description"])
+            self.query_one(PromptEditor).show_model(self.engine.describe(model))
         except RegistryError as e:
             self.notify(str(e), severity="error")
 
@@ -376,7 +393,7 @@ class Workbench(App):
 
     @on(PromptEditor.GridRequested)
     def _grid_dialog(self, event: PromptEditor.GridRequested) -> None:
-        self.push_screen(GridDialog(event.spec))
+        self.push_screen(GridDialog(event.spec, self.engine.cost_note))
 
     @on(GridDialog.Queue)
     async def _submit_grid(self, event: GridDialog.Queue) -> None:

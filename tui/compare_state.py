@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from diffdeck.engines.core.events import render_seconds
+from diffdeck.engines.core.validation import is_finite_number
 from diffdeck.engines.record.session import Session
-from diffdeck.tui.workbench_state import JobRow
+from diffdeck.tui.quality import ALONE, figure
+from diffdeck.tui.workbench_state import JobRow, cost_text
 
 LEFT, RIGHT = 0, 1
 # (row name, spec key); size is width x height
@@ -106,7 +108,8 @@ class Comparison:
         return "wins: " + (" · ".join(f"{label} {n}" for label, n in wins.items()) or "no picks yet")
 
     def parameter_rows(self) -> list[tuple[str, str, str, bool]]:
-        """(name, left, right, differs) for what made the images, then what it cost them."""
+        """(name, left, right, differs) for what made the images, then what it cost them and what
+        each measures."""
         left, right = self.side(LEFT), self.side(RIGHT)
         rows = [(name, _value(left, key), _value(right, key)) for name, key in PARAMETERS]
         rows.append(("seed", _seed(left), _seed(right)))
@@ -115,8 +118,25 @@ class Comparison:
                               ("render", render_seconds)):  # no queue wait, no model load
             compared.append((name, _seconds(left, seconds), _seconds(right, seconds), False))
         compared.append(("peak memory", _memory(left), _memory(right), False))
+        if any("cost_usd" in (side.image or {}) for side in (left, right)):  # a hosted model's image: paid for
+            costs = [_cost(side) for side in (left, right)]
+            compared.append(("cost", *costs, costs[0] != costs[1]))
         compared.append(("rating", _stars(left.rating), _stars(right.rating), False))
+        for name, label, _ in ALONE:  # what each image measures alone
+            compared.append((label, *(figure((side.image or {}).get("quality"), name) for side in (left, right)), False))
         return compared
+
+    def recorded_ssim(self) -> float | None:
+        """The SSIM the session recorded between the two images on screen: where the right one was
+        measured against the left one (as the quality recorder names a set's first variant's image);
+        None where it was not."""
+        left, right = self.side(LEFT), self.side(RIGHT)
+        quality = (right.image or {}).get("quality")
+        if left.image is None or not isinstance(quality, dict) or not is_finite_number(quality.get("ssim")):
+            return None
+        reference = quality.get("reference")
+        return quality["ssim"] if isinstance(reference, str) and reference.startswith(
+            f"{left.job} image {left.index} (") else None
 
     def _rating(self, job_id: str, index: int) -> int:
         job = self.session.jobs.get(job_id) or {"images": []}
@@ -128,6 +148,12 @@ def _value(side: Side, key: str) -> str:
         return f"{side.spec.get('width')}x{side.spec.get('height')}"
     value = side.spec.get(key)
     return "—" if value in (None, "") else str(value)
+
+
+def _cost(side: Side) -> str:
+    if side.image is None:
+        return "—"
+    return cost_text(side.image["cost_usd"]) if "cost_usd" in side.image else "free"
 
 
 def _seed(side: Side) -> str:

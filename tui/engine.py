@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 from diffdeck.engines.core.events import RECORDED_EVENTS, VERDICT_EVENTS, Event, EventKind, Status
-from diffdeck.engines.core.registry import Registry, RegistryError
+from diffdeck.engines.core.registry import MAX_CONCURRENCY, Registry, RegistryError
+from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.core.text import visible
+from diffdeck.engines.core.validation import is_int
 from diffdeck.engines.daemon.wire import DaemonError
-from diffdeck.engines.record.session import Session
+from diffdeck.engines.record.session import Session, SessionError
+from diffdeck.engines.record.spend import day_spent, ledger_path
 from diffdeck.engines.service.engine import Engine
 
 if TYPE_CHECKING:
@@ -81,6 +85,38 @@ class LocalEngine:
     def routes(self) -> dict[str, dict[str, Any]]:
         return self.registry.route_menu()
 
+    def providers(self) -> dict[str, str]:
+        """The hosted models, each with the provider that renders it (models.yaml's; no files looked up)."""
+        return {name: spec.kind for name, spec in self.registry.models.items() if spec.hosted}
+
+    def cost_note(self, specs: list[JobSpec]) -> str | None:
+        """What the jobs would cost on hosted models, in words (None: nothing to pay, or not known here)."""
+        from diffdeck.engines.hosted.estimate import cost_note  # the providers' sizes: not before the first frame
+
+        return cost_note(specs, self.registry)
+
+    def estimate(self, spec: dict[str, Any]) -> float | None:
+        """What a job (its spec as recorded) is estimated to cost on hosted models; None: nothing, or not known."""
+        from diffdeck.engines.hosted.estimate import job_estimate
+
+        try:
+            estimate = job_estimate(JobSpec.from_dict(spec), self.registry)
+        except (SpecError, RegistryError):
+            return None
+        return estimate.usd if estimate.hosted else None
+
+    def day_spend(self) -> tuple[float, float | None] | None:
+        """What the spend ledger holds for today, and the day's budget (None: none is set); None where
+        the ledger cannot be read."""
+        try:
+            return day_spent(ledger_path()), self.registry.budgets.day_usd
+        except OSError:
+            return None
+
+    def lanes(self) -> dict[str, int]:
+        """Each hosted model's lanes: how many of its jobs run at once."""
+        return {name: spec.concurrency for name, spec in self.registry.models.items() if spec.hosted}
+
     def engine_path(self, path: str) -> str:
         """A path of this session's as the engine reads it (an init image's)."""
         return path
@@ -103,6 +139,12 @@ class LocalEngine:
     def _start(self) -> Started:
         if self.started is None:
             events = self.dispatcher.subscribe()
+
+            def measured(event: Event) -> None:  # picks and ratings the workbench shows as it says them
+                if event.type == EventKind.QUALITY:
+                    events.put(event)
+
+            self.queue.listeners.append(measured)  # what the queue records of its own: its quality recorder's
             refused = self.queue.start()
             devices = tuple(slot.state() for slot in self.dispatcher.devices)
             self.started = Started(events, [self.queue.recording], refused, [], devices)
@@ -157,6 +199,31 @@ class AttachedEngine:
 
     def routes(self) -> dict[str, dict[str, Any]]:
         return self._routes
+
+    def providers(self) -> dict[str, str]:
+        """The hosted models, each with the provider that renders it (the daemon's menu says)."""
+        return {name: visible(hosted["provider"]) for name, hosted in self._hosted().items()
+                if isinstance(hosted.get("provider"), str)}
+
+    def cost_note(self, specs: list[JobSpec]) -> str | None:
+        """Not known here: the daemon's models file has the prices (and it keeps the budgets)."""
+        return None
+
+    def estimate(self, spec: dict[str, Any]) -> float | None:
+        return None  # as cost_note: the prices are the daemon's
+
+    def day_spend(self) -> None:
+        return None  # the daemon's ledger, on its machine
+
+    def lanes(self) -> dict[str, int]:
+        """Each hosted model's lanes, as the daemon's model menu says (an older daemon's: none)."""
+        return {name: hosted["lanes"] for name, hosted in self._hosted().items()
+                if is_int(hosted.get("lanes")) and 1 <= hosted["lanes"] <= MAX_CONCURRENCY}
+
+    def _hosted(self) -> dict[str, dict[str, Any]]:
+        """The `hosted` part of each hosted model's entry in the daemon's model menu."""
+        return {name: about["hosted"] for name, about in self._models.items()
+                if isinstance(about, dict) and isinstance(about.get("hosted"), dict)}
 
     def engine_path(self, path: str) -> str:
         """A path of the mirror's as the daemon reads it: in its session folder (an init image's)."""
@@ -214,6 +281,11 @@ class AttachedEngine:
                     if event.type == EventKind.IMAGE else self._relative(event.data["path"])
                 event = Event(event.type, event.job, {**event.data, "path": str(self.session.resolve(relative))})
                 self.session.apply({"type": event.type, "job": event.job, **event.data, "path": relative})
+            elif event.type == EventKind.QUALITY:
+                try:
+                    self.session.apply({"type": event.type, "job": event.job, **event.data})
+                except SessionError:  # not numbers, or of an image the mirror lacks: not worth the connection
+                    continue
             elif event.type in RECORDED_EVENTS or event.type in VERDICT_EVENTS:
                 self.session.apply({"type": event.type, "job": event.job, **event.data})
             elif event.type in (EventKind.PAUSED, EventKind.RESUMED):

@@ -9,11 +9,13 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
+from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status, render_seconds
 from diffdeck.engines.core.flows import denoising_steps, stages_from
 from diffdeck.engines.record.session import Session
+from diffdeck.engines.record.spend import Spent, is_cost, job_spent, today, total
 
 HISTORY = 60  # telemetry samples kept for the sparklines (about a minute)
 # The board's own status: a job of a reopened session that could not be queued again.
@@ -28,6 +30,7 @@ class JobRow(JobRecord):
     status: RowStatus = Status.QUEUED
     preview: bytes | None = None  # the running image's latest step preview (JPEG)
     device: int | None = None  # the index of the device it runs on (or ran on last)
+    spent: Spent = Spent()  # what its hosted images cost, every attempt's (as its session keeps it)
 
     @property
     def image(self) -> int:
@@ -47,9 +50,25 @@ class JobRow(JobRecord):
         return self.progress.get("it_s")
 
     @property
+    def waiting(self) -> str | None:
+        """What a hosted model's job waits for, with how long it has (its worker's words: "waiting for
+        ideogram 12 s", a retry's), in place of steps it does not have."""
+        return self.progress.get("waiting") or None
+
+    @property
+    def hosted(self) -> bool:
+        """Rendered by a provider: its images record their requests."""
+        return any(hosted_record(image) is not None for image in self.images)
+
+    @property
     def count(self) -> int:
         count = self.spec.get("count")
         return count if isinstance(count, int) and count > 0 else 1
+
+    @property
+    def cost_usd(self) -> float:
+        """What its images cost, in US dollars (a hosted model's; a local model's cost nothing)."""
+        return self.spent.usd
 
     def render_s(self) -> float | None:
         """Time spent making its images: no queue wait, no load."""
@@ -58,8 +77,9 @@ class JobRow(JobRecord):
     @property
     def stage_steps(self) -> list[int]:
         """The steps of each stage of one image: a job without a flow has one stage, as its steps
-        counter says (a scheduler may count otherwise than `steps`)."""
-        return self._flow_steps or [self.total or int(self.spec.get("steps") or 0)]
+        counter says (a scheduler may count otherwise than `steps`). A hosted model's job has no
+        steps (none are sent): each image counts as one, its request."""
+        return self._flow_steps or [self.total or int(self.spec.get("steps") or 0) or 1]
 
     @cached_property
     def _flow_steps(self) -> list[int]:
@@ -118,6 +138,30 @@ class DeviceRow:
 
 
 @dataclass
+class DaySpend:
+    """The day's spend on hosted models: what the spend ledger held when the engine started, plus what
+    this session's images have cost since; and the day's budget (None: none is set)."""
+
+    date: str
+    usd: float  # spent on `date`
+    budget_usd: float | None = None
+
+    @property
+    def today_usd(self) -> float:
+        """Spent today: past midnight, nothing yet."""
+        return self.usd if self.date == today() else 0.0
+
+    def paid(self, cost: Any) -> None:
+        """One more hosted image, of `cost` (as the ledger, it counts what is known)."""
+        if is_cost(cost):
+            self.date, self.usd = today(), round(self.today_usd + cost, 6)
+
+
+def no_estimate(spec: dict[str, Any]) -> float | None:
+    return None
+
+
+@dataclass
 class Board:
     jobs: dict[str, JobRow] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)  # jobs that left the queue, in that order
@@ -132,7 +176,13 @@ class Board:
     last_done: str | None = None
     set_ids: list[str] = field(default_factory=list)  # A/B sets and grids, oldest first
     variant_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # job id -> (set id, variant label)
-    step_s: dict[str, float] = field(default_factory=dict)  # model -> seconds a step, as its last job took
+    # model -> seconds a step (a hosted model's: an image), as its last job took
+    step_s: dict[str, float] = field(default_factory=dict)
+    lanes: dict[str, int] = field(default_factory=dict)  # each hosted model's lanes: how many of its jobs run at once
+    # what a job (its spec) is estimated to cost on hosted models, as the engine prices it; None: nothing, or not known
+    estimate: Callable[[dict[str, Any]], float | None] = no_estimate
+    day: DaySpend | None = None  # where the engine keeps a spend ledger
+    _estimates: dict[str, float | None] = field(default_factory=dict, init=False)  # job id -> estimate, asked once
 
     def load(self, session: Session) -> None:
         """The jobs of a reopened session, as recorded; image paths made absolute as events have them."""
@@ -140,6 +190,7 @@ class Board:
             self._on_set(None, {"set": set_id, **entry})
         for job_id, job in session.jobs.items():
             row = self.jobs[job_id] = JobRow.from_dict({"id": job_id, **job})
+            row.spent = job_spent(job)
             row.images = [{**image, "path": str(session.folder / image["path"])} for image in row.images]
             row.stages = [{**stage, "path": str(session.folder / stage["path"])} for stage in row.stages]
             (self.queue if row.status in UNFINISHED else self.history).append(job_id)
@@ -168,6 +219,20 @@ class Board:
         """The running jobs: one a device."""
         return [row for row in self.jobs.values() if row.status == Status.RUNNING]
 
+    def estimate_of(self, row: JobRow) -> float | None:
+        """What the job is estimated to cost on hosted models (None: nothing, or not known)."""
+        if row.id not in self._estimates:
+            self._estimates[row.id] = self.estimate(row.spec)
+        return self._estimates[row.id]
+
+    def spent(self) -> Spent:
+        """What the session's hosted images cost."""
+        return total(row.spent for row in self.jobs.values())
+
+    def set_day(self, spent: tuple[float, float | None] | None) -> None:
+        """What the engine's spend ledger holds for today, and the day's budget (None: no ledger here)."""
+        self.day = None if spent is None else DaySpend(today(), *spent)
+
     def set_devices(self, states: Iterable[dict[str, Any]]) -> None:
         """The engine's devices, as its state lists them (DeviceSlot.state)."""
         self.devices = {row.index: row for row in map(DeviceRow.from_state, states)}
@@ -178,11 +243,10 @@ class Board:
 
     def device_tags(self) -> dict[str, str]:
         """Job id -> the device each running job is on (gpu1), where the engine has several (with
-        one there is nothing to say)."""
+        one there is nothing to say). A hosted model's job runs on none (its lane is not a device)."""
         if not self.several_devices:
             return {}
-        return {row.id: self.devices[row.device].tag if row.device in self.devices else f"gpu{row.device}"
-                for row in self.running() if row.device is not None}
+        return {row.id: self.devices[row.device].tag for row in self.running() if row.device in self.devices}
 
     def warm_models(self) -> dict[str, str]:
         """Each model with a worker: warm where any of its replicas is, else loading."""
@@ -195,8 +259,9 @@ class Board:
         """Seconds until the queue is empty, and how many jobs are on models not measured yet (not
         counted in it). Each device first finishes its running job (at that job's own rate), then
         the queued jobs, in order, each start on the device that frees first and take their model's
-        measured rate: the Dispatcher's order on idle devices. Model loads, warm-model affinity and
-        pinned GPUs are not counted."""
+        measured rate: the Dispatcher's order on idle devices. A hosted model's jobs do the same on
+        its lanes, apart from the devices. Model loads, warm-model affinity and pinned GPUs are not
+        counted."""
         unmeasured = 0
 
         def seconds(row: JobRow) -> float:
@@ -208,13 +273,17 @@ class Board:
             return eta if eta is not None else step_s * row.steps_left()
 
         running = self.running()
-        count = max([len(self.devices), len(running), 1, *((row.device or 0) + 1 for row in running)])
-        free_at = [0.0] * count  # when each device is free, from now
+        local = [row for row in running if row.spec.get("model") not in self.lanes]
+        count = max([len(self.devices), len(local), 1, *((row.device or 0) + 1 for row in local)])
+        # when each device, and each lane of each hosted model, is free, from now
+        free_at = {None: [0.0] * count, **{model: [0.0] * max(1, lanes) for model, lanes in self.lanes.items()}}
         for row in running:
-            free_at[row.device if row.device is not None else free_at.index(min(free_at))] += seconds(row)
+            slots = free_at.get(row.spec.get("model"), free_at[None])
+            slots[row.device if row in local and row.device is not None else slots.index(min(slots))] += seconds(row)
         for row in (self.jobs[job_id] for job_id in self.queue):
-            free_at[free_at.index(min(free_at))] += seconds(row)
-        return max(free_at), unmeasured
+            slots = free_at.get(row.spec.get("model"), free_at[None])
+            slots[slots.index(min(slots))] += seconds(row)
+        return max(max(slots) for slots in free_at.values()), unmeasured
 
     def _measure(self, row: JobRow) -> None:
         """A done job's render time per step (decode and save included) stands for its model's rate."""
@@ -265,11 +334,21 @@ class Board:
         row = self.jobs[job_id]
         row.images = [i for i in row.images if i["image"] != data["image"]] + [data]
         row.preview = None
+        if "cost_usd" in data:  # a hosted image: paid for, made again or not
+            row.spent = row.spent.paid(data["cost_usd"])
+            if self.day is not None:
+                self.day.paid(data["cost_usd"])
 
     def _on_stage_image(self, job_id: str, data: dict[str, Any]) -> None:
         """A flow's image of a stage before its last (shown in the image view)."""
         row = self.jobs[job_id]
         row.stages = [s for s in row.stages if (s["stage"], s["image"]) != (data["stage"], data["image"])] + [data]
+
+    def _on_quality(self, job_id: str, data: dict[str, Any]) -> None:
+        """What an image measures (diffdeck.engines.sets.quality), recorded after the image."""
+        row = self.jobs.get(job_id)
+        if row is not None:
+            row.images = [{**i, "quality": data["quality"]} if i["image"] == data["image"] else i for i in row.images]
 
     def _on_done(self, job_id: str, data: dict[str, Any]) -> None:
         row = self.jobs[job_id]
@@ -337,6 +416,23 @@ class Board:
             history.append(gpu["memory_used"] / gpu["memory_total"] if gpu["memory_total"] else 0.0)
         if data.get("ram_total"):
             self.ram_history.append(data["ram_used"] / data["ram_total"])
+
+
+def hosted_record(image: dict[str, Any]) -> dict[str, Any] | None:
+    """What a hosted model's image records of its request (None: a local model's image)."""
+    hosted = image.get("hosted")
+    return hosted if isinstance(hosted, dict) else None
+
+
+def cost_text(cost: Any) -> str:
+    """A hosted image's cost as recorded: "$0.05", or where its model's price is not known, so."""
+    return usd(cost) if is_cost(cost) else "not known (its model's price is not known)"
+
+
+def reproducible(image: dict[str, Any]) -> bool:
+    """Whether rendering it again with its seed gives it back: a local image, or a seeded provider's."""
+    hosted = hosted_record(image)
+    return hosted is None or hosted.get("reproducible") is True
 
 
 def pressure(fraction: float) -> str:

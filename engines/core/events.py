@@ -58,6 +58,8 @@ class EventKind(_Word):
     # what the user says of the images (the workbench appends them to the session)
     PICK = "pick"
     RATING = "rating"
+    # what the session measured of an image, off the render path (diffdeck.engines.service.quality_recorder)
+    QUALITY = "quality"
 
 
 STATUSES = frozenset(Status)
@@ -113,10 +115,11 @@ class JobRecord:
 RENDER_PARTS = (("prepare", "prepare_s"), ("denoise", "denoise_s"), ("decode", "decode_s"), ("save", "save_s"))
 
 
-def render_parts(timings: dict[str, Any]) -> list[tuple[str, float]]:
+def render_parts(timings: dict[str, Any], hosted: bool = False) -> list[tuple[str, float]]:
     """(name, seconds) of each part recorded, in RENDER_PARTS order; prepare only where it took
-    time (a flow's stage), not the nothing a plain job's is."""
-    return [(name, timings[key]) for name, key in RENDER_PARTS
+    time (a flow's stage), not the nothing a plain job's is. A hosted model's denoise_s is its
+    request's seconds, named so."""
+    return [("request" if hosted and key == "denoise_s" else name, timings[key]) for name, key in RENDER_PARTS
             if key in timings and (key != "prepare_s" or timings[key] >= 0.0005)]
 
 

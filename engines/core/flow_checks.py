@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.flows import Flow, Lora, Stage, prompt_loras
 from diffdeck.engines.core.lora_fit import LoraFileError, json_object, lora_fit, once_per_file
 from diffdeck.engines.core.registry import BUILT_IN_LORAS, Registry, RegistryError, hub_cache_dir
@@ -30,6 +31,7 @@ from diffdeck.engines.core.validation import SpecError, check
 # Rough seconds a step at the default size, per family, for a model without `seconds_per_step`
 # (a recent GPU, half precision): enough to tell a preview from a final.
 FAMILY_STEP_S = {"sd": 0.05, "sdxl": 0.15, "sd3": 0.3, "flux": 0.6}
+HOSTED_IMAGE_S = 10.0  # as rough: a hosted model's answer, an image, steps or none
 REFINING_FAMILIES = ("sdxl",)  # pipelines with denoising_end / denoising_start
 
 SizeCheck = Callable[[JobSpec], None]  # raises SpecError when job.model cannot render job.width x height
@@ -53,6 +55,10 @@ def _resolved(job: JobSpec, registry: Registry, check_size: SizeCheck | None) ->
         _check_starts(job.model, registry, "model")
         return replace(job, loras=_checked_loras(job.loras, job.model, registry, "loras"))
     Flow(job.flow or "stages", job.stages).validate()
+    for i, stage in enumerate(job.stages):
+        model = stage.model or job.model
+        check(model not in registry.models or not registry.get(model).hosted, f"stages[{i}]",
+              f"{model!r} is a hosted model: its provider renders a prompt in one request, never a flow's stage")
     stages: list[Stage] = []
     for i, stage in enumerate(job.stages):
         stage = _resolved_stage(job, i, stage, stages[-1] if stages else None, registry)
@@ -64,20 +70,28 @@ def _resolved(job: JobSpec, registry: Registry, check_size: SizeCheck | None) ->
                    loras=_checked_loras(job.loras, first.model, registry, "loras") if job.loras else ())
 
 
-def route_job(spec: JobSpec, registry: Registry, max_cost_s: float | None = None) -> JobSpec:
+def route_job(spec: JobSpec, registry: Registry, max_cost_s: float | None = None, max_cost_usd: float | None = None,
+              price: Callable[[JobSpec], float | None] | None = None) -> JobSpec:
     """The route a job asks for (a name, or `auto`) chosen and applied: its flow, or its model and
     the job fields it gives that the job leaves open; `routed_by` says which rule chose it and
-    why. With `max_cost_s`, the preview route when the chosen one's estimate is over it. A job
-    already routed (`routed_by` set), or asking for none, comes back as it is. A job naming an
-    unknown model is refused, even where its route or flow would render on another."""
+    why. With `max_cost_s`, the preview route when the chosen one's estimate is over it. The same
+    for `max_cost_usd`, else the chosen route's own `max_cost_usd:`, at `price` (a job's estimated
+    dollars, None where not known: diffdeck.engines.hosted.estimate); without `price` the cost is
+    not known, so a money cap takes the preview route (never ignored). A job already routed
+    (`routed_by` set), or asking for none, comes back as it is. A job naming an unknown model is
+    refused, even where its route or flow would render on another."""
     registry.get(spec.model)
     if spec.route is None:
-        check(max_cost_s is None, "max_cost", "caps the cost of a route; give a route (final, or auto) with it")
+        check(max_cost_s is None and max_cost_usd is None, "max_cost",
+              "caps the cost of a route; give a route (final, or auto) with it")
     if spec.route is None or spec.routed_by is not None:
         return spec
     name, why = choose_route(spec.prompt, registry.routes, spec.route)
     if max_cost_s is not None:
         name, why = capped(name, why, estimate_seconds(_applied(spec, registry, name, why), registry), max_cost_s)
+    cap_usd = max_cost_usd if max_cost_usd is not None else registry.routes[name].max_cost_usd
+    if cap_usd is not None:
+        name, why = capped(name, why, price and price(_applied(spec, registry, name, why)), cap_usd, usd)
     return _applied(spec, registry, name, why)
 
 
@@ -114,6 +128,8 @@ def estimate_seconds(spec: JobSpec, registry: Registry) -> float:
     a refine hand-over: each side's share) at the model's speed, scaled by the area against the
     model's default size. No file is read beyond the models' own index."""
     job = expand(spec, registry)
+    if registry.get(job.model).hosted:  # no steps, nor a flow's stages
+        return HOSTED_IMAGE_S * job.count
     stages: list[Stage] = []
     for i, stage in enumerate(job.stages or (Stage("txt2img"),)):
         stages.append(_resolved_stage(job, i, stage, stages[-1] if stages else None, registry))

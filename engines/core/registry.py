@@ -13,12 +13,24 @@ import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
+from diffdeck.engines.core.budgets import Budgets
 from diffdeck.engines.core.flows import Flow, Lora, Stage, stages_from
 from diffdeck.engines.core.routes import Route, role_routes
-from diffdeck.engines.core.spec import DEVICES, DTYPES, OFFLOAD_MODES, JobSpec, ModelSpec, SpecError, parse_size
-from diffdeck.engines.core.validation import is_int, is_number
+from diffdeck.engines.core.spec import (
+    DEVICES,
+    DTYPES,
+    HOSTED_KINDS,
+    LOCAL_KIND,
+    OFFLOAD_MODES,
+    JobSpec,
+    ModelSpec,
+    SpecError,
+    parse_size,
+)
+from diffdeck.engines.core.validation import is_finite_number, is_int, is_number
 from diffdeck.engines.core.yamlfile import parse_yaml, read_utf8
 
 DEMO_FOLDER = Path(__file__).parents[1] / "demo_model"
@@ -74,6 +86,21 @@ _HUB_ID = re.compile(r"^(?![.~])[\w.-]+/(?!\.\.?$)[\w.-]+$")  # org/name, never 
 _GPU = re.compile(r"cuda:\d+")  # device: one GPU of several
 _DEFAULT_KEYS = ("steps", "guidance", "width", "height", "size")
 _ENTRY_KEYS = {f.name for f in fields(ModelSpec)} - {"name"}
+MODELS_SECTIONS = ("models", "flows", "routes", "budgets")  # a models file's top-level keys
+# A hosted model is rendered by its provider's API: none of a local pipeline's keys apply to it,
+# and its own keys (how to reach and pay the API) apply to nothing local.
+_LOCAL_ONLY = ("revision", "dtype", "device", "gpus", "offload", "allow_pickle", "memory_gb", "seconds_per_step")
+_HOSTED_ONLY = ("api_key_env", "base_url", "concurrency", "price_usd", "timeout_s", "options")
+_HOSTED_DEFAULTS = {"width": 1024, "height": 1024}
+MAX_CONCURRENCY = 16
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_PREFIXES = ("sk-", "sk_", "AIza", "ya29.")  # OpenAI's and Google's keys and tokens
+_KEYS_REFUSED = "keys go in the environment, never in a file"
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")  # where a key may go over plain http://: it never leaves the machine
+# Each hosted kind's check of a model's entry (its model id and options; SpecError), run as models.yaml is
+# read. The providers live above core: diffdeck.engines.hosted.providers fills this in when imported, as
+# the CLI, the daemon and the Dispatcher do.
+HOSTED_ENTRY_CHECKS: dict[str, Callable[[ModelSpec], None]] = {}
 
 
 class RegistryError(Exception):
@@ -92,6 +119,7 @@ class ModelFiles:
     family: str | None
     pipeline_class: str | None
     problem: str | None = None  # why the model cannot be loaded as it is
+    hosted: str | None = None  # the provider whose API renders it (a hosted model has no files)
 
     @property
     def available(self) -> bool:
@@ -105,6 +133,8 @@ class ModelFiles:
     @property
     def note(self) -> str | None:
         """What a user should know before using the model, where it is not a plain txt2img model."""
+        if self.hosted:
+            return f"hosted: {self.hosted}'s API renders it (no steps, LoRAs or flows; each image costs money)"
         if not self.image_to_image:
             return None
         return (f"an image-to-image pipeline ({self.pipeline_class}): img2img, refine and upscale stages only, "
@@ -117,6 +147,7 @@ class Registry:
     path: Path | None = None  # the models.yaml it was read from, if any
     flows: dict[str, Flow] = field(default_factory=lambda: dict(BUILTIN_FLOWS))
     routes: dict[str, Route] = field(default_factory=lambda: dict(BUILTIN_ROUTES))
+    budgets: Budgets = field(default_factory=Budgets)  # models.yaml's `budgets:`
 
     def get(self, name: str) -> ModelSpec:
         try:
@@ -136,15 +167,19 @@ class Registry:
         return locate(self.get(name))
 
     def defaults(self, name: str, family: str | None) -> dict[str, Any]:
-        """The job defaults for a model of `family`: the family's, overridden by its own entry."""
-        return {**FAMILY_DEFAULTS.get(family or "sd", {}), **self.get(name).defaults}
+        """The job defaults for a model of `family`: the family's (a hosted model's: its size), overridden
+        by its own entry."""
+        spec = self.get(name)
+        return {**(_HOSTED_DEFAULTS if spec.hosted else FAMILY_DEFAULTS.get(family or "sd", {})), **spec.defaults}
 
     def describe(self, name: str) -> dict[str, Any]:
         """What a prompt editor shows of a model: its job defaults, an example prompt, what it is.
         Raises RegistryError when the model cannot be found."""
         spec = self.get(name)
         return {"defaults": self.defaults(name, self.files(name).family), "example": spec.example,
-                "description": spec.description}
+                "description": spec.description,
+                "hosted": {"provider": spec.kind, "model_id": spec.source, "lanes": spec.concurrency}
+                if spec.hosted else None}
 
     def menu(self) -> dict[str, dict[str, Any]]:
         """`describe` of every model, or {"problem": why} where it cannot be found."""
@@ -175,16 +210,20 @@ class Registry:
         for name, spec in self.models.items():
             files = self.files(name)
             rows.append({
-                "name": name, "source": spec.source, "family": files.family,
+                "name": name, "source": spec.source, "kind": spec.kind, "family": files.family,
                 "pipeline_class": files.pipeline_class, "offline": files.available,
-                "problem": files.problem or (None if files.folder else "not downloaded; the first render fetches it"),
+                "problem": files.problem or _absent(spec, files),
                 "note": files.note,
                 "roles": list(spec.roles), "description": spec.description, "example": spec.example,
+                # a hosted model's key: the variable's name and whether it is set, never its value
+                "key_env": spec.api_key_env, "key_set": key_set(spec) if spec.hosted else None,
             })
         return rows
 
     def memory_gb(self, name: str) -> float:
         spec = self.get(name)
+        if spec.hosted:
+            return 0.0
         if spec.memory_gb is not None:
             return spec.memory_gb
         folder = self.files(name).folder
@@ -192,6 +231,29 @@ class Registry:
             return 0.0
         weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
         return round(weights * 1.25 / 1e9, 2)
+
+
+def _absent(spec: ModelSpec, files: ModelFiles) -> str | None:
+    """What keeps a model that is not on this machine from rendering: a hosted model's unset key, a
+    hub model's download."""
+    if spec.hosted:
+        return key_problem(spec)
+    return None if files.folder else "not downloaded; the first render fetches it"
+
+
+def key_problem(spec: ModelSpec) -> str | None:
+    """Why a hosted model's key cannot be had from this environment (its variable unset or blank), or
+    None: the line `diffdeck models`, a submit and the hosted worker all give."""
+    value = os.environ.get(spec.api_key_env or "")
+    if value is not None and value.strip():
+        return None
+    state = "not set" if value is None else "empty"
+    return f"model {spec.name!r} needs its API key in ${spec.api_key_env}, which is {state}"
+
+
+def key_set(spec: ModelSpec) -> bool:
+    """Whether a hosted model's key variable is set here, to more than blanks."""
+    return key_problem(spec) is None
 
 
 def user_config_dir() -> Path:
@@ -227,9 +289,11 @@ def load_registry(explicit: str | os.PathLike | None = None) -> Registry:
     path = find_models_file(explicit)
     models = {DEMO.name: DEMO}
     written = []
+    budgets = Budgets()
     if path is not None:
-        data = _read_sections(path, ("models", "flows", "routes"))
+        data = _read_sections(path, MODELS_SECTIONS)
         models.update(_models_from(path, data))
+        budgets = _budgets_from(path, data)
         written.append((path, data))
     flows_path = find_flows_file(path)
     if flows_path is not None:
@@ -247,14 +311,14 @@ def load_registry(explicit: str | os.PathLike | None = None) -> Registry:
             if name in user_routes:
                 raise RegistryError(f"{file}: route {name!r} is defined in {user_routes[name]} too")
             user_routes[name], routes[name] = file, route
-    registry = Registry(models, path, flows, routes)
+    registry = Registry(models, path, flows, routes, budgets)
     _check_names(registry, {name: file for file, data in written for name in _section(file, data, "flows")},
                  user_routes)
     return registry
 
 
 def parse_models_file(path: Path) -> dict[str, ModelSpec]:
-    return _models_from(path, _read_sections(path, ("models", "flows", "routes")))
+    return _models_from(path, _read_sections(path, MODELS_SECTIONS))
 
 
 def _read_sections(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -268,6 +332,13 @@ def _read_sections(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
     for section in sections:
         _section(path, data, section)
     return data
+
+
+def _budgets_from(path: Path, data: dict[str, Any]) -> Budgets:
+    try:
+        return Budgets.from_entry(data.get("budgets"))
+    except SpecError as e:
+        raise RegistryError(f"{path}: {e}") from None
 
 
 def _section(path: Path, data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -349,28 +420,64 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
         raise RegistryError(f"{where}: the name 'demo' is reserved for the built-in model")
     if not isinstance(entry, dict):
         raise RegistryError(f"{where}: expected a mapping with at least 'source:'")
+    if "api_key" in entry:  # its value is never repeated: it may be a key
+        raise RegistryError(f"{where}: 'api_key:' is refused: {_KEYS_REFUSED}; set it in a variable and name "
+                            "that with 'api_key_env:'")
     unknown = sorted(set(entry) - _ENTRY_KEYS)
     if unknown:
         raise RegistryError(f"{where}: unknown key {unknown[0]!r}; keys are {', '.join(sorted(_ENTRY_KEYS))}")
+    kind = entry.get("kind", LOCAL_KIND)
+    if kind not in (LOCAL_KIND, *HOSTED_KINDS):
+        raise RegistryError(f"{where}: kind {kind!r} is not one of {', '.join((LOCAL_KIND, *HOSTED_KINDS))}")
+    hosted = kind != LOCAL_KIND
+    misplaced = [key for key in (_LOCAL_ONLY if hosted else _HOSTED_ONLY) if key in entry]
+    if misplaced:
+        why = (f"applies to a local model only; a {kind} model is rendered by its provider" if hosted
+               else f"applies to a hosted model only (kind: {', '.join(HOSTED_KINDS)})")
+        raise RegistryError(f"{where}: {misplaced[0]!r} {why}")
     if not entry.get("source"):
-        raise RegistryError(f"{where}: 'source:' is missing (a hub id such as org/name, or a folder)")
+        example = "the provider's model id, such as V_2_TURBO" if hosted else "a hub id such as org/name, or a folder"
+        raise RegistryError(f"{where}: 'source:' is missing ({example})")
+    defaults = _defaults(where, name, entry.get("defaults") or {}, hosted)
+    roles = entry.get("roles") or []
+    spec = ModelSpec(
+        name=name, kind=kind, defaults=defaults,
+        roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
+        description=str(entry.get("description", "")), example=str(entry.get("example", "")),
+        **(_hosted_fields(where, kind, entry) if hosted else _local_fields(path, where, entry)),
+    )
+    if kind in HOSTED_ENTRY_CHECKS:
+        try:
+            HOSTED_ENTRY_CHECKS[kind](spec)
+        except SpecError as e:
+            raise RegistryError(f"{where}: {e}") from None
+    return spec
+
+
+def _defaults(where: str, name: str, defaults: Any, hosted: bool) -> dict[str, Any]:
+    """An entry's `defaults:`, checked as a job's fields; a hosted model's give its size only."""
+    if not isinstance(defaults, dict):
+        raise RegistryError(f"{where}: 'defaults:' must be a mapping such as {{steps: 20}}")
+    allowed = [key for key in _DEFAULT_KEYS if not hosted or key not in ("steps", "guidance")]
+    unknown = sorted(set(defaults) - set(allowed))
+    if unknown:
+        hosted_why = ", as its provider takes no steps or guidance" if hosted and unknown[0] in _DEFAULT_KEYS else ""
+        raise RegistryError(f"{where}: {unknown[0]!r} cannot be a default{hosted_why}; defaults are {', '.join(allowed)}")
+    try:
+        JobSpec(prompt="check", model=name, **_size_split(defaults)).validate()
+    except (SpecError, TypeError) as e:
+        raise RegistryError(f"{where}: bad default {e}") from None
+    return _size_split(defaults)
+
+
+def _local_fields(path: Path, where: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A local model's own fields: where its files are, and how its pipeline loads."""
     for key, allowed in (("dtype", DTYPES), ("device", DEVICES), ("offload", OFFLOAD_MODES)):
         if key in entry and entry[key] not in allowed and not (key == "device" and _GPU.fullmatch(str(entry[key]))):
             raise RegistryError(f"{where}: {key} {entry[key]!r} is not one of {', '.join(allowed)}")
     source = str(entry["source"])
     if not _HUB_ID.match(source) or (path.parent / source).exists():
         source = str((path.parent / Path(source).expanduser()).resolve())
-    defaults = entry.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise RegistryError(f"{where}: 'defaults:' must be a mapping such as {{steps: 20}}")
-    unknown = sorted(set(defaults) - set(_DEFAULT_KEYS))
-    if unknown:
-        raise RegistryError(f"{where}: {unknown[0]!r} cannot be a default; defaults are {', '.join(_DEFAULT_KEYS)}")
-    try:
-        JobSpec(prompt="check", model=name, **_size_split(defaults)).validate()
-    except (SpecError, TypeError) as e:
-        raise RegistryError(f"{where}: bad default {e}") from None
-    roles = entry.get("roles") or []
     step_s = entry.get("seconds_per_step")
     if step_s is not None and not (is_number(step_s) and step_s > 0):
         raise RegistryError(f"{where}: seconds_per_step must be a number above 0, got {step_s!r}")
@@ -381,15 +488,73 @@ def _model_from_entry(path: Path, name: str, entry: Any) -> ModelSpec:
         raise RegistryError(f"{where}: give either gpus or device cuda:N, not both")
     if not isinstance(entry.get("allow_pickle", False), bool):
         raise RegistryError(f"{where}: allow_pickle must be true or false, unquoted")
-    return ModelSpec(
-        name=name, source=source, revision=_opt_str(entry.get("revision")),
-        dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
-        gpus=tuple(gpus) if gpus is not None else None, offload=entry.get("offload", "none"), defaults=_size_split(defaults),
-        memory_gb=entry.get("memory_gb"), seconds_per_step=step_s,
-        roles=tuple(map(str, roles)) if isinstance(roles, list) else (str(roles),),
-        description=str(entry.get("description", "")), example=str(entry.get("example", "")),
-        allow_pickle=entry.get("allow_pickle", False),
-    )
+    return dict(source=source, revision=_opt_str(entry.get("revision")),
+                dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
+                gpus=tuple(gpus) if gpus is not None else None, offload=entry.get("offload", "none"),
+                memory_gb=entry.get("memory_gb"), seconds_per_step=step_s, allow_pickle=entry.get("allow_pickle", False))
+
+
+def _hosted_fields(where: str, kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A hosted model's own fields: its provider's model id, the variable its key is in, how to reach
+    the API and how much of it to use at once."""
+    fields = {"source": str(entry["source"]), "api_key_env": _key_variable(where, kind, entry.get("api_key_env")),
+              "base_url": _base_url(where, entry.get("base_url"))}
+    for key, ok, rule in (
+        ("concurrency", lambda v: is_int(v) and 1 <= v <= MAX_CONCURRENCY, f"a whole number from 1 to {MAX_CONCURRENCY}"),
+        ("price_usd", lambda v: is_finite_number(v) and v >= 0, "a number of US dollars an image, 0 or more"),
+        ("timeout_s", lambda v: is_finite_number(v) and v > 0, "a number of seconds above 0"),
+        ("options", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+         "a mapping of the provider's parameters, such as {quality: high}"),
+    ):
+        if key in entry:
+            if not ok(entry[key]):
+                raise RegistryError(f"{where}: {key} must be {rule}, got {entry[key]!r}")
+            fields[key] = entry[key]
+    return fields
+
+
+def _key_variable(where: str, kind: str, name: Any) -> str:
+    """`api_key_env:`, the name of the variable that holds the key. Its value is never repeated in
+    an error: it may be the key itself, pasted there."""
+    example = f"such as {kind.upper()}_API_KEY"
+    if name is None:
+        raise RegistryError(f"{where}: 'api_key_env:' is missing: the name of the environment variable that "
+                            f"holds the API key, {example}")
+    if isinstance(name, str) and _looks_like_key(name):
+        raise RegistryError(f"{where}: api_key_env looks like a key: {_KEYS_REFUSED}; put it in a variable "
+                            f"and give that variable's name, {example}")
+    if not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
+        raise RegistryError(f"{where}: api_key_env must be an environment variable's name (letters, digits and _, "
+                            f"not starting with a digit), {example}")
+    return name
+
+
+def _looks_like_key(value: str) -> bool:
+    """A secret where a variable's name goes: a known key prefix, or a long run of mixed-case letters
+    and digits (or one without the _ that joins the words of a variable's name)."""
+    if value.startswith(_KEY_PREFIXES):
+        return True
+    mixed_case = any(c.islower() for c in value) and any(c.isupper() for c in value)
+    return len(value) >= 20 and any(c.isdigit() for c in value) and (mixed_case or "_" not in value)
+
+
+def _base_url(where: str, url: Any) -> str | None:
+    """`base_url:`, an http:// or https:// URL (without a trailing /); None: the provider's own."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname
+    except ValueError:  # a malformed port or IPv6 address
+        host = None
+    if not host or parts.scheme not in ("http", "https") or not str(url).isprintable():
+        raise RegistryError(f"{where}: base_url must be an http:// or https:// URL such as https://api.example.com")
+    if parts.username or parts.password:
+        raise RegistryError(f"{where}: base_url holds a user name or password: {_KEYS_REFUSED}")
+    if parts.scheme == "http" and host not in _LOOPBACK:
+        raise RegistryError(f"{where}: base_url is http:// to {host}: the key would cross the network in clear "
+                            f"text; use https:// (http:// only to {', '.join(_LOOPBACK)})")
+    return str(url).rstrip("/")
 
 
 def _size_split(defaults: dict[str, Any]) -> dict[str, Any]:
@@ -427,6 +592,8 @@ def snapshot_commit(folder: Path) -> str | None:
 
 
 def locate(spec: ModelSpec) -> ModelFiles:
+    if spec.hosted:  # its provider's API renders it: no files, nothing to download
+        return ModelFiles(None, None, None, hosted=spec.kind)
     source = Path(spec.source)
     if source.suffix.lower() in _PICKLE_SUFFIXES:
         return ModelFiles(None, None, None, _pickle_refusal(spec, source.name))

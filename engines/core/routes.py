@@ -3,6 +3,7 @@ models.yaml writes it, and the rules that pick one from the prompt.
 
     preview: {flow: demo-preview}
     typography: {model: sdxl, steps: 40, when: {quoted: true}}
+    final: {model: imagen, max_cost_usd: 0.10}   # over 10 cents a job: the preview route
 
 A rule (`when:`) holds when every condition it gives holds: `keywords` (any of the words, as whole
 words, in any case), `regex` (searched in the prompt), `quoted` (the prompt has text in double
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.flows import loras_from
 from diffdeck.engines.core.spec import JobSpec, parse_size
-from diffdeck.engines.core.validation import SpecError, check
+from diffdeck.engines.core.validation import SpecError, check, is_number
 
 AUTO = "auto"
 FALLBACK = "final"  # what `auto` routes to when no rule holds
@@ -89,10 +91,12 @@ class Route:
     fields: dict[str, Any] = field(default_factory=dict)
     when: Rule | None = None
     origin: str = "built in"  # where it is written: "built in", a file, a model's roles
+    max_cost_usd: float | None = None  # over this estimate a job takes the cheap route
 
     def target(self) -> str:
         parts = ([f"flow {self.flow}"] if self.flow else []) + ([f"model {self.model}"] if self.model else [])
-        given = ", ".join(f"{k} {v}" for k, v in self.fields.items() if k != "loras")
+        given = ", ".join([f"{k} {v}" for k, v in self.fields.items() if k != "loras"]
+                          + ([f"at most {usd(self.max_cost_usd)}"] if self.max_cost_usd is not None else []))
         return " on ".join(parts) + (f" ({given})" if given else "") + f" [{self.origin}]"
 
     @classmethod
@@ -100,7 +104,7 @@ class Route:
         where = f"routes.{name}"
         check(name != AUTO, where, f"{AUTO!r} is reserved: it picks a route by the rules")
         check(isinstance(data, dict), where, "expected a mapping such as {flow: NAME} or {model: NAME}")
-        known = {"flow", "model", "when", "size", *JOB_FIELDS}
+        known = {"flow", "model", "when", "size", "max_cost_usd", *JOB_FIELDS}
         unknown = sorted(set(data) - known)
         check(not unknown, f"{where}.{unknown[0] if unknown else ''}", f"is not a route key; keys are {', '.join(sorted(known))}")
         check(bool(data.get("flow") or data.get("model")), where, "names no flow and no model; give flow: or model:")
@@ -114,7 +118,11 @@ class Route:
         except SpecError as e:
             raise SpecError(f"{where}.{e.field}", e.message) from None
         when = Rule.from_entry(data["when"], f"{where}.when") if data.get("when") is not None else None
-        return cls(name, _opt(data.get("flow")), _opt(data.get("model")), fields, when, origin)
+        cap = data.get("max_cost_usd")
+        check(cap is None or (is_number(cap) and 0 <= cap < float("inf")), f"{where}.max_cost_usd",
+              f"must be a number of US dollars, 0 or more, got {cap!r}")
+        return cls(name, _opt(data.get("flow")), _opt(data.get("model")), fields, when, origin,
+                   None if cap is None else float(cap))
 
 
 def choose_route(prompt: str, routes: dict[str, Route], asked: str) -> tuple[str, str]:
@@ -129,11 +137,15 @@ def choose_route(prompt: str, routes: dict[str, Route], asked: str) -> tuple[str
     return FALLBACK, f"route {FALLBACK}: no route's rule holds for the prompt"
 
 
-def capped(name: str, why: str, cost_s: float, max_cost_s: float) -> tuple[str, str]:
-    """A cost cap: the cheap route when the chosen one's estimate is over it."""
-    if cost_s <= max_cost_s or name == CHEAP:
-        return name, f"{why}; estimate {cost_s:.3g} s, cap {max_cost_s:g} s"
-    return CHEAP, f"{why}, but its estimate of {cost_s:.3g} s is over the cost cap of {max_cost_s:g} s: route {CHEAP}"
+def capped(name: str, why: str, cost: float | None, cap: float,
+           say: Callable[[float], str] = lambda seconds: f"{seconds:.3g} s") -> tuple[str, str]:
+    """A cost cap (seconds; or dollars, `say` being usd): the cheap route when the chosen one's
+    estimate is over it, or not known (a hosted model without a price)."""
+    if name == CHEAP or (cost is not None and cost <= cap):
+        return name, f"{why}; estimate {'not known' if cost is None else say(cost)}, cap {say(cap)}"
+    if cost is None:
+        return CHEAP, f"{why}, but its cost is not known and the cost cap is {say(cap)}: route {CHEAP}"
+    return CHEAP, f"{why}, but its estimate of {say(cost)} is over the cost cap of {say(cap)}: route {CHEAP}"
 
 
 def role_routes(models: dict[str, Any]) -> dict[str, Route]:

@@ -22,6 +22,7 @@ MAX_SIDE = 4096
 MAX_COUNT = 64
 MAX_PROMPT = 10_000  # characters; T5 in SD3 and Flux reads 512 tokens, CLIP 77: this is ample
 SEED_RANGE = 2**32
+DRAWN_SEEDS = 2**31  # a seed drawn at submit is below this: within every provider's range (Ideogram's ends at 2**31 - 1)
 # Hosted models: a provider's API renders them (diffdeck.engines.hosted); "diffusers": a local pipeline.
 LOCAL_KIND = "diffusers"
 HOSTED_KINDS = ("ideogram", "imagen", "gemini", "openai")
@@ -61,7 +62,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def draw_seeds(first: int | None, count: int) -> tuple[int, ...]:
     """Image i uses first + i; a missing first seed is drawn now, so it is recorded."""
     if first is None:
-        first = random.randrange(SEED_RANGE - count)
+        first = random.randrange(DRAWN_SEEDS - count)
     return tuple((first + i) % SEED_RANGE for i in range(count))
 
 

@@ -3,6 +3,7 @@ tests of a value's type. Pure data."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 MAX_STEPS = 1000
@@ -23,6 +24,16 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A real, finite number: not a bool, not NaN or infinite, not an int too large for a float."""
+    if not is_number(value):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check(ok: bool, field_name: str, message: str) -> None:

@@ -277,7 +277,8 @@ class Daemon:
             return {"id": request.get("id"), "error": str(e)}
 
     def _pass_on(self, event: Event) -> None:
-        """What a user said of an image (a pick, a rating; recorded), to every client as an event."""
+        """What a user said of an image (a pick, a rating) or the engine measured of it (its quality),
+        once recorded, to every client as an event."""
         for events in self._connections.values():
             events.put(event)
 

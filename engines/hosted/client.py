@@ -33,25 +33,34 @@ class Reply:
 
 class Waiting:
     """What the request out is waiting for, in words, for the queue: "waiting for ideogram 12 s",
-    or "ideogram answered 429: retrying in 5 s (attempt 2 of 4)"."""
+    "ideogram answered 429: retrying in 5 s (attempt 2 of 4)", or after no answer to a paid request
+    "no answer from ideogram in 120 s: sending again in 2 s (attempt 2 of 4; the provider may bill both)"."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self.since = time.monotonic()
-        self._retry: tuple[str, float, int] | None = None  # why, until when, the next attempt
+        self._retries = 0  # waited for so far, in the worker's life
+        self._retry: tuple[str, float, int, bool] | None = None  # why, until when, the next attempt, billed twice?
 
     def sending(self) -> None:
         self.since, self._retry = time.monotonic(), None
 
-    def retrying(self, why: str, wait_s: float, attempt: int) -> None:
-        self._retry = (why, time.monotonic() + wait_s, attempt)
+    def retrying(self, why: str, wait_s: float, attempt: int, billed_twice: bool = False) -> None:
+        self._retries += 1
+        self._retry = (why, time.monotonic() + wait_s, attempt, billed_twice)
+
+    @property
+    def retry(self) -> int | None:
+        """Which retry is waited for now (the worker's count: a new one is a new line on a terminal), or None."""
+        return None if self._retry is None else self._retries
 
     def text(self) -> str:
         now = time.monotonic()
         if self._retry is None:
             return f"waiting for {self.kind} {now - self.since:.0f} s"
-        why, until, attempt = self._retry
-        return f"{why}: retrying in {math.ceil(max(0.0, until - now))} s (attempt {attempt} of {MAX_ATTEMPTS})"
+        why, until, attempt, billed_twice = self._retry
+        verb, note = ("sending again", "; the provider may bill both") if billed_twice else ("retrying", "")
+        return f"{why}: {verb} in {math.ceil(max(0.0, until - now))} s (attempt {attempt} of {MAX_ATTEMPTS}{note})"
 
 
 class Client:
@@ -70,12 +79,13 @@ class Client:
         """The answer to `call`, parsed JSON; ProviderError once it cannot be had."""
         response = await self._retried(
             lambda: self._http.request(call.method, call.path, headers=call.headers, json=call.json),
-            lambda status, body: self.provider.error(self.model, status, body))
+            lambda status, body: self.provider.error(self.model, status, body), paid=True)
         return Reply(_body(response), self.provider.request_id(response.headers))
 
     async def fetch(self, url: str) -> bytes:
         """An image an answer points at (Ideogram's URLs expire: fetched at once, without the key)."""
-        response = await self._retried(lambda: self._http.get(url, follow_redirects=True), self._fetch_error)
+        response = await self._retried(lambda: self._http.get(url, follow_redirects=True), self._fetch_error,
+                                       paid=False)
         return response.content
 
     def _fetch_error(self, status: int, body: Any) -> ProviderError:
@@ -85,17 +95,21 @@ class Client:
                              retryable=status == 429 or status >= 500)
 
     async def _retried(self, send: Callable[[], Awaitable[httpx.Response]],
-                       error: Callable[[int, Any], ProviderError]) -> httpx.Response:
+                       error: Callable[[int, Any], ProviderError], paid: bool) -> httpx.Response:
+        """`paid`: a request the provider bills, which it may bill twice when it is sent again after no answer."""
         kind, where = self.provider.kind, f"for model {self.model.name!r} ({self.model.source})"
+        began, timeouts = time.monotonic(), 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             self.waiting.sending()
-            retry_after = None
+            retry_after, billed_twice = None, False
             try:
                 response = await within(self.model.timeout_s, send())
             except (httpx.TimeoutException, asyncio.TimeoutError):
-                failure = ProviderError("timeout", f"{kind} did not answer within {self.model.timeout_s:g} s {where}",
-                                        retryable=True)
-                why = f"{kind} did not answer"
+                timeouts += 1
+                tries = f", {timeouts} times ({time.monotonic() - began:.0f} s in all)" if timeouts > 1 else ""
+                failure = ProviderError("timeout", f"{kind} did not answer within {self.model.timeout_s:g} s{tries} "
+                                                   f"{where}", retryable=True)
+                why, billed_twice = f"no answer from {kind} in {self.model.timeout_s:g} s", paid
             except httpx.TransportError as e:
                 failure = ProviderError("network", f"could not reach {kind} at {self._http.base_url} {where} "
                                                    f"({type(e).__name__})", retryable=True)
@@ -110,7 +124,7 @@ class Client:
             if not failure.retryable or attempt == MAX_ATTEMPTS:
                 raise failure
             wait_s = backoff(attempt, retry_after)
-            self.waiting.retrying(why, wait_s, attempt + 1)
+            self.waiting.retrying(why, wait_s, attempt + 1, billed_twice)
             await asyncio.sleep(wait_s)
         raise AssertionError("unreachable")
 

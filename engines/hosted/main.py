@@ -3,8 +3,10 @@ model's jobs through its provider's API, one job at a time, speaking the local w
 (diffdeck.engines.core.worker_protocol) on stdin/stdout.
 
 One event loop: commands are read as they come; a job is a task, and a cancel cancels it, which
-drops the request in flight (its connection closes). While a request is out, step messages say
-what it waits for ("waiting for ideogram 12 s", "ideogram answered 429: retrying in 5 s ...").
+drops the request in flight (its connection closes). Once a request is answered its images are
+paid for: they are fetched and saved whatever comes, and a cancel meanwhile is honoured after them.
+While a request is out, step messages say what it waits for ("waiting for ideogram 12 s",
+"ideogram answered 429: retrying in 5 s ...").
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 import httpx
 import psutil
 from diffdeck.engines import __version__
 from diffdeck.engines.core import worker_process as process
 from diffdeck.engines.core.pixels import pixel_sha256
+from diffdeck.engines.core.registry import key_problem
 from diffdeck.engines.core.spec import JobSpec, ModelSpec
 from diffdeck.engines.core.worker_protocol import Intervals
 from diffdeck.engines.hosted.client import Client, Reply, Waiting
@@ -40,16 +43,7 @@ log = logging.getLogger("diffdeck.hosted")
 
 LINE_LIMIT = 16 * 1024 * 1024  # one command: a job's spec with a long prompt fits many times over
 
-
-def key_problem(model: ModelSpec) -> str | None:
-    """Why the model's key cannot be had from the environment, or None."""
-    if not model.api_key_env:
-        return f"model {model.name!r} names no api_key_env (the environment variable that holds its API key)"
-    if model.api_key_env not in os.environ:
-        return f"model {model.name!r} needs its API key in ${model.api_key_env}, which is not set"
-    if not os.environ[model.api_key_env].strip():
-        return f"model {model.name!r} needs its API key in ${model.api_key_env}, which is empty"
-    return None
+T = TypeVar("T")
 
 
 @dataclass
@@ -161,27 +155,30 @@ class HostedWorker:
         while True:
             self.wire.send("step", id=job.id, image=job.image, count=job.spec.count, step=0, total=1,
                            elapsed_s=round(time.perf_counter() - job.started, 3), it_s=None,
-                           waiting=self.waiting.text())
+                           waiting=self.waiting.text(), retry=self.waiting.retry)
             await asyncio.sleep(self.intervals.progress_s)
 
     async def _render(self, job: _JobRun, first: int, count: int) -> None:
-        """Images first..first+count-1 in one request: sent, their URLs fetched at once, saved."""
+        """Images first..first+count-1 in one request: sent, then kept (a cancel waits for that)."""
         job.image = first
         started = time.perf_counter()
         reply = await self.client.send(self.provider.request(self.model, job.spec, first, count, self.key))
+        await finished(self._keep(job, first, count, reply, (time.perf_counter() - started) / count))
+
+    async def _keep(self, job: _JobRun, first: int, count: int, reply: Reply, request_s: float) -> None:
+        """The answer's images, paid for: their URLs fetched at once, the images saved."""
         answer = self.provider.answer(self.model, reply.body)
-        request_s = (time.perf_counter() - started) / count
         pictures = answer.pictures[:count]
         fetched = []
         for picture in pictures:  # every URL first: they expire
             began = time.perf_counter()
             fetched.append((picture.data if picture.data is not None else await self.client.fetch(picture.url),
                             time.perf_counter() - began))
-        for offset, (data, fetch_s) in enumerate(fetched):
+        for offset, (picture, (data, fetch_s)) in enumerate(zip(pictures, fetched)):
             began = time.perf_counter()
             image = self._decoded(data)
             timings = {"prepare_s": 0.0, "denoise_s": request_s, "decode_s": fetch_s + time.perf_counter() - began}
-            self._save(job, first + offset, image, timings, answer, reply)
+            self._save(job, first + offset, image, timings, answer, reply, picture.seed)
         if len(pictures) < count:
             if answer.reasons:
                 raise self.provider.refused(self.model, "; ".join(dict.fromkeys(answer.reasons)))
@@ -197,15 +194,18 @@ class HostedWorker:
             raise self.provider.malformed(self.model, "an image that decodes") from None
 
     def _save(self, job: _JobRun, index: int, image: Image.Image, timings: dict[str, float], answer: Answer,
-              reply: Reply) -> None:
+              reply: Reply, seed_reported: int | None) -> None:
         began = time.perf_counter()
         spec, model = job.spec, self.model
         seed = spec.seeds[index]
         sent = self.provider.size(model, spec.width, spec.height)
         cost = price(model, sent.width or spec.width, sent.height or spec.height)
         seed_sent = seed if self.provider.seeded else None
+        if None not in (seed_sent, seed_reported) and seed_sent != seed_reported:  # the record keeps both
+            log.warning("%s image %d: %s reported seed %d, not the %d sent", job.id, index, self.provider.kind,
+                        seed_reported, seed_sent)
         hosted = {"provider": self.provider.name, "model_id": model.source, "version": answer.version,
-                  "seed_sent": seed_sent, "reproducible": seed_sent is not None,
+                  "seed_sent": seed_sent, "seed_reported": seed_reported, "reproducible": seed_sent is not None,
                   "asked": {"width": spec.width, "height": spec.height},
                   "sent": self.provider.parameters(model, spec),
                   "returned": {"width": image.width, "height": image.height}, "request_id": reply.request_id}
@@ -224,6 +224,21 @@ class HostedWorker:
         job.add(timings, cost.usd)
         self.wire.send("image", id=job.id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
                        timings=_rounded(timings), peak_memory=0, cost_usd=cost.usd, hosted=hosted)
+
+
+async def finished(work: Awaitable[T]) -> T:
+    """`work`'s result once it has run to its end, even where the task awaiting it is cancelled
+    meanwhile: that cancel is raised after."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])  # a cancel of this wait leaves the task running
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def requests(indices: list[int], per_call: int) -> list[tuple[int, int]]:

@@ -42,8 +42,10 @@ def price(model: ModelSpec, width: int, height: int) -> Price:
     published = f"published prices read {PRICES_READ}"
     square = width == height
     if model.kind == "openai" and model.source == "gpt-image-1":
-        quality = str(model.options.get("quality", "high"))  # the API's "auto" is billed as what it picks: at most high
-        return Price(_GPT_IMAGE_1.get((quality if quality != "auto" else "high", square)), published)
+        quality = str(model.options.get("quality", "auto"))  # the API's default
+        if quality == "auto":  # billed as the quality the API picks, which is not known before: the most
+            return Price(_GPT_IMAGE_1[("high", square)], f"{published} (quality auto, priced as high: at most)")
+        return Price(_GPT_IMAGE_1.get((quality, square)), published)
     if model.kind == "openai" and model.source == "dall-e-3":
         return Price(_DALL_E_3.get((str(model.options.get("quality", "standard")), square)), published)
     return Price(_FLAT.get(model.kind, {}).get(model.source), published)

@@ -30,7 +30,9 @@ class Device:
     """One place a job renders. `index` is its position among the visible devices (what `gpus:`
     and `device: cuda:N` in models.yaml name); `visible` is what a worker pinned to it gets as
     CUDA_VISIBLE_DEVICES (None: the CPU, nothing to pin). `one_model`: it keeps one model warm at
-    a time, whatever its budget (a Ray cluster's GPU: each warm model's actor holds a GPU)."""
+    a time, whatever its budget (a Ray cluster's GPU: each warm model's actor holds a GPU). `lane`:
+    not a device but one of a hosted model's lanes (a job at a time, sent to its provider), that
+    model's name."""
 
     index: int
     name: str
@@ -39,6 +41,7 @@ class Device:
     visible: str | None = None
     fake: bool = False
     one_model: bool = False
+    lane: str | None = None
 
     @property
     def is_gpu(self) -> bool:

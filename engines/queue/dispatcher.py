@@ -10,6 +10,10 @@ Workers are kept per (model, device), each pinned to its GPU, and stay warm afte
 idle worker is stopped after `idle_timeout_s`, or earlier, least recently used first, when a
 model about to load on its device would push the warm models' memory past that device's budget.
 
+A hosted model (diffdeck.engines.hosted) renders on lanes of its own, `concurrency` of them, each
+a slot like a device's that runs one job at a time in a worker process of its own, here (never on
+a Ray cluster): its jobs take no GPU and no CPU slot from local models, nor theirs a lane.
+
 A flow's job runs in legs: each leg the stages in a row of one model, placed on a device of its
 own, one job message to that model's worker there, handed the previous leg's images (or latents, for a refine) through the files
 it wrote. A resumed flow starts at the first leg some image has not been through.
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import psutil
+from diffdeck.engines.core.budgets import BudgetError
 from diffdeck.engines.core.events import (
     UNFINISHED,
     Event,
@@ -39,9 +44,10 @@ from diffdeck.engines.core.events import (
 )
 from diffdeck.engines.core.flow_checks import resolve_flow
 from diffdeck.engines.core.identity import model_identity
-from diffdeck.engines.core.registry import ModelFiles, Registry, RegistryError
-from diffdeck.engines.core.spec import JobSpec, SpecError, draw_seeds
+from diffdeck.engines.core.registry import ModelFiles, Registry, RegistryError, key_problem
+from diffdeck.engines.core.spec import JobSpec, ModelSpec, SpecError, draw_seeds
 from diffdeck.engines.core.worker_protocol import Intervals
+from diffdeck.engines.hosted.providers import provider
 from diffdeck.engines.queue.devices import Device, discover
 from diffdeck.engines.queue.footprint import Budget, Footprint, check_size, element_bytes
 from diffdeck.engines.queue.placement import Gpu, Plan, Policy, QueuedJob, Start, WarmModel, pins, place
@@ -165,11 +171,15 @@ class Dispatcher:
         first_set_number: int = 1,
         devices: list[Device] | None = None,
         launcher: Callable[..., WorkerProcess] = WorkerProcess,
+        admit: Callable[[list[str], list[JobSpec]], None] | None = None,
     ):
         """`devices`: what to render on; None: discovered (diffdeck.engines.queue.devices).
         `memory_budget_gb`: each device's; None: 90 % of a GPU's memory, half the RAM for the CPU.
-        `launcher`: starts a worker, with WorkerProcess's arguments; a Ray cluster's: ray_workers.RayWorker."""
+        `launcher`: starts a worker, with WorkerProcess's arguments; a Ray cluster's: ray_workers.RayWorker.
+        `admit`: told the ids and resolved specs of the jobs about to be queued (a set's together),
+        it raises to refuse them (budgets: diffdeck.engines.service.recorded_queue)."""
         self.launcher = launcher
+        self.admit = admit
         self.registry = registry
         self.images_dir = Path(images_dir)
         self.idle_timeout_s = idle_timeout_s
@@ -181,13 +191,15 @@ class Dispatcher:
         devices = devices if devices is not None else discover(self.telemetry.nvml)
         _check_numbered(devices)
         self.devices = [DeviceSlot(device, memory_budget_gb or _default_budget_gb(device)) for device in devices]
+        self.lanes = [DeviceSlot(lane, 0.0) for lane in _lanes(registry, first=len(devices))]
+        self._slots = self.devices + self.lanes  # by index: the devices, then the lanes
         self.memory_budget_gb = max(slot.budget_gb for slot in self.devices)  # the most a job may take
         self.jobs: dict[str, Job] = {}
         self.queue: list[Job] = []
         self._legs_waiting: list[Job] = []  # running flows whose next leg waits for a device, first come first
         self._memory: dict[str, float] = {}  # each model's estimate
         self.paused = False
-        self._ids = itertools.count(first_job_number)
+        self._next_job = first_job_number
         self._set_ids = itertools.count(first_set_number)
         self._subscribers: list[EventStream] = []
         self._wakeup = asyncio.Event()
@@ -228,7 +240,7 @@ class Dispatcher:
         return {w.model: w for w in sorted(self.all_workers(), key=lambda w: w.last_used)}
 
     def all_workers(self) -> list[WorkerProcess]:
-        return [worker for slot in self.devices for worker in slot.workers.values()]
+        return [worker for slot in self._slots for worker in slot.workers.values()]
 
     def _in_background(self, work) -> None:
         """Run `work` as a task that is kept until it ends (the loop holds tasks weakly), and that
@@ -245,7 +257,8 @@ class Dispatcher:
     def submit(self, spec: JobSpec) -> Job:
         """Validate, resolve seeds and defaults, and queue. Raises SpecError or RegistryError."""
         resolved = self.resolve(spec)  # first: bad input uses up no job number
-        job = Job(f"job-{next(self._ids):04d}", resolved)
+        self._admit([resolved])
+        job = Job(self._job_ids(1)[0], resolved)
         self.jobs[job.id] = job
         return self._enqueue(job)
 
@@ -261,8 +274,10 @@ class Dispatcher:
                 raise SpecError(e.field, f"variant {variant.label}: {e.message}") from None
             except RegistryError as e:
                 raise RegistryError(f"variant {variant.label}: {e}") from None
+        self._admit(specs)
         set_id = set_id or f"set-{next(self._set_ids):04d}"
-        jobs = [Job(f"job-{next(self._ids):04d}", dataclasses.replace(spec, group=set_id)) for spec in specs]
+        ids = self._job_ids(len(specs))
+        jobs = [Job(job_id, dataclasses.replace(spec, group=set_id)) for job_id, spec in zip(ids, specs)]
         self._emit(EventKind.SET, None, set=set_id, **variants.record(),
                    variants=[{**v.to_dict(), "job": job.id} for v, job in zip(variants.variants, jobs)])
         for job in jobs:
@@ -270,20 +285,48 @@ class Dispatcher:
             self._enqueue(job)
         return set_id, jobs
 
+    def next_job_ids(self, count: int) -> list[str]:
+        """The ids the next `count` jobs will get."""
+        return [f"job-{number:04d}" for number in range(self._next_job, self._next_job + count)]
+
+    def _job_ids(self, count: int) -> list[str]:
+        ids = self.next_job_ids(count)
+        self._next_job += count
+        return ids
+
+    def _admit(self, specs: list[JobSpec], ids: list[str] | None = None) -> None:
+        """`admit` told of jobs about to be queued: new ones (the ids they will get), or `ids` again."""
+        if self.admit is not None:
+            self.admit(ids or self.next_job_ids(len(specs)), specs)
+
     def restore(self, record: JobRecord) -> Job:
         """Queue again a job from a reopened session, under its own id and with its seeds.
         Images it already made are kept and not rendered again; a job that stopped its worker
-        twice is held instead. Raises SpecError or RegistryError."""
+        twice is held instead, and one that `admit` refuses (over a budget, with the jobs restored
+        before it) fails, saying why. Raises SpecError or RegistryError."""
         if record.id in self.jobs:
             raise ValueError(f"{record.id} is already in this queue")
         job = Job(record.id, self.resolve(JobSpec.from_dict(record.spec)), images=list(record.images),
                   worker_crashes=record.worker_crashes, stages=list(record.stages))
+        held = job.worker_crashes >= CRASHES_BEFORE_HOLD
+        refused = None if held else self._refused(job)
         self.jobs[job.id] = job
-        if job.worker_crashes >= CRASHES_BEFORE_HOLD:
+        if held:
             self._fail(job, f"{job.id} stopped its worker {job.worker_crashes} times (a crash, or diffdeck "
                             "stopping mid-run); held: retry it with force to run it again", "crash")
-            return job
-        return self._enqueue(job)
+        elif refused:
+            self._fail(job, refused, "budget")
+        else:
+            self._enqueue(job)
+        return job
+
+    def _refused(self, job: Job) -> str | None:
+        """Why `admit` refuses a job restored from a session (over a budget); None: admitted."""
+        try:
+            self._admit([job.spec], [job.id])
+        except BudgetError as e:
+            return str(e)
+        return None
 
     def resolve(self, spec: JobSpec) -> JobSpec:
         """The spec as it would be queued: its route, flow, stages, LoRAs, the model's defaults and
@@ -293,13 +336,23 @@ class Dispatcher:
         files = self.registry.files(spec.model)
         if files.problem:
             raise RegistryError(files.problem)
-        seeds = spec.seeds or draw_seeds(spec.seed, spec.count)
+        entry = self.registry.get(spec.model)
         defaults = self.registry.defaults(spec.model, files.family)
-        job = spec.resolved(defaults, files.family, seeds)
-        self._check_size(job)
+        job = spec.resolved(defaults, files.family, spec.seeds or draw_seeds(spec.seed, spec.count))
+        if entry.hosted:
+            _check_not_sent(entry, job)
+            _check_hosted(entry, job)
+        else:
+            self._check_size(job)
         for model in {job.model, *(stage.model for stage in job.stages if stage.model)}:
             self._check_pins(model)
         return job
+
+    def _runs_on(self, model: str) -> frozenset[int]:
+        """The slots a model's jobs may start on: a hosted model's lanes; a local model's pinned GPUs,
+        else any device (never a lane)."""
+        lanes = frozenset(slot.device.index for slot in self.lanes if slot.device.lane == model)
+        return lanes or self._pins(model) or frozenset(slot.device.index for slot in self.devices)
 
     def _check_pins(self, model: str) -> None:
         """RegistryError when a model is pinned to GPUs this machine does not have."""
@@ -368,8 +421,10 @@ class Dispatcher:
         """A cancel the worker has not answered within `cancel_grace_s` (one long kernel of a
         huge render cannot be cut) stops the worker; the job still ends cancelled."""
         run = job.run
+        # A hosted worker answered by its provider saves the images paid for before it ends the job
+        grace_s = self.cancel_grace_s + (worker.spec.timeout_s if worker.device.lane else 0.0)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(job.finished.wait(), self.cancel_grace_s)
+            await asyncio.wait_for(job.finished.wait(), grace_s)
             return
         if job.run is run and job.status == Status.RUNNING:
             self._finish(job, Status.CANCELLED, step=None)
@@ -408,7 +463,9 @@ class Dispatcher:
                              "retry with force to try again")
         if job.status not in (Status.FAILED, Status.CANCELLED, Status.HELD):
             raise ValueError(f"{job_id} is {job.status}; only failed, cancelled or held jobs can be retried")
-        job.status, job.images, job.timings, job.error, job.error_kind = Status.QUEUED, [], {}, None, None
+        self._admit([job.spec], [job.id])
+        kept = job.images if self.registry.get(job.spec.model).hosted else []  # paid for: not asked for again
+        job.status, job.images, job.timings, job.error, job.error_kind = Status.QUEUED, kept, {}, None, None
         job.submitted_at, job.started_at, job.passed_over, job.progress = time.monotonic(), None, 0, {}
         job.stages, job.leg, job.peak_memory, job.cancel_asked = [], None, None, False
         job.finished = asyncio.Event()
@@ -435,14 +492,14 @@ class Dispatcher:
         that has begun."""
         gpus = [Gpu(slot.device.index, slot.budget_gb, busy=slot.job is not None, one_model=slot.device.one_model,
                     warm=tuple(WarmModel(w.model, w.memory_gb, w.last_used) for w in slot.workers.values()
-                               if w.state == IDLE)) for slot in self.devices]
+                               if w.state == IDLE)) for slot in self._slots]
         plans = []
         for waiting in (self._legs_waiting, [] if self.paused else self.queue):
             if not waiting:
                 continue
             # a model past every budget of its devices runs alone on one
             queue = [QueuedJob(job.id, job.model, job.submitted_at, min(self._memory_gb(job.model), self._budget_gb(job.model)),
-                               self._pins(job.model), job.passed_over) for job in waiting]
+                               self._runs_on(job.model), job.passed_over) for job in waiting]
             plans.append(place(gpus, queue, time.monotonic(), Policy(lookahead=self.lookahead)))
             taken = {start.gpu for start in plans[-1].starts}
             gpus = [dataclasses.replace(gpu, busy=True) if gpu.index in taken else gpu for gpu in gpus]
@@ -472,7 +529,7 @@ class Dispatcher:
 
     def _start(self, start: Start) -> None:
         """A job placed: a leg of a running flow goes on, a queued job leaves the queue and runs."""
-        job, slot = self.jobs[start.job], self.devices[start.gpu]
+        job, slot = self.jobs[start.job], self._slots[start.gpu]
         slot.job, placed = job, Placed(slot, start)
         if job in self._legs_waiting:
             self._legs_waiting.remove(job)
@@ -586,8 +643,10 @@ class Dispatcher:
         spec = self.registry.get(model)
         if spec.device.startswith("cuda:"):  # pinned to that GPU, the one it sees
             spec = dataclasses.replace(spec, device="cuda")
-        worker = self.launcher(spec, self._memory_gb(model), self._on_worker_message, self._on_worker_exit,
-                               self.intervals, device=slot.device)
+        launcher = WorkerProcess if slot.device.lane else self.launcher  # a hosted model's worker runs here
+        keys = {m.api_key_env for m in self.registry.models.values() if m.api_key_env}  # each worker gets its own only
+        worker = launcher(spec, self._memory_gb(model), self._on_worker_message, self._on_worker_exit,
+                          self.intervals, device=slot.device, key_variables=keys)
         await worker.start()
         slot.workers[model] = worker
         self._emit(EventKind.WORKER_SPAWNED, None, model=model, pid=worker.pid, device=slot.device.index)
@@ -609,7 +668,7 @@ class Dispatcher:
 
     def _forget(self, worker: WorkerProcess) -> None:
         """Out of service: no job is given to it again."""
-        workers = self.devices[worker.device.index].workers
+        workers = self._slots[worker.device.index].workers
         if workers.get(worker.model) is worker:
             del workers[worker.model]
 
@@ -709,6 +768,28 @@ class Dispatcher:
             return self.jobs[job_id]
         except KeyError:
             raise ValueError(f"no job {job_id!r}") from None
+
+
+def _lanes(registry: Registry, first: int) -> list[Device]:
+    """Each hosted model's lanes, `concurrency` of them, numbered on from `first` (after the devices)."""
+    lanes = [(spec.name, n) for spec in registry.models.values() if spec.hosted for n in range(1, spec.concurrency + 1)]
+    return [Device(first + i, f"{name} lane {n}", lane=name) for i, (name, n) in enumerate(lanes)]
+
+
+def _check_not_sent(model: ModelSpec, job: JobSpec) -> None:
+    """Steps or guidance given for a hosted model, refused: its provider is never sent them, and
+    images that differ only by them would each be paid for."""
+    for name, are in (("steps", "steps are"), ("guidance", "guidance is")):
+        if getattr(job, name) is not None:
+            raise SpecError(name, f"{model.name} is hosted by {model.kind}: {are} not sent; leave {name} out")
+
+
+def _check_hosted(model: ModelSpec, job: JobSpec) -> None:
+    """What a hosted model's job would be refused for once sent, refused now: its key's variable
+    unset (RegistryError), what its provider cannot take (SpecError)."""
+    if (problem := key_problem(model)) is not None:
+        raise RegistryError(problem)
+    provider(model.kind).check(model, job)
 
 
 def _current(job: Job, run: Run) -> bool:

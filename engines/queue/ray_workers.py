@@ -20,7 +20,7 @@ import signal
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import ray
 from diffdeck.engines.core.files import write_whole
@@ -103,7 +103,7 @@ class RayWorker(WorkerProcess):
 
     async def _launch(self) -> RemoteProcess:
         options = actor_options(self.spec, ray.cluster_resources().get("GPU", 0))
-        return await RemoteProcess.start(self.spec, self._intervals, options)
+        return await RemoteProcess.start(self.spec, self._intervals, options, self._key_variables)
 
 
 class RemoteProcess:
@@ -126,13 +126,14 @@ class RemoteProcess:
 
     @classmethod
     async def start(cls, spec: ModelSpec, intervals: Intervals, options: dict[str, Any],
-                    timeout_s: float = START_TIMEOUT_S) -> RemoteProcess:
+                    key_variables: Collection[str] = (), timeout_s: float = START_TIMEOUT_S) -> RemoteProcess:
         """WorkerError where no node gives the actor what it asks for within `timeout_s` (Ray
-        would leave it pending for ever), or where it fails to start."""
+        would leave it pending for ever), or where it fails to start. `key_variables`: as spawn_worker's."""
         actor = NodeWorker.options(**options).remote()
         try:
             started = await asyncio.wait_for(
-                actor.start.remote(spec.to_dict(), intervals.progress_s, intervals.preview_s), timeout_s)
+                actor.start.remote(spec.to_dict(), intervals.progress_s, intervals.preview_s, sorted(key_variables)),
+                timeout_s)
         except asyncio.TimeoutError:
             ray.kill(actor)
             asked = "a GPU" if options.get("num_gpus") else f"what its actor asks for ({options})"
@@ -231,11 +232,13 @@ class RemoteProcess:
 class NodeWorker:
     """On a node: one worker process, its wire lines and stderr kept for the head to take."""
 
-    async def start(self, spec: dict[str, Any], progress_s: float, preview_s: float) -> dict[str, Any]:
+    async def start(self, spec: dict[str, Any], progress_s: float, preview_s: float,
+                    key_variables: list[str]) -> dict[str, Any]:
         self.node = socket.gethostname()
         self.scratch = Path(tempfile.mkdtemp(prefix="diffdeck-ray-"))  # what its jobs write and read here
         self.outbox: asyncio.Queue[tuple[str, Any, dict[str, Any]]] = asyncio.Queue()
-        self.proc = await spawn_worker(ModelSpec.from_dict(spec), Intervals(progress_s, preview_s))
+        self.proc = await spawn_worker(ModelSpec.from_dict(spec), Intervals(progress_s, preview_s),
+                                       key_variables=key_variables)
         self.relays = asyncio.gather(self._relay_lines(), self._relay_stderr())
         asyncio.get_running_loop().create_task(self._report_exit())
         return {"node": self.node, "pid": self.proc.pid}

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from diffdeck.engines.core.spec import ModelSpec
 from diffdeck.engines.core.worker_protocol import Intervals, ProtocolError, decode, encode
@@ -38,7 +38,10 @@ class WorkerProcess:
         on_exit: Callable[["WorkerProcess"], None],
         intervals: Intervals = Intervals(),
         device: Device = CPU,
+        key_variables: Collection[str] = (),
     ):
+        """`key_variables`: every model's API key variable (the registry's): none reaches the worker
+        but its own model's."""
         self.spec = spec
         self.device = device  # the one it is pinned to
         self.memory_gb = memory_gb  # the registry's estimate until the worker measures itself
@@ -53,6 +56,7 @@ class WorkerProcess:
         self._on_message = on_message
         self._on_exit = on_exit
         self._intervals = intervals
+        self._key_variables = frozenset(key_variables)
         self._proc: asyncio.subprocess.Process | None = None
         self._load_error: str | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -72,7 +76,7 @@ class WorkerProcess:
 
     async def _launch(self) -> asyncio.subprocess.Process:
         """The worker's process, or what stands for it (diffdeck.engines.queue.ray_workers)."""
-        return await spawn_worker(self.spec, self._intervals, self.device)
+        return await spawn_worker(self.spec, self._intervals, self.device, self._key_variables)
 
     async def wait_ready(self) -> None:
         """Until the model is loaded; WorkerError if it cannot be. Cancelling the waiter
@@ -169,17 +173,22 @@ class WorkerProcess:
         self._on_message(self, message)
 
 
-async def spawn_worker(spec: ModelSpec, intervals: Intervals, device: Device = CPU) -> asyncio.subprocess.Process:
-    """`python -m diffdeck.engines.worker` for `spec`, its pipes open, pinned to `device` (the
-    only GPU it sees); it dies with this process."""
-    env = {**os.environ, "PYTORCH_ALLOC_CONF": "expandable_segments:True", "PYTHONUNBUFFERED": "1",
+async def spawn_worker(spec: ModelSpec, intervals: Intervals, device: Device = CPU,
+                       key_variables: Collection[str] = ()) -> asyncio.subprocess.Process:
+    """`python -m diffdeck.engines.worker` for `spec` (a hosted model's: `diffdeck.engines.hosted`),
+    its pipes open, pinned to `device` (the only GPU it sees), without the API key variables named in
+    `key_variables` but its own model's; it dies with this process."""
+    hidden = set(key_variables) - {spec.api_key_env}
+    env = {**{name: value for name, value in os.environ.items() if name not in hidden},
+           "PYTORCH_ALLOC_CONF": "expandable_segments:True", "PYTHONUNBUFFERED": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if device.visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = device.visible
     # A session of its own: Ctrl-C in the terminal reaches the client, which cancels the
     # job cleanly, instead of killing every worker with it.
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "diffdeck.engines.worker", "--model", json.dumps(spec.to_dict()),
+        sys.executable, "-m", "diffdeck.engines.hosted" if spec.hosted else "diffdeck.engines.worker",
+        "--model", json.dumps(spec.to_dict()),
         *intervals.to_args(), "--parent", str(os.getpid()),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=env, limit=_LINE_LIMIT, start_new_session=True,

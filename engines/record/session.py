@@ -43,7 +43,9 @@ from diffdeck.engines.core.files import write_whole
 from diffdeck.engines.core.jsontext import parse_json
 from diffdeck.engines.core.spec import MAX_COUNT, JobSpec
 from diffdeck.engines.core.text import visible
+from diffdeck.engines.core.validation import is_finite_number
 from diffdeck.engines.core.yamlfile import load_yaml, parse_yaml, read_utf8
+from diffdeck.engines.record.spend import Spent, is_cost, job_spent, session_spent
 
 FORMAT = 1
 DEFAULT_ROOT = Path("sessions")
@@ -57,7 +59,7 @@ STAGE_FIELDS = ("stage", "kind", "model", "image", "seed", "path", "pixel_sha256
                 "gpu")
 
 
-_JOURNAL_EVENTS = RECORDED_EVENTS | VERDICT_EVENTS  # what a journal line may be
+_JOURNAL_EVENTS = RECORDED_EVENTS | VERDICT_EVENTS | {EventKind.QUALITY}  # what a journal line may be
 
 
 class SessionError(Exception):
@@ -100,10 +102,12 @@ def summarize(folder: Path) -> dict[str, Any]:
         session = Session.open(folder)
         jobs = session.jobs.values()
         created = session.record.get("created")  # a hand-edited date is a YAML date, not text
+        spent = session_spent(jobs)
         return {**row, "created": None if created is None else str(created), "jobs": len(jobs),
                 "images": sum(len(job["images"]) for job in jobs),
                 "statuses": dict(Counter(str(job["status"]) for job in jobs)),
-                "models": sorted({str(job["spec"]["model"]) for job in jobs})}
+                "models": sorted({str(job["spec"]["model"]) for job in jobs}),
+                "cost_usd": spent.usd, "unknown_price_images": spent.unknown, "cost": spent.text() if spent else None}
     except SessionError as e:
         return {**row, "problem": str(e)}
     except OSError as e:
@@ -218,10 +222,19 @@ class Session:
                 if image.get("rating", 0) not in range(6):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the rating "
                                        f"{image['rating']!r}; a rating is 1 to 5 stars")
+                if not _is_cost(image.get("cost_usd", 0)):
+                    raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the cost "
+                                       f"{image['cost_usd']!r}; a number of US dollars, 0 or more, was expected")
+                if not _is_quality(image.get("quality", {})):
+                    raise SessionError(f"{where}: job {job_id!r} image {image['image']} has quality measures that "
+                                       "are not numbers (and the text of their reference)")
                 path = image.get("path")
                 if not _is_inside(path):
                     raise SessionError(f"{where}: job {job_id!r} image {image['image']} has the path {path!r}, "
                                        "which leaves the session folder; refusing to use it")
+            if "spent" in job and Spent.from_entry(job["spent"]) is None:
+                raise SessionError(f"{where}: job {job_id!r} has the spend {job['spent']!r}; usd (US dollars, 0 or "
+                                   "more), images and unknown (counts) were expected")
             problem = _stages_problem(job.get("stages", []))
             if problem:
                 raise SessionError(f"{where}: job {job_id!r} {problem}")
@@ -249,6 +262,8 @@ class Session:
             raise SessionWriteError(*self.write_error.args)
         if event["type"] in (EventKind.IMAGE, EventKind.STAGE_IMAGE):
             event = {**event, **{key: self._relative(event[key]) for key in ("path", "latents") if key in event}}
+        if event["type"] == EventKind.IMAGE and "cost_usd" in event and event.get("job") in self.jobs:
+            event = {**event, "paid": job_spent(self.jobs[event["job"]]).images + 1}  # its place in the job's spend
         self.apply(event)
         self._write_line(json.dumps(event, separators=(",", ":")).encode() + b"\n")
         return event
@@ -318,16 +333,23 @@ class Session:
             image = {k: event[k] for k in ("image", "seed", "path", "pixel_sha256", "timings", "peak_memory")}
             if "gpu" in event:  # the one that rendered it, where it was a GPU: index, name, UUID
                 image["gpu"] = event["gpu"]
+            image.update({k: event[k] for k in ("cost_usd", "hosted") if k in event})  # a hosted image's
             job["images"] = [i for i in job["images"] if i["image"] != image["image"]] + [image]
+            spent = job_spent(job)
+            # every image paid for counts, made again or not; a journal line the record already
+            # holds (replayed after a compaction cut short) is counted once
+            if "cost_usd" in event and event.get("paid", spent.images + 1) > spent.images:
+                job["spent"] = spent.paid(event["cost_usd"]).to_dict()
         elif kind == EventKind.STAGE_IMAGE:
             stage = {k: event[k] for k in STAGE_FIELDS if k in event}
             job["stages"] = [s for s in job.get("stages", []) if (s["image"], s["stage"]) != (stage["image"], stage["stage"])]
             job["stages"].append(stage)
         elif kind == EventKind.RATING:
-            image = next((i for i in job["images"] if i["image"] == event["image"]), None)
-            if image is None:
-                raise SessionError(f"a rating for {job_id} image {event['image']}, which it does not have")
-            image["rating"] = event["stars"]
+            _image_of(job_id, job, event["image"], "a rating")["rating"] = event["stars"]
+        elif kind == EventKind.QUALITY:  # a daemon's too: checked as it comes, not only when a session is read
+            if not _is_quality(event.get("quality")):
+                raise SessionError(f"quality measures for {job_id} image {event.get('image')!r} that are not numbers")
+            _image_of(job_id, job, event.get("image"), "quality measures")["quality"] = event["quality"]
         elif kind == EventKind.DONE:
             job.update(status=Status.DONE, timings=event["timings"], peak_memory=event["peak_memory"])
         else:  # failed, cancelled, held
@@ -350,6 +372,10 @@ class Session:
         """Record who won a pair; returns the event recorded."""
         return self.append({"type": EventKind.PICK, "set": set_id, "image": image, "left": left, "right": right,
                             "winner": winner})
+
+    def measured(self, job_id: str, image: int, quality: dict[str, Any]) -> dict[str, Any]:
+        """Record what an image measures (diffdeck.engines.sets.quality); returns the event recorded."""
+        return self.append({"type": EventKind.QUALITY, "job": job_id, "image": image, "quality": quality})
 
     def rate(self, job_id: str, image: int, stars: int) -> dict[str, Any]:
         """1 to 5 stars; 0 takes the rating back. Returns the event recorded."""
@@ -630,6 +656,29 @@ def _stages_problem(stages: Any) -> str | None:
                 return (f"stage {stage['stage']} image {stage['image']} has the {key} path {stage.get(key)!r}, "
                         "which leaves the session folder; refusing to use it")
     return None
+
+
+def _image_of(job_id: str, job: dict[str, Any], index: int, what: str) -> dict[str, Any]:
+    """A job's image by its index; SessionError where `what` (an event's) names one it does not have."""
+    image = next((i for i in job["images"] if i["image"] == index), None)
+    if image is None:
+        raise SessionError(f"{what} for {job_id} image {index}, which it does not have")
+    return image
+
+
+def _is_cost(value: Any) -> bool:
+    return value is None or is_cost(value)
+
+
+QUALITY_TEXTS = frozenset({"reference", "ssim_unmeasured", "failed"})  # a quality record's words; the rest numbers
+
+
+def _is_quality(quality: Any) -> bool:
+    """Whether an image's quality measures are finite numbers by name (None: not measured), and its
+    words (reference, why not), as the views that print them with a number format need."""
+    return isinstance(quality, dict) and all(
+        isinstance(value, str) if name in QUALITY_TEXTS else value is None or is_finite_number(value)
+        for name, value in quality.items())
 
 
 def _is_a(words: frozenset[str], value: Any) -> bool:

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any, Callable
 
 from diffdeck.engines.core.events import Event, EventKind, EventStream, JobRecord, Status
+from diffdeck.engines.core.flow_checks import route_job
 from diffdeck.engines.core.registry import Registry, RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
+from diffdeck.engines.hosted.estimate import pricer
 from diffdeck.engines.queue.dispatcher import Dispatcher, Job
 from diffdeck.engines.queue.telemetry import WorkerView
 from diffdeck.engines.record.session import Session, SessionWriteError
+from diffdeck.engines.service.costs import Costs
 from diffdeck.engines.service.engine import Engine
+from diffdeck.engines.service.quality_recorder import QualityRecorder
 from diffdeck.engines.sets.variants import VariantSet
 from PIL import Image
 
@@ -28,24 +33,29 @@ from PIL import Image
 class RecordedQueue(Engine):
     def __init__(self, registry: Registry, session: Session, **dispatcher_options):
         self.session = session
+        self.costs = Costs(registry, session)  # the budgets, and the day's spend ledger
         self.dispatcher = Dispatcher(registry, session.images_dir, first_job_number=session.next_job_number(),
-                                     first_set_number=session.next_set_number(), **dispatcher_options)
+                                     first_set_number=session.next_set_number(), admit=self._admit,
+                                     **dispatcher_options)
         self.recording: asyncio.Task | None = None
         self._recorder: EventStream | None = None
         self._closed = False
         self._problem: str | None = None
         self._followers: list[EventStream] = []
         self.refused: list[tuple[str, str]] = []  # unfinished jobs of the session that could not be resumed
-        # told of each pick and rating once it is recorded (a daemon: its clients)
+        # told of each pick, rating and quality measure once it is recorded (a daemon: its clients)
         self.listeners: list[Callable[[Event], None]] = []
+        self.quality = QualityRecorder(session, self._tell)  # each image measured, off the render path
 
     def start(self, resume: bool = True) -> list[tuple[str, str]]:
-        """Start recording and rendering and, with `resume`, queue the session's unfinished jobs
-        again. Returns (and keeps in `refused`) the jobs that could not be (an unknown model,
-        say), each with why: they stay queued in the session, for another day."""
+        """Start recording, measuring and rendering and, with `resume`, queue the session's unfinished
+        jobs again and measure the images it holds unmeasured. Returns (and keeps in `refused`) the
+        jobs that could not be (an unknown model, say), each with why: they stay queued in the
+        session, for another day."""
         self._recorder = self.dispatcher.subscribe()
         self.dispatcher.start()
         self.recording = asyncio.create_task(self._record(self._recorder))
+        self.quality.start(backlog=resume)
         for job in self.session.unfinished() if resume else ():
             try:
                 self.dispatcher.restore(job)
@@ -61,21 +71,42 @@ class RecordedQueue(Engine):
     async def _record(self, events: EventStream) -> None:
         try:
             async for event in events:
-                self.session.record_event(event)
+                self._recorded(event)
+                if event.type == EventKind.IMAGE:
+                    self.quality.recorded(event.job, event.data["image"])
                 for stream in list(self._followers):
                     stream.put(event)
         finally:
             for stream in list(self._followers):
                 stream.end()
 
+    def _recorded(self, event: Event) -> None:
+        """An event in the session and, a hosted image's cost, in the spend ledger."""
+        self.session.record_event(event)
+        self.costs.record(event)
+
     # the Engine's calls
 
     async def submit(self, spec: JobSpec) -> JobRecord:
-        return self.dispatcher.submit(spec).record()
+        return self.dispatcher.submit(self._routed(spec)).record()
 
     async def submit_set(self, variants: VariantSet) -> tuple[str, list[str]]:
-        set_id, jobs = self.dispatcher.submit_set(variants)
+        routed = tuple(dataclasses.replace(variant, spec=self._routed(variant.spec)) for variant in variants.variants)
+        set_id, jobs = self.dispatcher.submit_set(dataclasses.replace(variants, variants=routed))
         return set_id, [job.id for job in jobs]
+
+    def _routed(self, spec: JobSpec) -> JobSpec:
+        """The job routed here, where prices are known: a route's money cap (`max_cost_usd:`) applies.
+        One that cannot be routed comes back as it is, for the Dispatcher to refuse, naming it."""
+        registry = self.dispatcher.registry
+        try:
+            return route_job(spec, registry, price=pricer(registry))
+        except (SpecError, RegistryError):
+            return spec
+
+    def _admit(self, ids: list[str], specs: list[JobSpec]) -> None:
+        """The budgets, kept before the Dispatcher queues anything (BudgetError names the estimate)."""
+        self.costs.admit(ids, specs, self.dispatcher.jobs.values())
 
     async def cancel(self, job_id: str) -> bool:
         return self.dispatcher.cancel(job_id)
@@ -136,10 +167,11 @@ class RecordedQueue(Engine):
         if self.recording is not None:
             self.recording.cancel()
             await asyncio.gather(self.recording, return_exceptions=True)
+        self.quality.close()
         try:
             if self._recorder is not None:
                 for event in self._recorder.drain():  # emitted, not yet written
-                    self.session.record_event(event)
+                    self._recorded(event)
             for job in self.dispatcher.jobs.values():
                 if job.status == Status.RUNNING:  # stopped by the user, not crashed: queued, not counted
                     self.session.append({"type": EventKind.QUEUED, "job": job.id, "spec": job.spec.to_dict(),

@@ -1,6 +1,9 @@
 """Replay a session: say what differs from the recorded environment and which of that can move
 pixels by float noise (the drift factors), render the recorded jobs again with their recorded
 seeds into a new `replay-<n>/` folder, and with a check judge every image against its record.
+A hosted model's images are rendered again only when asked (each costs money again): then the
+replay is kept to the budgets of models.yaml as a whole before anything is queued, and each image
+it pays for goes into the spend ledger, as a recorded queue's do (diffdeck.engines.service.costs).
 A flow's image is judged stage by stage: the first of its stage images that differs from the
 record is named, and the later ones (which follow from it) are not judged.
 UI side: a client of the Dispatcher.
@@ -9,11 +12,14 @@ UI side: a client of the Dispatcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from diffdeck.engines.core.events import Status
+from diffdeck.engines.core.budgets import usd
+from diffdeck.engines.core.events import Event, Status
 from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.registry import Registry
@@ -21,6 +27,7 @@ from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.queue.dispatcher import Dispatcher, Job
 from diffdeck.engines.queue.environment_probe import probe_environment
 from diffdeck.engines.record.session import Session, SessionError
+from diffdeck.engines.service.costs import Costs
 from diffdeck.engines.sets.similarity import Tolerance, Verdict, compare
 from diffdeck.engines.sets.variants import VariantSet
 from PIL import Image
@@ -36,6 +43,7 @@ class ImageResult:
     verdict: Verdict | None  # None: not checked, or (the record intact) not rendered
     stage: str | None = None  # a flow's image: the first stage whose image fails the check, "stage 1 (upscale)"
     gpu_drift: list[str] = field(default_factory=list)  # rendered again on another GPU than recorded
+    hosted: str | None = None  # a hosted model's image not rendered again: why
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,12 @@ class EnvironmentCheck:
 DRIFT_FIELDS = ("cpu", "cuda", "cudnn", "gpus", "driver")
 DRIFT_LIBRARIES = ("torch", "diffusers", "transformers", "numpy")
 FAILING = ("different", "altered", "missing")  # verdict kinds that fail a check
+UNSEEDED = "hosted model without a seed"
 
 
 def new_replay_folder(root: Path) -> Path:
-    """Make the next free `replay-<n>/` in root (root too, if need be) before anything renders."""
+    """Make the next free `replay-<n>/` in root (root too, if need be) before anything renders.
+    One that nothing was rendered into is taken away again (`discard_if_empty`)."""
     n = 1
     while True:
         folder = root / f"replay-{n}"
@@ -73,6 +83,15 @@ def new_replay_folder(root: Path) -> Path:
         except OSError as e:
             raise SessionError(f"cannot write the replay into {root}: {e.strerror or e}; "
                                "name a folder that can be written with --into DIR") from None
+
+
+def discard_if_empty(folder: Path) -> bool:
+    """Remove a replay folder (a session let go of) that holds nothing, its images/ folder too if
+    empty: a replay refused, or that rendered nothing. Whether it was removed."""
+    for empty in (folder / "images", folder):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
+    return not folder.exists()
 
 
 def select_jobs(session: Session, selector: str | None) -> list[str]:
@@ -96,6 +115,17 @@ def job_models(session: Session, job_ids: list[str]) -> list[str]:
     return sorted(models)
 
 
+def hosted_record(session: Session, job_id: str) -> dict[str, Any] | None:
+    """What a hosted model's job recorded of its provider (its images' `hosted`); None for a local model's."""
+    return next((image["hosted"] for image in session.jobs[job_id]["images"] if isinstance(image.get("hosted"), dict)),
+                None)
+
+
+def to_render(session: Session, job_ids: list[str], rerun_hosted: bool) -> list[str]:
+    """The jobs a replay renders again: a hosted model's only when asked (each image costs money again)."""
+    return [job_id for job_id in job_ids if rerun_hosted or hosted_record(session, job_id) is None]
+
+
 def check_environment(session: Session, registry: Registry, models: list[str]) -> EnvironmentCheck:
     """What differs, for each model, between what it was rendered with and what is here now:
     the environment (Python, libraries, CPU, CUDA, GPUs) and the model itself (revision, weight
@@ -106,6 +136,9 @@ def check_environment(session: Session, registry: Registry, models: list[str]) -
         return EnvironmentCheck([unread], {model: [unread] for model in models})
     lines, drift = [], {}
     for model in models:
+        if registry.get(model).hosted:  # rendered by the provider's machines: nothing of this one decides its pixels
+            drift[model] = []
+            continue
         record = session.record["models"].get(model) or {}
         folder = registry.files(model).folder
         now = {"environment": environment, "model": model_identity(folder) if folder else None}
@@ -140,27 +173,70 @@ def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if recorded == current else [f"{prefix.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
-async def replay(registry: Registry, session: Session, job_ids: list[str], target: Session, check: Check | None,
-                 on_result: Callable[[ImageResult], None]) -> list[ImageResult]:
+async def replay(registry: Registry, session: Session, job_ids: list[str], target: Session | None,
+                 check: Check | None, on_result: Callable[[ImageResult], None],
+                 rerun_hosted: bool = False) -> list[ImageResult]:
+    """Render `job_ids` again into `target` (None: where none is to be rendered again, `to_render`),
+    and judge them with `check`. A hosted model's jobs are rendered again only with `rerun_hosted`;
+    one without a seed is "not reproducible" either way. BudgetError, before anything is queued,
+    where rendering them again would go over a budget."""
     results = []
-    async with Dispatcher(registry, target.images_dir, first_job_number=target.next_job_number()) as dispatcher:
+    async with _rendering(registry, session, to_render(session, job_ids, rerun_hosted), target) as replayed:
+        for job_id in job_ids:
+            recorded = session.jobs[job_id]
+            job = await replayed(job_id)
+            new = {image["image"]: image for image in job.images} if job else {}
+            for image in sorted(recorded["images"], key=lambda i: i["image"]):
+                new_stages = {s["stage"]: s for s in job.stages if s["image"] == image["image"]} if job else {}
+                result = _result(session, job_id, image, new.get(image["image"]), new_stages, check)
+                if isinstance(image.get("hosted"), dict):
+                    result = _hosted(result, image, job is not None, check)
+                results.append(result)
+                on_result(result)
+    return results
+
+
+@contextlib.asynccontextmanager
+async def _rendering(registry: Registry, session: Session, job_ids: list[str],
+                     target: Session | None) -> AsyncIterator[Callable[[str], Awaitable[Job | None]]]:
+    """The jobs rendering again into `target`, recorded there: a recorded job's replay, once it
+    finished (None: not rendered again). Kept to the budgets as a whole first, and as each is
+    queued (the Dispatcher's admit)."""
+    if not job_ids or target is None:
+        yield _not_rendered
+        return
+    costs = Costs(registry, target)
+    costs.admit(job_ids, [JobSpec.from_dict(session.jobs[job_id]["spec"]) for job_id in job_ids], (),
+                whole="the replay's")
+    dispatcher = Dispatcher(registry, target.images_dir, first_job_number=target.next_job_number(),
+                            admit=lambda ids, specs: costs.admit(ids, specs, dispatcher.jobs.values()))
+    async with dispatcher:
         events = dispatcher.subscribe()
-        recorder = asyncio.create_task(target.record_events(events))
+
+        def recorded(event: Event) -> None:
+            target.record_event(event)
+            costs.record(event)
+
+        async def record() -> None:
+            async for event in events:
+                recorded(event)
+
+        recorder = asyncio.create_task(record())
         try:
-            replayed = _queue(dispatcher, session, job_ids)
-            for job_id in job_ids:
-                recorded, job = session.jobs[job_id], await dispatcher.wait(replayed[job_id].id)
-                new = {image["image"]: image for image in job.images}
-                for image in sorted(recorded["images"], key=lambda i: i["image"]):
-                    new_stages = {s["stage"]: s for s in job.stages if s["image"] == image["image"]}
-                    result = _result(session, job_id, image, new.get(image["image"]), new_stages, check)
-                    results.append(result)
-                    on_result(result)
+            jobs = _queue(dispatcher, session, job_ids)
+
+            async def replayed(job_id: str) -> Job | None:
+                return await dispatcher.wait(jobs[job_id].id) if job_id in jobs else None
+
+            yield replayed
         finally:
             recorder.cancel()
             for event in events.drain():
-                target.record_event(event)
-    return results
+                recorded(event)
+
+
+async def _not_rendered(job_id: str) -> None:
+    return None
 
 
 def _queue(dispatcher: Dispatcher, session: Session, job_ids: list[str]) -> dict[str, Job]:
@@ -207,6 +283,20 @@ def _result(session: Session, job_id: str, recorded: dict[str, Any], new: dict[s
     return result
 
 
+def _hosted(result: ImageResult, recorded: dict[str, Any], rendered: bool, check: Check | None) -> ImageResult:
+    """A hosted model's image: one sent without a seed is not reproducible, rendered again or not (its record
+    checked all the same); one with a seed is judged as any other where it was rendered again."""
+    if not recorded["hosted"].get("reproducible"):
+        verdict = check and (judge(Path(result.recorded), recorded.get("pixel_sha256"), None, check.tolerance, [])
+                             or Verdict("not reproducible", note=UNSEEDED))
+        return replace(result, verdict=verdict or None, hosted=None if rendered else f"not reproducible ({UNSEEDED})")
+    if rendered:
+        return result
+    cost = recorded.get("cost_usd")
+    again = f", about {usd(cost)}" if isinstance(cost, (int, float)) else ""
+    return replace(result, hosted=f"not rendered again: a hosted model (--rerun-hosted renders it{again})")
+
+
 def gpu_drift(recorded: dict[str, Any], new: dict[str, Any] | None) -> list[str]:
     """A drift factor where an image recorded on one GPU was rendered again on another (even two
     of one kind may differ in the last bit); a change between GPU and CPU is the environment's."""
@@ -243,15 +333,18 @@ def result_dict(result: ImageResult) -> dict[str, Any]:
     return data
 
 
-VERDICT_KINDS = ("identical", "near-identical", "different", "altered", "missing")  # as a summary counts them
+# as a summary counts them
+VERDICT_KINDS = ("identical", "near-identical", "different", "altered", "missing", "not reproducible")
 
 
 @dataclass(frozen=True)
 class ReplaySummary:
     images: int
+    rendered: int  # rendered again
     counts: dict[str, int]  # images of each verdict kind, in VERDICT_KINDS' order
-    not_rendered: int
-    folder: Path  # the replay's
+    not_rendered: int  # that should have been: a hosted model's image left alone is counted apart
+    hosted_left: int  # hosted models' images not rendered again (without --rerun-hosted, or without a seed)
+    folder: Path | None  # the replay's; None where nothing was rendered again
     environment: EnvironmentCheck
 
     def passed(self, checked: bool) -> bool:
@@ -259,10 +352,13 @@ class ReplaySummary:
         return self.not_rendered == 0 and (not checked or sum(self.counts[kind] for kind in FAILING) == 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images": self.images, **self.counts, "not_rendered": self.not_rendered, "replay": str(self.folder),
+        return {"images": self.images, "rendered": self.rendered, **self.counts, "not_rendered": self.not_rendered,
+                "hosted_not_rendered": self.hosted_left, "replay": self.folder and str(self.folder),
                 "environment_differences": self.environment.differences, "drift_factors": self.environment.drift}
 
 
-def summarize_replay(results: list[ImageResult], folder: Path, environment: EnvironmentCheck) -> ReplaySummary:
+def summarize_replay(results: list[ImageResult], folder: Path | None, environment: EnvironmentCheck) -> ReplaySummary:
     counts = {kind: sum(1 for r in results if (r.verdict.kind if r.verdict else None) == kind) for kind in VERDICT_KINDS}
-    return ReplaySummary(len(results), counts, sum(1 for r in results if r.replayed is None), folder, environment)
+    left = sum(1 for r in results if r.hosted)
+    rendered = sum(1 for r in results if r.replayed is not None)
+    return ReplaySummary(len(results), rendered, counts, len(results) - rendered - left, left, folder, environment)

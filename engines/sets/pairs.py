@@ -1,5 +1,5 @@
-"""The pairs of an A/B set: image i of A against image i of each other variant, measured.
-UI side: PIL only."""
+"""The pairs of an A/B set: image i of A against image i of each other variant, measured; and
+what each image of a set measures, as recorded. UI side: PIL only."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def set_differences(session: Session, set_id: str) -> list[dict[str, Any]]:
                 pair = {"image": index, "seed": left["seed"], "left": first["label"], "right": other["label"]}
                 pairs.append({**pair, **_measures(a, b)})
     return pairs
+
+
+def set_quality(session: Session, set_id: str) -> list[dict[str, Any]]:
+    """Each variant's images, in the set's order, with what each measures as the session recorded
+    it (diffdeck.engines.sets.quality; None: not measured): label, job, image, seed, quality."""
+    rows = []
+    for variant in sorted(session.sets[set_id]["variants"], key=lambda v: v["cell"]):
+        job = session.jobs.get(variant["job"]) or {"images": []}
+        rows += [{"label": variant["label"], "job": variant["job"], "image": image["image"], "seed": image["seed"],
+                  "quality": image.get("quality")} for image in sorted(job["images"], key=lambda i: i["image"])]
+    return rows
 
 
 def _measures(a: Image.Image, b: Image.Image) -> dict[str, Any]:

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffdeck.engines import __version__
+from diffdeck.engines.bench.gpu_families import DEFAULT_BUDGET_S, FAMILIES, family_names
+from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.flow_checks import flow_problem, overriding, route_job
 from diffdeck.engines.core.flows import Lora
 from diffdeck.engines.core.registry import DeviceError, Registry, RegistryError, load_registry
-from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, JobSpec, SpecError, parse_size
+from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, LOCAL_KIND, SCHEDULERS, JobSpec, SpecError, parse_size
 from diffdeck.engines.core.text import counted, visible
 from diffdeck.engines.daemon.wire import DaemonError
+from diffdeck.engines.hosted import providers  # noqa: F401 - its providers check hosted entries as models.yaml is read
 from diffdeck.engines.record.session import (
     DEFAULT_ROOT,
     Session,
@@ -37,6 +40,7 @@ from diffdeck.engines.record.session import (
     new_session_dir,
     summarize,
 )
+from diffdeck.engines.record.spend import day_spent, ledger_path, today
 from diffdeck.engines.sets.tolerance import Tolerance
 from diffdeck.engines.sets.variants import (
     AXIS_FIELDS,
@@ -105,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="render a diffdeck image again from its own record (its spec and seed)")
     render.add_argument("--max-cost", type=float, metavar="SECONDS",
                         help="with --route: the preview route when the route's estimated render time is over this")
+    render.add_argument("--max-cost-usd", type=float, metavar="DOLLARS",
+                        help="with --route: the preview route when the route's estimated price is over this")
     add_engine_options(render)
     render.set_defaults(run=cmd_render)
 
@@ -151,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-phash", type=int, default=near.max_phash_distance, metavar="BITS",
                         help=f"near-identical allows at most this perceptual-hash distance "
                              f"(default: {near.max_phash_distance})")
+    replay.add_argument("--rerun-hosted", action="store_true",
+                        help="render hosted models' jobs again too (each image costs what it cost before)")
     replay.add_argument("--json", action="store_true", help="one JSON object per image, then a summary")
     replay.set_defaults(run=cmd_replay)
 
@@ -180,20 +188,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo_eval.set_defaults(run=cmd_demo_eval)
 
     bench = commands.add_parser("bench", parents=[common], help="per-image overhead of diffdeck over a bare diffusers loop")
-    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys", "frame", "fleet"), default="render",
+    bench.add_argument("what", nargs="?", choices=("render", "sessions", "keys", "frame", "fleet", "gpu"),
+                       default="render",
                        help="render: per-image overhead (default); sessions: autosave, open and replay costs; "
                             "keys: keystroke latency in the workbench, idle and while rendering; "
                             "frame: the workbench's first frame in tmux against a minimal Textual app's; "
-                            "fleet: a mixed queue simulated on 1, 2, 4 and 8 GPUs under three placements")
+                            "fleet: a mixed queue simulated on 1, 2, 4 and 8 GPUs under three placements; "
+                            "gpu: full-size pipelines against bare diffusers, isolation, the memory budget, "
+                            "batching, offload and dtypes, as a Markdown table")
     bench.add_argument("--model", default="demo")
     bench.add_argument("-n", type=int, default=1, help="images per round (default: 1)")
     bench.add_argument("--rounds", type=whole_number(1), metavar="N",
-                       help="alternating rounds of each (default: 60; frame: 10)")
+                       help="alternating rounds of each (default: 60; frame: 10; gpu: 3, with --toy 2)")
     bench.add_argument("--keys", type=whole_number(1), default=200, metavar="N",
                        help="keys: keystrokes idle, then as many while rendering (default: 200)")
     bench.add_argument("--session", type=Path, metavar="PATH", dest="timings",  # read only: not a written folder
                        help="fleet: simulate with the step and load times recorded in this session "
                             "(default: stated SD-class constants)")
+    bench.add_argument("--toy", action="store_true", help="gpu: tiny pipelines of the same classes, for a CPU")
+    bench.add_argument("--families", type=family_names, default=FAMILIES, metavar="NAMES",
+                       help=f"gpu: the pipelines to build and measure (default: {','.join(FAMILIES)})")
+    bench.add_argument("--out", type=Path, metavar="FILE.md", help="gpu: write the table there too")
+    bench.add_argument("--budget-s", type=whole_number(0), default=DEFAULT_BUDGET_S, metavar="SECONDS",
+                       help=f"gpu: the whole run's time; rows past it are skipped, named (default: {DEFAULT_BUDGET_S})")
     bench.set_defaults(run=cmd_bench)
     add_daemon_commands(commands, common)
     return parser
@@ -350,7 +367,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.from_image:
         if args.prompts:
             raise SpecError("prompt", "give a prompt or --from IMAGE.png, not both")
-        given = _given_job_options(args) + (["--max-cost"] if args.max_cost is not None else [])
+        given = _given_job_options(args) + [f"--{name.replace('_', '-')}" for name in ("max_cost", "max_cost_usd")
+                                            if getattr(args, name) is not None]
         if given:
             raise SpecError("--from", f"renders the image as it was recorded, so {', '.join(given)} cannot apply; "
                                       "to change it, render its prompt with those options")
@@ -364,12 +382,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SpecError("prompt", "is missing: diffdeck render \"PROMPT\" [\"PROMPT\" ...], or --from IMAGE.png")
     else:
         specs = [_job_spec(args, prompt) for prompt in args.prompts]
-    if args.max_cost is not None:
-        if not args.route:
-            raise SpecError("--max-cost", "caps the cost of a route; give --route final (or auto) with it")
-        if not 0 < args.max_cost < float("inf"):
-            raise SpecError("--max-cost", f"is a number of seconds above 0, got {args.max_cost:g}")
-        specs = [route_job(spec, registry, args.max_cost) for spec in specs]
+    for option, cap, unit in (("--max-cost", args.max_cost, "seconds"), ("--max-cost-usd", args.max_cost_usd, "dollars")):
+        if cap is not None and not args.route:
+            raise SpecError(option, "caps the cost of a route; give --route final (or auto) with it")
+        if cap is not None and not 0 < cap < float("inf"):
+            raise SpecError(option, f"is a number of {unit} above 0, got {cap:g}")
+    specs = _routed_here(args, specs, registry)
     for spec in specs if not args.from_image else ():
         _check_used(args, spec, registry)
     connect = daemon_connection(args)
@@ -450,15 +468,30 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def _used_job_spec(args: argparse.Namespace, prompt: str, registry: Registry) -> JobSpec:
-    spec = _job_spec(args, prompt)
+    (spec,) = _routed_here(args, [_job_spec(args, prompt)], registry)
     _check_used(args, spec, registry)
     return spec
+
+
+def _routed_here(args: argparse.Namespace, specs: list[JobSpec], registry: Registry) -> list[JobSpec]:
+    """Jobs that ask for a route routed now, where prices are known, so that a money cap (the
+    route's `max_cost_usd:`, or --max-cost-usd) applies before their options are checked against it."""
+    if not any(spec.route for spec in specs):
+        return specs
+    from diffdeck.engines.hosted.estimate import pricer  # the providers' sizes: not at start
+
+    caps = getattr(args, "max_cost", None), getattr(args, "max_cost_usd", None)  # render's options
+    return [route_job(spec, registry, *caps, pricer(registry)) for spec in specs]
 
 
 def _run_set(args: argparse.Namespace, registry: Registry, variants: VariantSet) -> int:
     """Say how large the set is, ask when it is large, render it into a session, then measure
     A against each other variant (A/B) and write the contact sheet."""
-    print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {visible(variants.describe())}", file=sys.stderr)
+    from diffdeck.engines.hosted.estimate import cost_note  # the providers' sizes: not at start
+
+    cost = cost_note((variant.spec for variant in variants.variants), registry)
+    said = variants.describe() + (f" · {cost}" if cost else "")
+    print(f"{'A/B' if variants.kind == 'ab' else 'grid'}: {visible(said)}", file=sys.stderr)
     if variants.needs_confirmation() and not args.yes and not _confirm(f"queue {len(variants.variants)} jobs?"):
         raise SpecError("grid", f"{len(variants.variants)} jobs is more than {CONFIRM_ABOVE}; "
                                 "nothing queued (confirm, or pass --yes)")
@@ -474,17 +507,23 @@ def _run_set(args: argparse.Namespace, registry: Registry, variants: VariantSet)
     if not queued:
         return status
     from diffdeck.engines.sets.contact_sheet import contact_sheet
-    from diffdeck.engines.sets.pairs import set_differences
+    from diffdeck.engines.sets.pairs import set_differences, set_quality
+    from diffdeck.tui.quality import summary_lines
 
     set_id = queued[0]
     pairs = set_differences(session, set_id) if variants.kind == "ab" else []
+    quality = set_quality(session, set_id)
     sheets = [str(path) for path in contact_sheet(session, set_id)]
     if args.json:
-        print(json.dumps({"set": set_id, "pairs": pairs, "sheets": sheets}))
+        print(json.dumps({"set": set_id, "pairs": pairs, "quality": quality, "sheets": sheets}))
         return status
     for pair in pairs:
         measures = pair["note"] or f"PSNR {pair['psnr_db']} dB, perceptual-hash distance {pair['phash_distance']}"
         print(f"{pair['left']} vs {pair['right']} image {pair['image']} seed {pair['seed']}: {measures}")
+    if quality:
+        print("quality (SSIM, MS-SSIM: against the first variant's image of the same index, or a flow's previous stage):")
+        for line in summary_lines(quality):
+            print(visible(line))
     for sheet in sheets:
         print(visible(f"contact sheet: {sheet}"))
     return status
@@ -544,14 +583,21 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
     engine = RecordedQueue(registry, session)
     events = engine.subscribe()
     loop = asyncio.get_running_loop()
+
+    def interrupted() -> None:  # Ctrl-C: no more rendering, nor measuring (the next open measures what is left)
+        engine.dispatcher.cancel_all()
+        engine.quality.close()
+
     try:
         engine.start(resume=resume)
         job_ids = await queue_jobs(engine)  # raises on bad input, before anything runs
         jobs = {job_id: engine.dispatcher.jobs[job_id].record() for job_id in job_ids}
-        loop.add_signal_handler(signal.SIGINT, engine.dispatcher.cancel_all)
+        loop.add_signal_handler(signal.SIGINT, interrupted)
         await warn_of_a_daemon_holding([job.spec["model"] for job in jobs.values()])
         following = asyncio.create_task(follow_jobs(events, jobs, as_json))
         await asyncio.wait({following, engine.recording}, return_when=asyncio.FIRST_COMPLETED)
+        if session.write_error is None:
+            await engine.quality.settled()  # the measures of each image it made (not of a resumed session's older ones)
         if session.write_error is not None:  # nothing more can be recorded: render nothing more
             following.cancel()
             engine.dispatcher.cancel_all()
@@ -570,28 +616,38 @@ async def _render(registry: Registry, session: Session, queue_jobs, as_json: boo
 # replay
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from diffdeck.engines.hosted.estimate import cost_note  # the providers' sizes: not at start
     from diffdeck.engines.service.replay import (
         Check,
         ImageResult,
         check_environment,
+        discard_if_empty,
+        hosted_record,
         job_models,
         new_replay_folder,
         replay,
         result_dict,
         select_jobs,
         summarize_replay,
+        to_render,
     )
 
     registry = load_registry(args.models)
     session = Session.open(args.session, create=False)
     job_ids = select_jobs(session, args.jobs)
-    models = job_models(session, job_ids)
+    rendered = to_render(session, job_ids, args.rerun_hosted)
+    models = job_models(session, rendered)
     for name in models:
         registry.get(name)
     asyncio.run(warn_of_a_daemon_holding(models))
     environment = check_environment(session, registry, models)
-    target = open_for_writing(new_replay_folder(args.into or args.session))  # from here on, _finish lets it go
     say = (lambda text: None) if args.json else print
+    cost = cost_note((JobSpec.from_dict(session.jobs[job_id]["spec"]) for job_id in rendered
+                      if hosted_record(session, job_id)), registry)
+    if cost:
+        say(f"rendering hosted images again: {visible(cost)}")
+    # a folder only where something is rendered again; from here on, _finish lets it go
+    target = open_for_writing(new_replay_folder(args.into or args.session)) if rendered else None
     say("environment: " + ("as recorded" if not environment.differences else "differs from the record:"))
     for line in environment.differences:
         say(f"  {visible(line)}")  # recorded in the session: anything may be there
@@ -614,21 +670,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"perceptual-hash distance {verdict.phash_distance}"]
         details += [verdict.note] if verdict and verdict.note else []
         detail = f" ({', '.join(details)})" if details else ""
-        outcome = verdict.kind if verdict else ("rendered" if result.replayed else "not rendered")
+        outcome = verdict.kind if verdict else ("rendered" if result.replayed else result.hosted or "not rendered")
         where = f"{visible(result.stage)} differs: " if result.stage else ""
         print(f"{visible(result.job)} image {result.image} seed {result.seed}: {where}{outcome}{detail}", flush=True)
 
     try:
-        results = asyncio.run(replay(registry, session, job_ids, target, check, report))
+        results = asyncio.run(replay(registry, session, job_ids, target, check, report, args.rerun_hosted))
     finally:
-        _finish(target)
-    summary = summarize_replay(results, target.folder, environment)
+        if target is not None:
+            _finish(target)
+            if discard_if_empty(target.folder):  # refused, or nothing rendered: nothing to keep
+                target = None
+    summary = summarize_replay(results, target and target.folder, environment)
     if args.json:
         print(json.dumps({"summary": summary.to_dict()}))
     else:
-        print(f"{summary.images} images replayed into {target.folder}"
+        print((f"{summary.rendered} images replayed into {summary.folder}" if summary.rendered
+               else f"{summary.images} images, none rendered again")
               + (": " + ", ".join(f"{n} {k}" for k, n in summary.counts.items() if n) if args.check else "")
-              + (f"; {summary.not_rendered} not rendered" if summary.not_rendered else ""))
+              + (f"; {summary.not_rendered} not rendered" if summary.not_rendered else "")
+              + (f"; {summary.hosted_left} of hosted models not rendered again" if summary.hosted_left else ""))
     return 0 if summary.passed(args.check) else 1
 
 
@@ -650,9 +711,17 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                                    if status in row["statuses"])
             print(visible(f"{row['path']}  {row['created']}  {counted(row['jobs'], 'job')}"
                           + (f" ({not_done})" if not_done else "")
-                          + f"  {counted(row['images'], 'image')}  {row['size'] / 1e6:.1f} MB  {', '.join(row['models'])}"))
+                          + f"  {counted(row['images'], 'image')}  {row['size'] / 1e6:.1f} MB  {', '.join(row['models'])}"
+                          + (f"  {row['cost']}" if row["cost"] else "")))
     if not rows:
         print(f"no sessions under {args.root}")
+    ledger = ledger_path()
+    if ledger.is_file():
+        try:
+            spent = day_spent(ledger, today())
+        except OSError as e:
+            raise SessionError(f"{ledger} cannot be read ({e.strerror or e})") from None
+        print(visible(f"spent today ({today()}) on hosted models: {usd(spent)}, in {ledger}"))
     return 0
 
 
@@ -664,13 +733,14 @@ NOT_DONE = (Status.QUEUED, Status.RUNNING, Status.FAILED, Status.HELD, Status.CA
 
 def cmd_models(args: argparse.Namespace) -> int:
     registry = load_registry(args.models)
-    rows = registry.table()
+    rows = [{**row, **_hosted_terms(registry, row["name"])} for row in registry.table()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if registry.path:
         print(visible(f"models from {registry.path}"))
-    table = [("NAME", "FAMILY", "OFFLINE", "SOURCE")] + [
+    table = [("NAME", "FAMILY", "OFFLINE", "SOURCE")] + [  # a hosted model: its provider, and its model id
+        (r["name"], r["kind"], "hosted", r["source"]) if r["kind"] != LOCAL_KIND else
         (r["name"], r["family"] or "?", "yes" if r["offline"] else "no", r["source"]) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:  # models.yaml says what is in them
@@ -679,10 +749,34 @@ def cmd_models(args: argparse.Namespace) -> int:
         if r["description"]:
             example = f' For example: "{r["example"]}"' if r["example"] else ""
             print(visible(f"  {r['name']}: {r['description']}.{example}"))
-        for line in (r["note"], r["problem"]):
+        for line in (r["note"], r["problem"] or (r["key_set"] and f"its key's variable ${r['key_env']} is set")):
             if line:
                 print(visible(f"  {r['name']}: {line}"))
+        if r["price"]:
+            print(visible(f"  {r['name']}: {_price_text(r['price'])}; requests go to {r['base_url']}"))
     return 0
+
+
+def _hosted_terms(registry: Registry, name: str) -> dict[str, Any]:
+    """A hosted model's base URL (its entry's, else its provider's) and its price an image at its
+    default size, with where that price comes from; None for a local model."""
+    model = registry.get(name)
+    if not model.hosted:
+        return {"base_url": None, "price": None}
+    from diffdeck.engines.hosted.estimate import job_estimate  # the providers' sizes: not at start
+
+    defaults = registry.defaults(name, None)
+    price = job_estimate(JobSpec("", model=name), registry).parts[0].price
+    return {"base_url": model.base_url or providers.provider(model.kind).default_base_url,
+            "price": {"usd": price.usd, "source": price.source, "size": f"{defaults['width']}x{defaults['height']}"}}
+
+
+def _price_text(price: dict[str, Any]) -> str:
+    """"$0.05 an image at 1024x1024 (published prices read 2026-12-01)", or that it is not known."""
+    if price["usd"] is None:
+        return "its price is not known (give it price_usd: in models.yaml)"
+    source = "its price_usd in models.yaml" if price["source"] == "models.yaml" else price["source"]
+    return f"{usd(price['usd'])} an image at {price['size']} ({source})"
 
 
 # flows
@@ -809,6 +903,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from diffdeck.engines.bench.fleet import run_fleet_bench
 
         return run_fleet_bench(args.timings)
+    if args.what == "gpu":
+        from diffdeck.engines.bench.gpu import run_gpu_bench
+
+        if args.out is not None and not os.access(args.out.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--out: {args.out.parent} is not a folder this user may write")
+        return run_gpu_bench(args.families, args.toy, args.rounds, args.out, args.budget_s)
     from diffdeck.engines.bench.render_overhead import run_bench
 
     return run_bench(load_registry(args.models), args.model, args.n, args.rounds or 60)

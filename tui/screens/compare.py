@@ -1,7 +1,7 @@
 """A | B: two variants side by side at one image index, their parameters (what differs
-highlighted, what is equal dimmed), what each cost, and how far apart the images are (PSNR,
-perceptual-hash distance). The user picks a winner or rates an image; the screen posts what
-was said and the app records it.
+highlighted, what is equal dimmed), what each cost and measures, and how far apart the images
+are (PSNR, perceptual-hash distance, SSIM). The user picks a winner or rates an image; the
+screen posts what was said and the app records it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
+from textual.worker import get_current_worker
 
 LARGE_PX = 512
 
@@ -73,6 +74,8 @@ class CompareScreen(Screen):
         self.comparison, self.image_class = comparison, image_class
         self.rating_side = LEFT
         self._drawn: list[str | None] = [None, None]  # the image path each side shows or is decoding
+        self._differences: dict[tuple[str, str], str] = {}  # each pair's, measured once
+        self._measuring: tuple[str, str] | None = None  # the pair being measured
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-title")
@@ -116,7 +119,7 @@ class CompareScreen(Screen):
         for name, left, right, differs in c.parameter_rows():
             style = "bold $accent" if differs else "dim"
             table.add_row(plain(name, style="dim"), *(plain(v, style=_rich(style, self)) for v in (left, right)))
-        self._measure(sides)
+        self._show_difference(sides)
 
     def _show_image(self, which: int, side: Side) -> None:
         widget = self.query_one(f"#side-{which} .side-image")
@@ -147,29 +150,48 @@ class CompareScreen(Screen):
         if self._drawn[event.which] == event.path:  # not stale
             self.query_one(f"#side-{event.which} .side-image").image = event.picture
 
+    def _show_difference(self, sides: list[Side]) -> None:
+        """How far apart the two images are: measured once a pair, in a thread (the pair left
+        behind stops measuring), its SSIM the session's where it recorded it between them."""
+        paths = tuple(side.image["path"] if side.image else "" for side in sides)
+        known = self._differences.get(paths) if all(paths) else "difference: waiting for both images"
+        if known is not None:
+            self.query_one("#measures", Static).update(plain(known))
+        elif paths != self._measuring:
+            self._measuring = paths
+            self.query_one("#measures", Static).update(plain("difference: measuring"))
+            self._measure(paths, self.comparison.recorded_ssim())
+
     @work(thread=True, exclusive=True, group="compare-measure", exit_on_error=False)
-    def _measure(self, sides: list[Side]) -> None:
-        from diffdeck.engines.sets.similarity import measure, not_comparable  # PIL, not before the first frame
+    def _measure(self, paths: tuple[str, str], similarity: float | None) -> None:
+        from diffdeck.engines.sets.quality import WINDOW, luma, scaled, ssim  # numpy and PIL: not at start
+        from diffdeck.engines.sets.similarity import measure, not_comparable
         from PIL import Image
 
-        paths = tuple(side.image["path"] if side.image else "" for side in sides)
-        if not all(paths):
-            self.post_message(self.Measured(paths, "difference: waiting for both images"))
-            return
+        worker = get_current_worker()
         try:
             with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
                 if why := not_comparable(a, b):
                     self.post_message(self.Measured(paths, f"difference: {why}"))
                     return
                 db, distance = measure(a, b)
-        except OSError as e:
-            self.post_message(self.Measured(paths, f"difference: cannot read an image ({e})"))
+                if similarity is None and min(a.size) >= WINDOW and not worker.is_cancelled:
+                    similarity = ssim(luma(scaled(a)), luma(scaled(b)))
+        except Exception as e:  # noqa: BLE001 - a file gone, not an image, too large to decode: said, not raised
+            self.post_message(self.Measured(paths, f"difference: cannot read an image ({type(e).__name__}: {e})"))
             return
+        if worker.is_cancelled:
+            return  # paged away: measured again if it comes back
         psnr = "identical pixels" if math.isinf(db) else f"PSNR {db:.2f} dB"
-        self.post_message(self.Measured(paths, f"difference: {psnr} · perceptual-hash distance {distance}/64 bits"))
+        structure = "" if similarity is None else f" · SSIM {similarity:.4f}"
+        self.post_message(self.Measured(paths, f"difference: {psnr} · perceptual-hash distance {distance}/64 bits"
+                                               f"{structure}"))
 
     @on(Measured)
     def _measured(self, event: Measured) -> None:
+        self._differences[event.paths] = event.text
+        if self._measuring == event.paths:
+            self._measuring = None
         if event.paths == tuple(path or "" for path in self._drawn):  # not a pair already left behind
             self.query_one("#measures", Static).update(plain(event.text))
 

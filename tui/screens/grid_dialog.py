@@ -7,6 +7,7 @@ from __future__ import annotations
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.sets.variants import AXES, AXIS_FIELDS, VariantSet, plan_grid
 from diffdeck.tui.plain import plain
+from diffdeck.tui.widgets.prompt_editor import CostNote
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -29,9 +30,10 @@ class GridDialog(ModalScreen[None]):
             super().__init__()
             self.dialog, self.variants = dialog, variants
 
-    def __init__(self, base: JobSpec):
+    def __init__(self, base: JobSpec, cost_note: CostNote | None = None):
+        """`cost_note`: what jobs would cost on hosted models, in words, shown beside their number."""
         super().__init__()
-        self.base = base
+        self.base, self.cost_note = base, cost_note
         self.plan: VariantSet | None = None
         self.confirmed = False
 
@@ -58,7 +60,7 @@ class GridDialog(ModalScreen[None]):
             self.plan = None
             self._say(str(e), error=True)
             return
-        self._say(self.plan.describe() + " · enter queues them")
+        self._say(self._jobs_text() + " · enter queues them")
 
     @on(Input.Submitted)
     def _queue(self) -> None:
@@ -66,11 +68,16 @@ class GridDialog(ModalScreen[None]):
             return
         if self.plan.needs_confirmation() and not self.confirmed:
             self.confirmed = True
-            self._say(f"{self.plan.describe()} · that is a lot: enter again queues all "
+            self._say(f"{self._jobs_text()} · that is a lot: enter again queues all "
                       f"{len(self.plan.variants)} jobs, escape cancels", error=True)
             return
         self.post_message(self.Queue(self, self.plan))
         self.plan = None  # one enter, one grid: a second before the dialog closes queues nothing
+
+    def _jobs_text(self) -> str:
+        """The plan's jobs and images, and what they would cost where a hosted model renders some."""
+        cost = self.cost_note([variant.spec for variant in self.plan.variants]) if self.cost_note else None
+        return self.plan.describe() + (f" · {cost}" if cost else "")
 
     def _say(self, text: str, error: bool = False) -> None:
         count = self.query_one("#grid-count", Static)

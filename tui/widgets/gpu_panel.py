@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.events import render_parts
 from diffdeck.engines.core.text import visible
 from diffdeck.tui.workbench_state import Board, DeviceRow, JobRow, pressure
@@ -139,8 +140,9 @@ def workers_text(sample: dict, board: Board) -> Text:
 
 
 def timing_text(board: Board, rates: bool = True) -> Text:
-    """The running jobs' step rates (unless the device blocks show them) and the last job's breakdown."""
-    out = Text()
+    """Money spent on hosted models, the running jobs' step rates (unless the device blocks
+    show them) and the last job's breakdown."""
+    out = spend_text(board)
     for running in board.running() if rates else ():
         if running.it_s:
             out.append(visible(f"{running.id}: {running.it_s:.1f} it/s") + "\n")
@@ -150,10 +152,31 @@ def timing_text(board: Board, rates: bool = True) -> Text:
     return out
 
 
+def spend_text(board: Board) -> Text:
+    """Money on hosted models: each running job's estimate (and what it has cost so far), the
+    session's spend, the day's and what its budget leaves; nothing where nothing is paid for."""
+    running = [line for row in board.running() if (line := running_cost(row, board.estimate_of(row)))]
+    total, day = board.spent(), board.day
+    if not (total or running or (day is not None and (day.today_usd or day.budget_usd is not None))):
+        return Text()
+    lines = [*running, f"spent {total.text()} this session"]
+    if day is not None:
+        left = "" if day.budget_usd is None else \
+            f" of {usd(day.budget_usd)}, {usd(max(0.0, day.budget_usd - day.today_usd))} left"
+        lines.append(f"today {usd(day.today_usd)}{left}")
+    return Text("".join(visible(line) + "\n" for line in lines))
+
+
+def running_cost(row: JobRow, estimate: float | None) -> str | None:
+    """What a running job costs, "job-0007 running: about $0.10, $0.05 so far"; None: nothing."""
+    parts = [f"about {usd(estimate)}" if estimate else None, f"{row.spent.text()} so far" if row.spent else None]
+    return f"{row.id} running: {', '.join(filter(None, parts))}" if any(parts) else None
+
+
 def breakdown(row: JobRow) -> Text:
     t = row.timings
     parts = [f"{name} {seconds:.2f}s" for name, seconds in ([("load", t["load_s"])] if "load_s" in t else [])
-             + render_parts(t)]
+             + render_parts(t, row.hosted)]
     text = Text(visible(f"last {row.id}: ") + "  ".join(parts))
     if row.peak_memory:
         text.append(f"\npeak {row.peak_memory / GIB:.2f} GiB")

@@ -5,7 +5,7 @@ when a value cannot be used."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE, JobSpec, SpecError, parse_size
 from diffdeck.engines.core.text import visible
@@ -23,6 +23,8 @@ SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count"
 NO_ROUTE = "-"  # the route picker's "none": the model picked beside it, one pass
 # JobSpec fields that have no widget of their own, and the widget that shows them
 FIELD_WIDGET = {"width": "size", "height": "size", "seeds": "seed"}
+NOT_SENT = ("#steps", "#guidance", "#scheduler")  # what a hosted model's provider is never sent
+CostNote = Callable[[list[JobSpec]], str | None]  # what jobs would cost, in words (the engine's cost_note)
 
 
 class PromptArea(TextArea):
@@ -96,11 +98,13 @@ class PromptEditor(Vertical):
             self.model = model
 
     def __init__(self, models: list[str], model: str, history: list[str] | None = None,
-                 routes: dict[str, str] | None = None, **kwargs: Any):
+                 routes: dict[str, str] | None = None, cost_note: CostNote | None = None, **kwargs: Any):
         """`history`: prompts queued before, oldest first (up on the first line walks back through them).
-        `routes`: route name -> what it renders, in words (none: no route picker)."""
+        `routes`: route name -> what it renders, in words (none: no route picker). `cost_note`: what
+        jobs would cost on hosted models, in words (None: nothing), shown as an A/B set is taken."""
         super().__init__(**kwargs)
         self.models, self.initial_model, self.routes = models, model, dict(routes or {})
+        self.cost_note = cost_note
         self.history: list[str] = list(history or [])
         self._history_at = len(self.history)
         self._draft = ""
@@ -145,11 +149,16 @@ class PromptEditor(Vertical):
         select.value = value
         select.mutate_reactive(Select.value)  # relabel even when the value stays
 
-    def show_model(self, defaults: dict[str, Any], example: str, description: str) -> None:
+    def show_model(self, about: dict[str, Any]) -> None:
         """The model's defaults as placeholders (an empty field means 'the model's'), an example
-        prompt in the empty prompt, and what the model is as the picker's tooltip."""
+        prompt in the empty prompt, and what the model is as the picker's tooltip (`about`: the
+        engine's `describe`). A hosted model is sent no steps, guidance or scheduler: those fields
+        are disabled, and left out of its jobs."""
+        defaults, example, description = about["defaults"], about["example"], model_description(about)
         self.query_one("#prompt", PromptArea).placeholder = plain(f"prompt, for example: {example}" if example else "prompt")
         self.query_one("#model", Select).tooltip = plain(description) if description else None
+        for widget in self.query(", ".join(NOT_SENT)):
+            widget.disabled = bool(about.get("hosted"))
         self.query_one("#steps", Input).placeholder = str(defaults.get("steps", ""))
         self.query_one("#guidance", Input).placeholder = str(defaults.get("guidance", ""))
         if defaults.get("width"):
@@ -198,7 +207,8 @@ class PromptEditor(Vertical):
 
     def read_spec(self) -> JobSpec:
         """The spec the fields describe, validated. Raises SpecError naming the field."""
-        value = {w.id: w.value.strip() for w in self.query(Input)}
+        value = {w.id: "" if w.disabled else w.value.strip() for w in self.query(Input)}
+        scheduler = self.query_one("#scheduler", Select)
         width, height = parse_size(value["size"]) if value["size"] else (None, None)
         seed = None if self.query_one("#seed_mode", Select).value == "random" else _number(int, "seed", value["seed"])
         if seed is None and self.query_one("#seed_mode", Select).value != "random":
@@ -211,7 +221,7 @@ class PromptEditor(Vertical):
             steps=_number(int, "steps", value["steps"]),
             guidance=_number(float, "guidance", value["guidance"]),
             width=width, height=height,
-            scheduler=str(self.query_one("#scheduler", Select).value),
+            scheduler=DEFAULT_SCHEDULER if scheduler.disabled else str(scheduler.value),
             count=_number(int, "count", value["count"]) or 1,
             route=None if self.query_one("#route", Select).value == NO_ROUTE else str(self.query_one("#route", Select).value),
         )
@@ -272,15 +282,18 @@ class PromptEditor(Vertical):
             strip.update("")
             return
         label = chr(ord("A") + len(self.variants))
+        cost = None
         try:
             spec = self.read_spec()
             changed = [k for k in VARIANT_FIELDS if getattr(spec, k) != getattr(self.variants[0], k)]
+            cost = self.cost_note([*self.variants, spec]) if self.cost_note else None
         except SpecError:
             changed = []
         taken = " ".join(chr(ord("A") + i) for i in range(len(self.variants)))
-        strip.update(f"A/B · taken: {taken} · editing {label}"
-                     + (f", which changes {', '.join(changed)}" if changed else ": change what it should change")
-                     + " · ctrl+j queues all · ctrl+t takes another · esc drops")
+        strip.update(plain(f"A/B · taken: {taken} · editing {label}"
+                           + (f", which changes {', '.join(changed)}" if changed else ": change what it should change")
+                           + (f" · {len(self.variants) + 1} jobs, {cost}" if cost else "")
+                           + " · ctrl+j queues all · ctrl+t takes another · esc drops"))
 
     def action_open_editor(self) -> None:
         area = self.focused_area()
@@ -332,3 +345,11 @@ def _number(kind: type, name: str, text: str) -> Any:
         return kind(text)
     except ValueError:
         raise SpecError(name, f"must be a number, got {text!r}") from None
+
+
+def model_description(about: dict[str, Any]) -> str:
+    """What the model picker's tooltip says of a model (`describe`'s answer): who renders a hosted
+    one, then what its entry says."""
+    hosted = about.get("hosted")
+    by = f"hosted by {hosted['provider']} (model {hosted['model_id']}): each image is a paid request" if hosted else ""
+    return " · ".join(filter(None, (by, about["description"])))

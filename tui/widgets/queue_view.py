@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.text import counted
+from diffdeck.engines.core.validation import is_finite_number
 from diffdeck.tui.plain import plain
 from diffdeck.tui.workbench_state import NOT_RESUMED, Board, JobRow
 from textual.binding import Binding
@@ -109,12 +110,16 @@ class QueueView(DataTable):
 
 def column_widths(rows: list[JobRow], room: int, devices: dict[str, str] | None = None) -> tuple[int, ...]:
     """Job, status and model as wide as what they hold; the progress cell grows once the prompt
-    has PROMPT_FIRST columns; the prompt takes the rest."""
+    has PROMPT_FIRST columns, or down to MIN_PROMPT for what a hosted job waits for; the prompt
+    takes the rest."""
     job = max([3, *(len(row.id.removeprefix("job-")) for row in rows)])
     status = max([6, *(len(status_cell(row, (devices or {}).get(row.id))) for row in rows)])
     model = min(MAX_MODEL, max([5, *(len(model_cell(row)) for row in rows)]))
     fixed = job + status + model
     progress_width = max(PROGRESS_WIDTHS[0], min(PROGRESS_WIDTHS[1], room - fixed - PROMPT_FIRST))
+    waiting = max([len(row.waiting) for row in rows if row.status == Status.RUNNING and row.waiting] or [0])
+    if waiting > progress_width:  # its words are all a hosted job shows of its progress: the prompt gives way
+        progress_width = max(progress_width, min(waiting, room - fixed - MIN_PROMPT))
     return job, status, progress_width, model, max(MIN_PROMPT, room - fixed - progress_width)
 
 
@@ -140,7 +145,10 @@ def model_cell(row: JobRow) -> str:
 
 def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
     """What the job has done and has left, in `width` columns: the bar and step first, then
-    the ETA, the image and the rate as they fit; a done job's images and render time."""
+    the ETA, the image and the rate as they fit; a done job's images and render time. A hosted
+    model's job has no steps: what it waits for, and for how long, in their place."""
+    if row.status == Status.RUNNING and row.waiting:
+        return fitted([waiting(row, width), f"img {row.image + 1}/{row.count}" if row.count > 1 else ""], width)
     if row.status == Status.RUNNING and row.steps_total:
         bar = 8 if width >= 24 else 4
         filled = round(bar * row.steps_done / row.steps_total)
@@ -162,6 +170,15 @@ def progress(row: JobRow, width: int = PROGRESS_WIDTHS[1]) -> str:
     if row.status == Status.QUEUED and row.images:
         return f"{len(row.images)}/{row.count} kept"
     return ""
+
+
+def waiting(row: JobRow, width: int) -> str:
+    """What a hosted job waits for, in its worker's words ("waiting for ideogram 12 s"); where they
+    do not fit, how long the job has waited: "⋯ 12 s"."""
+    elapsed = row.progress.get("elapsed_s")
+    if len(row.waiting or "") <= width or not is_finite_number(elapsed):
+        return row.waiting or ""
+    return f"⋯ {elapsed:.0f} s"
 
 
 def fitted(parts: list[str], width: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from diffdeck.engines.core.registry import HOSTED_ENTRY_CHECKS
 from diffdeck.engines.hosted.providers.base import (
     ERROR_KINDS,
     Answer,
@@ -20,6 +21,7 @@ from diffdeck.engines.hosted.providers.imagen import IMAGEN
 from diffdeck.engines.hosted.providers.openai import OPENAI
 
 PROVIDERS: dict[str, Provider] = {p.kind: p for p in (IDEOGRAM, IMAGEN, GEMINI, OPENAI)}
+HOSTED_ENTRY_CHECKS.update({kind: p.check_model for kind, p in PROVIDERS.items()})  # as models.yaml is read
 
 __all__ = ["ERROR_KINDS", "PROVIDERS", "Answer", "Call", "Picture", "Provider", "ProviderError", "Sent", "Shape",
            "provider", "retry_delay_s", "shortened"]

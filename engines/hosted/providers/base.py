@@ -218,7 +218,8 @@ class Provider:
                                         f"({model.source}): {shortened(reason)}")
 
     def malformed(self, model: ModelSpec, what: str) -> ProviderError:
-        return ProviderError("provider", f"{self.kind} answered without {what} for model {model.name!r} "
+        """`what` may quote the answer: shortened, as all a provider says is."""
+        return ProviderError("provider", f"{self.kind} answered without {shortened(what)} for model {model.name!r} "
                                          f"({model.source})")
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:

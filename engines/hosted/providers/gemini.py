@@ -39,24 +39,29 @@ class Gemini(Provider):
         raises ProviderError "refused" with the provider's reason."""
         if not isinstance(body, dict):
             raise self.malformed(model, "a JSON object")
-        blocked = (body.get("promptFeedback") or {}).get("blockReason")
+        blocked = _mapping(body.get("promptFeedback")).get("blockReason")
         if blocked:
             raise self.refused(model, f"the prompt was blocked ({blocked})")
-        candidates = body.get("candidates") or [{}]
-        candidate = candidates[0] if isinstance(candidates, list) and isinstance(candidates[0], dict) else {}
+        candidates = body.get("candidates")
+        candidate = _mapping(candidates[0] if isinstance(candidates, list) and candidates else None)
         reason = candidate.get("finishReason")
         if reason in REFUSALS:
             said = candidate.get("finishMessage")
             raise self.refused(model, f"{reason}: {said}" if said else str(reason))
-        parts = (candidate.get("content") or {}).get("parts") or []
+        parts = _mapping(candidate.get("content")).get("parts")
+        parts = [part for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
         pictures = [Picture(decoded(model, self, part["inlineData"].get("data"))) for part in parts
-                    if isinstance(part, dict) and isinstance(part.get("inlineData"), dict)]
+                    if isinstance(part.get("inlineData"), dict)]
         if not pictures:
-            text = " ".join(str(part.get("text", "")) for part in parts if isinstance(part, dict)).strip()
-            raise self.malformed(model, f"an image (finishReason {reason}" + (f"; it said: {shortened(text)})"
-                                                                             if text else ")"))
+            text = " ".join(str(part.get("text", "")) for part in parts).strip()
+            raise self.malformed(model, f"an image (finishReason {reason}" + (f"; it said: {text})" if text else ")"))
         version = body.get("modelVersion")
         return Answer(tuple(pictures), shortened(version) if isinstance(version, str) else None)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A part of the answer that should be an object, or {} where it is not (a hostile or broken answer)."""
+    return value if isinstance(value, dict) else {}
 
 
 GEMINI = Gemini("gemini", "Google", GOOGLE_API, max_per_call=1)
