@@ -41,6 +41,8 @@ def test_replay_says_what_a_hosted_image_is_and_sends_nothing_unless_asked(tmp_p
         assert lines[-1].startswith("2 images, none rendered again") and "2 of hosted models not rendered again" \
             in lines[-1], lines[-1]
         assert not (tmp_path / "s" / "replay-1").exists(), "nothing rendered: no replay folder"
+        seeded = diffdeck("replay", "s", "--check", "--jobs", "job-0001", cwd=tmp_path, env=ENV, timeout=120)
+        assert seeded.stdout.splitlines()[-1] == "1 image, none rendered again; 1 of hosted models not rendered again"
 
         again = diffdeck("replay", "s", "--check", "--rerun-hosted", cwd=tmp_path, env=ENV, timeout=120)
         assert again.returncode == 0, again.stdout + again.stderr

@@ -685,9 +685,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"summary": summary.to_dict()}))
     else:
-        print((f"{summary.rendered} images replayed into {summary.folder}" if summary.rendered
-               else f"{summary.images} images, none rendered again")
-              + (": " + ", ".join(f"{n} {k}" for k, n in summary.counts.items() if n) if args.check else "")
+        verdicts = ", ".join(f"{n} {k}" for k, n in summary.counts.items() if n) if args.check else ""
+        print((f"{counted(summary.rendered, 'image')} replayed into {summary.folder}" if summary.rendered
+               else f"{counted(summary.images, 'image')}, none rendered again")
+              + (f": {verdicts}" if verdicts else "")
               + (f"; {summary.not_rendered} not rendered" if summary.not_rendered else "")
               + (f"; {summary.hosted_left} of hosted models not rendered again" if summary.hosted_left else ""))
     return 0 if summary.passed(args.check) else 1
