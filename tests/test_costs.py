@@ -98,6 +98,7 @@ def test_budgets_are_read_from_models_yaml(tmp_path):
     ({"job_usd": -1}, "budgets.job_usd: must be a number of US dollars, 0 or more, got -1"),
     ({"day_usd": "ten"}, "budgets.day_usd: must be a number of US dollars, 0 or more, got 'ten'"),
     ({"session_usd": True}, "budgets.session_usd: must be a number"),
+    ({"session_usd": 10**400}, "budgets.session_usd: must be a number"),  # past a float: no OverflowError
     ({"jobs_usd": 1}, "budgets.jobs_usd: is not a budget; budgets are job_usd, session_usd, day_usd"),
     (5, "'budgets:'"),
 ])
