@@ -65,11 +65,6 @@ class JobRow(JobRecord):
         count = self.spec.get("count")
         return count if isinstance(count, int) and count > 0 else 1
 
-    @property
-    def cost_usd(self) -> float:
-        """What its images cost, in US dollars (a hosted model's; a local model's cost nothing)."""
-        return self.spent.usd
-
     def render_s(self) -> float | None:
         """Time spent making its images: no queue wait, no load."""
         return render_seconds(self.timings)

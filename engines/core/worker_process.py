@@ -85,3 +85,8 @@ def worker_arguments(prog: str, argv: list[str] | None) -> argparse.Namespace:
                         help="seconds between previews")
     parser.add_argument("--parent", type=int, help="the pid of the process that started it: it dies with it")
     return parser.parse_args(argv)
+
+
+def rounded(timings: dict[str, float]) -> dict[str, float]:
+    """Seconds as the wire carries them: to a tenth of a millisecond."""
+    return {k: round(v, 4) for k, v in timings.items()}

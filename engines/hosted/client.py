@@ -69,7 +69,7 @@ class Client:
     def __init__(self, model: ModelSpec, provider: Provider, waiting: Waiting):
         self.model, self.provider, self.waiting = model, provider, waiting
         self._http = httpx.AsyncClient(
-            base_url=model.base_url or provider.default_base_url,  # no redirects: the key would follow them
+            base_url=provider.base_url(model),  # no redirects: the key would follow them
             timeout=httpx.Timeout(model.timeout_s, connect=min(CONNECT_TIMEOUT_S, model.timeout_s)))
 
     async def aclose(self) -> None:

@@ -69,7 +69,7 @@ class HostedWorker:
     def __init__(self, model: ModelSpec, key: str, wire: process.Wire, intervals: Intervals):
         self.model, self.key, self.wire, self.intervals = model, key, wire, intervals
         self.provider: Provider = provider(model.kind)
-        self.base_url = model.base_url or self.provider.default_base_url
+        self.base_url = self.provider.base_url(model)
         self.waiting = Waiting(model.kind)
         self.client = Client(model, self.provider, self.waiting)
         self.jobs: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -132,7 +132,7 @@ class HostedWorker:
         try:
             job = _JobRun(message["id"], JobSpec.from_dict(message["spec"]), Path(message["out_dir"]))
             await self._render_job(job, set(message.get("skip", ())))
-            self.wire.send("done", id=job.id, timings=_rounded(job.totals), peak_memory=0, cost_usd=job.cost_usd)
+            self.wire.send("done", id=job.id, timings=process.rounded(job.totals), peak_memory=0, cost_usd=job.cost_usd)
         except ProviderError as e:
             self.wire.send("failed", id=message["id"], error=e.message, kind=e.kind)
         except Exception as e:  # noqa: BLE001 - any failure is reported, the worker lives on
@@ -223,7 +223,7 @@ class HostedWorker:
         timings = {**timings, "save_s": time.perf_counter() - began}
         job.add(timings, cost.usd)
         self.wire.send("image", id=job.id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
-                       timings=_rounded(timings), peak_memory=0, cost_usd=cost.usd, hosted=hosted)
+                       timings=process.rounded(timings), peak_memory=0, cost_usd=cost.usd, hosted=hosted)
 
 
 async def finished(work: Awaitable[T]) -> T:
@@ -252,17 +252,13 @@ def requests(indices: list[int], per_call: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in timings.items()}
-
-
 def environment(model: ModelSpec, base_url: str) -> dict[str, Any]:
     return {"python": platform.python_version(), "diffdeck": {"version": __version__}, "httpx": httpx.__version__,
             "provider": model.kind, "base_url": base_url}
 
 
 async def serve(model: ModelSpec, wire: process.Wire, intervals: Intervals) -> int:
-    base_url = model.base_url or provider(model.kind).default_base_url
+    base_url = provider(model.kind).base_url(model)
     wire.send("hello", pid=os.getpid(), model=model.name, device="hosted", dtype=None,
               environment=environment(model, base_url))
     started = time.perf_counter()

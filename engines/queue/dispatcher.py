@@ -340,7 +340,6 @@ class Dispatcher:
         defaults = self.registry.defaults(spec.model, files.family)
         job = spec.resolved(defaults, files.family, spec.seeds or draw_seeds(spec.seed, spec.count))
         if entry.hosted:
-            _check_not_sent(entry, job)
             _check_hosted(entry, job)
         else:
             self._check_size(job)
@@ -774,14 +773,6 @@ def _lanes(registry: Registry, first: int) -> list[Device]:
     """Each hosted model's lanes, `concurrency` of them, numbered on from `first` (after the devices)."""
     lanes = [(spec.name, n) for spec in registry.models.values() if spec.hosted for n in range(1, spec.concurrency + 1)]
     return [Device(first + i, f"{name} lane {n}", lane=name) for i, (name, n) in enumerate(lanes)]
-
-
-def _check_not_sent(model: ModelSpec, job: JobSpec) -> None:
-    """Steps or guidance given for a hosted model, refused: its provider is never sent them, and
-    images that differ only by them would each be paid for."""
-    for name, are in (("steps", "steps are"), ("guidance", "guidance is")):
-        if getattr(job, name) is not None:
-            raise SpecError(name, f"{model.name} is hosted by {model.kind}: {are} not sent; leave {name} out")
 
 
 def _check_hosted(model: ModelSpec, job: JobSpec) -> None:

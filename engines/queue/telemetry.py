@@ -47,11 +47,6 @@ class Telemetry:
     def has_gpu(self) -> bool:
         return bool(self._handles)
 
-    def gpu_total_bytes(self) -> int | None:
-        if not self._handles:
-            return None
-        return self._nvml.nvmlDeviceGetMemoryInfo(self._handles[0]).total
-
     def sample(self, workers: Iterable[WorkerView]) -> dict[str, Any]:
         ram = psutil.virtual_memory()
         gpus, gpu_by_pid = self._sample_gpus()

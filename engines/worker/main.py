@@ -44,6 +44,7 @@ from diffdeck.engines.core.worker_process import (
     command,
     die_with_parent,
     exit_soon,
+    rounded,
     worker_arguments,
 )
 from diffdeck.engines.core.worker_protocol import Intervals
@@ -196,7 +197,7 @@ class Worker:
                     self._render_stages(job, index, range(leg[0], leg[1] + 1), inputs.get(str(index), {}))
         finally:
             model.end_job()
-        self.wire.send("done", id=job_id, timings=_rounded(job.totals), peak_memory=job.peak)
+        self.wire.send("done", id=job_id, timings=rounded(job.totals), peak_memory=job.peak)
 
     def _render_stages(self, job: "_JobRun", index: int, stages: range, files: dict[str, str]) -> None:
         runner = StageRunner(self.model, job.spec)
@@ -290,7 +291,7 @@ class _JobRun:
             self.totals[key] += value
         self.peak = max(self.peak, peak)
         message = dict(id=self.job_id, image=index, seed=seed, path=str(path), pixel_sha256=pixels,
-                       timings=_rounded(timings), peak_memory=peak)
+                       timings=rounded(timings), peak_memory=peak)
         if last:
             self.worker.wire.send("image", **message)
         else:
@@ -304,10 +305,6 @@ def save_latents(latents, path: Path) -> Path:
     save_file({LATENTS_KEY: latents.detach().to("cpu").contiguous()}, str(partial))
     os.replace(partial, path)
     return path
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in timings.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

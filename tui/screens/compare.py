@@ -175,8 +175,9 @@ class CompareScreen(Screen):
                     self.post_message(self.Measured(paths, f"difference: {why}"))
                     return
                 db, distance = measure(a, b)
-                if similarity is None and min(a.size) >= WINDOW and not worker.is_cancelled:
-                    similarity = ssim(luma(scaled(a)), luma(scaled(b)))
+                if similarity is None and not worker.is_cancelled:
+                    sa, sb = scaled(a), scaled(b)  # measured as the recorder measures: over 2048 a side, scaled
+                    similarity = ssim(luma(sa), luma(sb)) if min(sa.size) >= WINDOW else None
         except Exception as e:  # noqa: BLE001 - a file gone, not an image, too large to decode: said, not raised
             self.post_message(self.Measured(paths, f"difference: cannot read an image ({type(e).__name__}: {e})"))
             return

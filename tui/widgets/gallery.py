@@ -130,7 +130,8 @@ class Gallery(VerticalScroll):
                 self._thumbs[key].mark(marks.get(key, ""))
         self._marks = marks
         running = board.running()
-        for key in [k for k in self._thumbs if k[1] == LIVE and k[0] not in {row.id for row in running}]:
+        running_ids = {row.id for row in running}
+        for key in [k for k in self._thumbs if k[1] == LIVE and k[0] not in running_ids]:
             self._thumbs.pop(key).remove()
             self._preview_of.pop(key[0], None)
         for row in running:  # one a device

@@ -157,10 +157,13 @@ class Provider:
                   f"{value!r} is not one of {', '.join(allowed[name])}{hint}")
 
     def check(self, model: ModelSpec, spec: JobSpec) -> None:
-        """What this provider cannot take, refused at submit (SpecError). Steps and guidance are
-        not sent: they stay in the spec as filled."""
+        """What this provider cannot take, refused at submit (SpecError): steps and guidance too,
+        which are never sent (images that differ only by them would each be paid for)."""
         where = self.title(model)
         self.check_model(model)
+        for name, are in (("steps", "steps are"), ("guidance", "guidance is")):
+            check(getattr(spec, name) is None, name, f"{model.name} is hosted by {model.kind}: {are} not sent; "
+                                                     f"leave {name} out")
         check(not spec.negative_prompt or self.takes_negative_prompt(model), "negative_prompt",
               f"{where} takes no negative prompt; leave it empty")
         check(not spec.loras, "loras", f"{where} is a hosted model: it takes no LoRAs")
@@ -227,6 +230,10 @@ class Provider:
 
     def title(self, model: ModelSpec) -> str:
         return f"{self.kind} {model.source}"
+
+    def base_url(self, model: ModelSpec) -> str:
+        """Where the model's requests go: its entry's base_url, else the provider's."""
+        return model.base_url or self.default_base_url
 
 
 def shortened(text: str) -> str:
