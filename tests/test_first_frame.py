@@ -116,7 +116,8 @@ def test_the_workbench_starts_without_the_engines_modules():
     probe = ("import sys; import diffdeck.tui.cli.main as m; m.build_parser(); m.build_workbench_parser(); "
              "import diffdeck.tui.app, diffdeck.tui.engine, diffdeck.tui.images, diffdeck.tui.themes; "
              f"print(' '.join(name for name in {ENGINE_SIDE!r} if name in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            timeout=60).stdout.split()
     assert loaded == [], loaded
 
 

@@ -95,7 +95,7 @@ async def test_a_hosted_models_jobs_run_at_once_on_its_lanes_in_workers_started_
             events = dispatcher.subscribe()
             jobs = [dispatcher.submit(JobSpec("a poster", model="ideo")) for _ in range(2)]
             for job in jobs:
-                await dispatcher.wait(job.id)
+                await asyncio.wait_for(dispatcher.wait(job.id), 60)
             said = [(event.type, event.job) for event in events.drain()]
             lanes = [sorted(slot.workers) for slot in dispatcher.lanes]
             assert not dispatcher.devices[0].workers and lanes == [["ideo"], ["ideo"]], "a worker a lane, none on the CPU"
@@ -116,7 +116,7 @@ async def test_a_cancel_that_comes_once_the_provider_has_answered_keeps_the_paid
                 assert time.monotonic() < deadline, "no download"
                 await asyncio.sleep(0.05)
             dispatcher.cancel(job.id)
-            await dispatcher.wait(job.id)
+            await asyncio.wait_for(dispatcher.wait(job.id), 60)
         assert [seen.method for seen in fake.seen] == ["POST", "GET"] and not fake.dropped, "no second request"
     assert job.status == Status.CANCELLED and [image["image"] for image in job.images] == [0]
     assert read_record(job.images[0]["path"])["cost_usd"] == 0.05, "the image paid for is kept"
@@ -132,7 +132,7 @@ async def test_each_worker_gets_its_own_models_api_key_and_no_other(tmp_path, mo
             jobs = [dispatcher.submit(JobSpec("a red star", model=model, steps=2 if model == "demo" else None))
                     for model in ("demo", "ideo", "gpt")]
             for job in jobs:
-                await dispatcher.wait(job.id)
+                await asyncio.wait_for(dispatcher.wait(job.id), 60)
             keys = {worker.model: variables(worker.pid) & {"IDEOGRAM_API_KEY", "OPENAI_API_KEY"}
                     for worker in dispatcher.all_workers()}
     assert [job.status for job in jobs] == [Status.DONE] * 3, [job.error for job in jobs]

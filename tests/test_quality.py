@@ -20,6 +20,7 @@ import pytest
 from diffdeck.engines.core.events import Event, EventKind
 from diffdeck.engines.core.registry import load_registry
 from diffdeck.engines.record.session import JOURNAL, Session, SessionError
+from diffdeck.engines.service import quality_recorder
 from diffdeck.engines.service.quality_recorder import QualityRecorder, Stopped, Wanted, measure
 from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.engines.sets.quality import (
@@ -294,7 +295,7 @@ async def test_a_large_backlog_lets_the_event_loop_run_between_images_needing_no
 
     ticker = asyncio.create_task(ticking())
     recorder.start(backlog=True)
-    await recorder.settled(backlog=True)
+    await asyncio.wait_for(recorder.settled(backlog=True), 60)
     ticker.cancel()
     assert ticks > 250, "the workbench's screen kept being drawn as the backlog was gone through"
 
@@ -315,7 +316,7 @@ async def test_an_error_with_one_image_is_logged_and_the_next_is_measured(tmp_pa
     with caplog.at_level(logging.WARNING, logger="diffdeck.quality"):
         for job in ("job-0001", "job-0002"):
             recorder.recorded(job, 0)
-        await recorder.settled()
+        await asyncio.wait_for(recorder.settled(), 60)
     recorder.close()
     assert told == ["job-0001", "job-0002"] and "RuntimeError: a listener's bug" in caplog.text
 
@@ -336,20 +337,27 @@ async def test_the_cli_waits_for_the_measures_of_its_own_images_not_a_resumed_se
     assert sum("quality" in job["images"][0] for job in jobs.values()) < len(jobs), "the rest: for the next open"
 
 
-async def test_ctrl_c_stops_measuring_part_way_through_an_image(tmp_path):
+async def test_ctrl_c_stops_measuring_part_way_through_an_image(tmp_path, monkeypatch):
     session = Session.open_for_writing(tmp_path / "s", "test")
-
+    go_on = quality_recorder._go_on
     ctrl_c = []
 
-    async def made_two(engine: RecordedQueue) -> list[str]:  # 2048 px a side: far more than 0.1 s each
+    def pressed_mid_image(stop: threading.Event) -> None:  # Ctrl-C once measuring is under way, whatever the CPU
+        if not ctrl_c:
+            ctrl_c.append(os.kill(os.getpid(), signal.SIGINT))
+            stop.wait(30)  # the command's handler, on the event loop, sets it
+        go_on(stop)
+
+    monkeypatch.setattr(quality_recorder, "_go_on", pressed_mid_image)
+
+    async def made_two(engine: RecordedQueue) -> list[str]:
         for job in ("job-0001", "job-0002"):
             record_image(session, job, np.tile(scene(64, 64), (32, 32)), done=True)
             engine.quality.recorded(job, 0)
-        ctrl_c.append(asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGINT))
         return []
 
     assert await _render(load_registry(None), session, made_two, as_json=False) == 0
-    ctrl_c[0].cancel()  # where it has not come yet, never after the command's own handler is gone
+    assert ctrl_c, "measuring began"
     jobs = Session.open(tmp_path / "s").jobs
     assert all("quality" not in job["images"][0] for job in jobs.values()), "left for the next open"
     stop = threading.Event()

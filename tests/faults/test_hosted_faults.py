@@ -142,8 +142,10 @@ def test_a_cancel_during_the_wait_before_a_retry_ends_the_job_at_once_and_sends_
         worker = hosted("ideogram", "V_2_TURBO", fake)
         fake.then(status(503, retry_after=30))
         worker.send("job", id="job-1", spec=job().to_dict(), out_dir=str(worker.out))
+        deadline = time.monotonic() + 30
         while "retrying in" not in (message := worker.read()).get("waiting", ""):
             assert message["type"] == "step", message
+            assert time.monotonic() < deadline, "no wait before a retry"
         sent = time.monotonic()
         worker.send("cancel", id="job-1")
         assert worker.until_end()[-1] == {"type": "cancelled", "id": "job-1", "step": 0}
@@ -165,7 +167,9 @@ async def test_a_hosted_job_cancelled_in_the_dispatcher_ends_at_once_and_drops_i
             events = dispatcher.subscribe()
             submitted = dispatcher.submit(JobSpec("a poster saying HELLO", model="ideo"))
             await until(events, lambda e: e.job == submitted.id and e.type == EventKind.STEP)
+            deadline = time.monotonic() + 30
             while not fake.requests():
+                assert time.monotonic() < deadline, "no request to the provider"
                 await asyncio.sleep(0.05)
             assert submitted.record().progress["waiting"].startswith("waiting for ideogram")
             sent = time.monotonic()
