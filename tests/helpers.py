@@ -102,3 +102,8 @@ def readline_within(stream, timeout: float, what: str = "a line") -> str | bytes
     if not lines:
         raise AssertionError(f"{what} did not come within {timeout} s")
     return lines[0]
+
+
+def screen_text(app) -> str:
+    """Every cell of a Textual app's screen as the terminal gets it, a line per row."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

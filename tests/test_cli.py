@@ -210,6 +210,16 @@ def test_a_mistyped_command_or_session_is_refused_and_creates_nothing(tmp_path, 
     assert list((tmp_path / "sessions").iterdir()) == []
 
 
+def test_the_commands_the_workbench_is_told_apart_from_are_the_parsers():
+    """The workbench's start builds only its own parser, telling a command by COMMANDS."""
+    import argparse
+
+    from diffdeck.tui.cli.main import COMMANDS, build_parser
+
+    parsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(parsers.choices) == list(COMMANDS)
+
+
 def test_help_lists_the_workbench_options_too(tmp_path):
     result = diffdeck("--help", cwd=tmp_path)
     out = result.stdout

@@ -407,8 +407,8 @@ async def test_the_workbench_shows_the_spend_each_images_cost_and_a_sets_estimat
     from diffdeck.tui.screens.grid_dialog import GridDialog
     from diffdeck.tui.screens.image_view import ImageScreen
     from diffdeck.tui.themes import load_theme
-    from test_tui_workbench import screen_text
-    from textual.widgets import Select
+    from diffdeck.tui.widgets.picker import Picker
+    from helpers import screen_text
 
     record_hosted_job(tmp_path / "s", "job-0001", (0.05, 0.05))
     registry = load_registry(models_file(tmp_path))
@@ -434,7 +434,7 @@ async def test_the_workbench_shows_the_spend_each_images_cost_and_a_sets_estimat
         assert any("cost" in line and "$0.05" in line for line in screen_text(app).splitlines()), screen_text(app)
         await pilot.press("escape")
 
-        app.query_one("#model", Select).value = "ideo"
+        app.query_one("#model", Picker).value = "ideo"
         await pilot.click("#prompt")
         await pilot.press(*"a sign", "ctrl+g", *"steps=4,8")
         assert isinstance(app.screen, GridDialog)

@@ -21,10 +21,10 @@ from diffdeck.tui.config import load_config
 from diffdeck.tui.engine import LocalEngine
 from diffdeck.tui.images import image_widget
 from diffdeck.tui.themes import load_theme
+from diffdeck.tui.widgets.picker import Picker
 from diffdeck.tui.widgets.queue_view import QueueView
 from fake_providers import FakeProvider, slow
-from helpers import diffdeck, until, write_models
-from textual.widgets import Select
+from helpers import diffdeck, screen_text, until, write_models
 
 pytestmark = pytest.mark.slow
 KEY = "test-key"
@@ -67,7 +67,7 @@ async def test_the_workbench_renders_a_hosted_model_and_shows_what_it_waits_for(
                         [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"))
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.board.telemetry is not None, timeout=30, what="the engine started")
-            app.query_one("#model", Select).value = "ideo"
+            app.query_one("#model", Picker).value = "ideo"
             await pilot.pause(0.2)
             assert "ideo · hosted by ideogram" in screen_text(app), "the picker says who renders it"
             await pilot.click("#prompt")
@@ -160,5 +160,3 @@ def test_an_ab_set_of_the_demo_model_against_a_hosted_one_renders_both_on_one_se
     assert json.loads(made.stdout.splitlines()[-1])["pairs"], "the pair is compared"
 
 
-def screen_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

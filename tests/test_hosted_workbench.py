@@ -24,13 +24,13 @@ from diffdeck.tui.config import load_config
 from diffdeck.tui.engine import LocalEngine
 from diffdeck.tui.screens.image_view import ImageScreen
 from diffdeck.tui.themes import load_theme
+from diffdeck.tui.widgets.picker import Picker
 from diffdeck.tui.widgets.queue_view import queue_title
 from diffdeck.tui.workbench_state import Board, JobRow
 from fake_providers import FakeProvider
-from helpers import diffdeck, until
-from test_tui_workbench import screen_text
+from helpers import diffdeck, screen_text, until
 from textual.app import App
-from textual.widgets import Input, Select
+from textual.widgets import Input
 
 KEY = "test-key"
 IDEO = {"kind": "ideogram", "source": "V_2_TURBO", "api_key_env": "IDEOGRAM_API_KEY"}  # $0.05 an image, published
@@ -143,13 +143,13 @@ async def test_the_editor_sends_no_steps_guidance_or_scheduler_for_a_hosted_mode
         editor = app.query_one("#editor")
         app.query_one("#prompt").text = "a sign"
         app.query_one("#steps", Input).value, app.query_one("#guidance", Input).value = "20", "6.5"
-        app.query_one("#scheduler", Select).value = "euler"
-        app.query_one("#model", Select).value = "ideo"
+        app.query_one("#scheduler", Picker).value = "euler"
+        app.query_one("#model", Picker).value = "ideo"
         await pilot.pause(0.2)
         assert all(app.query_one(field).disabled for field in ("#steps", "#guidance", "#scheduler"))
         spec = editor.read_spec()
         assert (spec.model, spec.steps, spec.guidance, spec.scheduler) == ("ideo", None, None, "default")
-        app.query_one("#model", Select).value = "demo"
+        app.query_one("#model", Picker).value = "demo"
         await pilot.pause(0.2)
         spec = editor.read_spec()
         assert (spec.steps, spec.guidance, spec.scheduler) == (20, 6.5, "euler"), "a local model has them back"
@@ -162,7 +162,7 @@ async def test_a_hosted_model_reads_whole_at_each_size(tmp_path, size):
     app = workbench(tmp_path)
     async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: app.board.telemetry is not None, timeout=30, what="the engine started")
-        app.query_one("#model", Select).value = "imagen"
+        app.query_one("#model", Picker).value = "imagen"
         running_hosted_job(app.board, "job-0001", waited_s=12.3)
         app._redraw()
         await pilot.pause(0.3)

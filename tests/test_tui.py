@@ -15,9 +15,10 @@ from diffdeck.tui.images import image_widget
 from diffdeck.tui.screens.help import HelpScreen
 from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.gallery import LIVE, Thumb
+from diffdeck.tui.widgets.picker import Picker
 from diffdeck.tui.widgets.queue_view import QueueView
 from helpers import until
-from textual.widgets import Input, Select, Static, TextArea
+from textual.widgets import Input, Static, TextArea
 from textual.widgets.data_table import CellDoesNotExist
 
 SIZE = (120, 40)
@@ -83,9 +84,9 @@ async def test_a_prompt_goes_queued_running_done_and_its_thumbnail_appears(tmp_p
         await until(pilot, lambda: any(i.image is not None for i in thumb.query(app.image_class)),
                     what="the thumbnail decoded")
         assert app.query_one("#prompt").text == "a red circle"
-        model = app.query_one("#model")
-        await until(pilot, lambda: str(model.query_one("SelectCurrent Static#label").render()) == "demo · warm",
-                    timeout=5, what=f"demo shown warm, not {model.query_one('SelectCurrent Static#label').render()}")
+        model = app.query_one("#model", Picker)
+        await until(pilot, lambda: str(model.label) == "demo · warm", timeout=5,
+                    what=f"demo shown warm, not {model.label}")
         await pilot.press("ctrl+q")
     job = Session.open(tmp_path / "s").jobs["job-0001"]
     assert job["status"] == "done" and job["spec"]["steps"] == 400 and (tmp_path / "s" / job["images"][0]["path"]).is_file()
@@ -232,7 +233,7 @@ async def test_the_prompt_editor_shows_what_the_chosen_model_draws(tmp_path):
     app = Workbench(LocalEngine(registry, Session.open(tmp_path / "s")), config,
                     [load_theme(p) for p in config.theme_files], image_class=image_widget("halfcell"))
     async with app.run_test(size=SIZE) as pilot:
-        prompt, model = app.query_one("#prompt", TextArea), app.query_one("#model", Select)
+        prompt, model = app.query_one("#prompt", TextArea), app.query_one("#model", Picker)
         model.value = "foxes"
         await until(pilot, lambda: str(prompt.placeholder) == "prompt, for example: a red fox in the snow",
                     what="the model's example in the empty prompt")

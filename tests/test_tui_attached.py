@@ -19,11 +19,11 @@ from diffdeck.tui.engine import AttachedEngine
 from diffdeck.tui.images import image_widget
 from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.gallery import Thumb
-from helpers import diffdeck, until
+from diffdeck.tui.widgets.picker import Picker
+from helpers import diffdeck, screen_text, until
 from PIL import Image
 from test_tui import SIZE, make_app, type_prompt
-from test_tui_workbench import screen_text
-from textual.widgets import Select, TextArea
+from textual.widgets import TextArea
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +78,10 @@ async def test_the_workbench_on_a_remote_engine_fetches_thumbnails_over_the_ssh_
         async with app.run_test(size=SIZE) as pilot:
             assert "engine: gpubox" in str(app.query_one("#title").render())
             assert app.engine.models() == ["demo", "far-only"]  # the far side's models.yaml, not this one's
-            app.query_one("#model", Select).value = "far-only"
+            app.query_one("#model", Picker).value = "far-only"
             await until(pilot, lambda: "green ring" in app.query_one("#prompt", TextArea).placeholder,
                         what="the far model's example prompt")
-            app.query_one("#model", Select).value = "demo"
+            app.query_one("#model", Picker).value = "demo"
             await type_prompt(pilot, PROMPT, steps=4)
             await until(pilot, lambda: "job-0001" in app.board.jobs and app.board.jobs["job-0001"].images,
                         what="the far side's image")

@@ -14,9 +14,8 @@ from diffdeck.tui.cli.daemon import status_lines
 from diffdeck.tui.config import load_config
 from diffdeck.tui.engine import LocalEngine
 from diffdeck.tui.themes import load_theme
-from helpers import until, write_models
+from helpers import screen_text, until, write_models
 from test_tui_snapshots import example, settle
-from test_tui_workbench import screen_text
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -12,16 +12,11 @@ from diffdeck.tui.history import LIMIT, load_history, save_history
 from diffdeck.tui.screens.grid_dialog import GridDialog
 from diffdeck.tui.screens.help import HelpScreen
 from diffdeck.tui.widgets.gallery import LIVE, Thumb
-from helpers import until
+from helpers import screen_text, until
 from test_tui import make_app, type_prompt
 from test_tui_snapshots import EXAMPLES, example, settle
 
 SIZES = [(80, 24), (120, 40)]
-
-
-def screen_text(app) -> str:
-    """Every cell of the screen as the terminal gets it, a line per row."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 @pytest.mark.parametrize("size", SIZES)

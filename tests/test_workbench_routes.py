@@ -22,13 +22,12 @@ from diffdeck.tui.promote import promoted
 from diffdeck.tui.screens.image_view import ImageScreen
 from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.gallery import Thumb
+from diffdeck.tui.widgets.picker import Picker
 from diffdeck.tui.widgets.prompt_editor import PromptEditor
-from helpers import until
+from helpers import screen_text, until
 from test_tui import cell, type_prompt
 from test_tui_attached import attached_app
 from test_tui_snapshots import EXAMPLES, example, open_image
-from test_tui_workbench import screen_text
-from textual.widgets import Select
 
 SIZE = (80, 24)
 
@@ -52,11 +51,11 @@ async def test_the_route_picker_sits_beside_the_model_picker_and_what_it_picks_i
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.2)
         line_with(app, "demo", "no route")  # on the model picker's line
-        route = app.query_one("#route", Select)
+        route = app.query_one("#route", Picker)
         route.focus()
         await pilot.press("enter")  # its list
         await pilot.pause(0.2)
-        assert "▊  preview" in line_with(app, "preview") and "▊  final" in line_with(app, "final")
+        assert "▊ preview" in line_with(app, "preview") and "▊ final" in line_with(app, "final")
         await pilot.press("down", "down", "enter")
         await pilot.pause(0.2)
         line_with(app, "demo", "final")

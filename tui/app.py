@@ -17,9 +17,9 @@ import subprocess
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
-from diffdeck.engines.core.events import UNFINISHED, VERDICT_EVENTS, EventKind, Status
+from diffdeck.engines.core.events import UNFINISHED, VERDICT_EVENTS, Event, EventKind, Status
 from diffdeck.engines.core.registry import DeviceError, RegistryError
 from diffdeck.engines.core.spec import JobSpec, SpecError
 from diffdeck.engines.core.text import counted, visible
@@ -27,25 +27,19 @@ from diffdeck.engines.daemon.wire import DaemonError
 from diffdeck.engines.record.session import Session, SessionWriteError
 from diffdeck.engines.sets.variants import VariantSet, plan_ab
 from diffdeck.themes import STYLESHEET
-from diffdeck.tui.compare_state import Comparison
 from diffdeck.tui.config import Config, ConfigError, save_setting
 from diffdeck.tui.engine import AttachedEngine, LocalEngine, Started
 from diffdeck.tui.history import HistoryError, history_file, load_history, save_history
 from diffdeck.tui.images import thumbnail
 from diffdeck.tui.plain import plain
 from diffdeck.tui.promote import PROMOTED_TO, again, promoted
-from diffdeck.tui.screens.compare import CompareScreen
-from diffdeck.tui.screens.grid_dialog import GridDialog
-from diffdeck.tui.screens.grid_view import GridView
-from diffdeck.tui.screens.help import HelpScreen
-from diffdeck.tui.screens.image_view import ImageScreen
 from diffdeck.tui.widgets.footer import Footer
 from diffdeck.tui.widgets.gallery import Gallery, Thumb
 from diffdeck.tui.widgets.gpu_panel import PRESSURE_COLOURS, GpuPanel
 from diffdeck.tui.widgets.prompt_editor import PromptEditor
 from diffdeck.tui.widgets.queue_view import QueueView, queue_title
 from diffdeck.tui.workbench_state import Board
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -53,6 +47,11 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import Static
+
+if TYPE_CHECKING:  # the screens load as they first open, not before the first frame
+    from diffdeck.tui.screens.compare import CompareScreen
+    from diffdeck.tui.screens.grid_dialog import GridDialog
+    from diffdeck.tui.screens.grid_view import GridView
 
 REDRAW_S = 0.25  # progress coalesces: at most four redraws a second
 LARGE_PX = 512
@@ -66,6 +65,19 @@ SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.QUALITY, EventKind.DONE,
 def breakpoint_class(size: int, breakpoints: list[tuple[int, str]]) -> str | None:
     """The class of the largest breakpoint `size` reaches (as Textual's Screen picks it)."""
     return max(((at, name) for at, name in breakpoints if size >= at), default=(0, None))[1]
+
+
+class MainScreen(Screen):
+    """The workbench's screen. Textual restyles a screen's every widget when it resumes, which
+    the first time is right after each widget was styled as it mounted: a third of the styling
+    before the first frame, for nothing (what changes after a mount restyles what it changes)."""
+
+    _resumed = False
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        if not self._resumed:  # runs before Screen's own handler, which reads this
+            self._resumed = True
+            event.refresh_styles = False
 
 
 class Workbench(App):
@@ -103,9 +115,9 @@ class Workbench(App):
         self._leaving = False  # the engine is shut down, or being shut down: it starts no more
         self.start_error: str | None = None  # why the local engine could not start
         self._busy = False  # jobs queued or running at the last redraw: its end is announced
-        for theme in themes:  # before the stylesheet's first parse: a theme set on mount parses it all again
+        for theme in themes:
             self.register_theme(theme)
-        self.theme = config.theme
+        self._set_first_theme(config.theme)
         self.set_keymap(config.keys)
         self.history_file: Path | None = history or history_file()
         try:
@@ -123,6 +135,16 @@ class Workbench(App):
         super().notify(visible(message, newlines=True), title=visible(title), severity=severity, timeout=timeout,
                        markup=False)
 
+    def _set_first_theme(self, name: str) -> None:
+        """What Textual's theme watcher does, but for the reparse of the whole stylesheet it
+        queues: before the app runs nothing is parsed yet, and that reparse would parse every
+        source twice before the first frame (set on mount, a theme restyles every widget too)."""
+        self.set_reactive(App.theme, name)
+        dark = self.current_theme.dark
+        self.update_classes({f"-theme-{name}": True, "-dark-mode": dark, "-light-mode": not dark}, update=False)
+        self._refresh_truecolor_filter(self.ansi_theme)
+        self.stylesheet.set_variables(self.get_css_variables())
+
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return dict(PRESSURE_COLOURS)
 
@@ -132,7 +154,7 @@ class Workbench(App):
         first frame."""
         width, height = self.size
         classes = [breakpoint_class(width, self.HORIZONTAL_BREAKPOINTS), breakpoint_class(height, self.VERTICAL_BREAKPOINTS)]
-        return Screen(id="_default", classes=" ".join(c for c in classes if c))
+        return MainScreen(id="_default", classes=" ".join(c for c in classes if c))
 
     def compose(self) -> ComposeResult:
         yield Static(plain(self._title_text()), id="title")
@@ -147,6 +169,7 @@ class Workbench(App):
                 yield Gallery(self.image_class, id="gallery")
         if self.hint:
             yield Static(self.hint, id="hint")
+        yield Footer()
 
     @property
     def session(self) -> Session:
@@ -158,11 +181,6 @@ class Workbench(App):
         return f"diffdeck · session {self.engine.session_name}{engine}"
 
     async def on_mount(self) -> None:
-        # The footer comes once the prompt has the focus, so that it draws the keys that focus
-        # brings in the first frame, not a refresh or two later (Textual's way: it waits for the
-        # screen to say its bindings changed, and then for a refresh)
-        self.screen.set_focus(self.query_one("#prompt"))
-        await self.mount(Footer())
         self.board.load(self.session)
         self.marks = self.session.image_marks()
         self._show_model(self.first_model)
@@ -171,8 +189,8 @@ class Workbench(App):
         self._redraw()
         if self.engine.started:  # an attached engine comes started
             self._engine_started(self.engine.started)
-        else:  # after the first frame, whose footer draws its keys a refresh after the rest
-            self.call_after_refresh(self.call_after_refresh, self._start_engine)
+        else:  # after the first frame
+            self.call_after_refresh(self._start_engine)
 
     async def _start_engine(self) -> None:
         if self._leaving:
@@ -291,8 +309,8 @@ class Workbench(App):
                 raise DaemonError(self.engine.client.closed_because) from None
             for event in batch:
                 self.board.apply(event)
-                if event.type == EventKind.QUALITY and isinstance(self.screen, ImageScreen):
-                    self.screen.measured(event.job, event.data["image"], event.data["quality"])
+                if event.type == EventKind.QUALITY:
+                    self._measured(event)
             if any(e.type in WORKER_EVENTS for e in batch):
                 self._show_warm_models()
             self._redraw()
@@ -393,10 +411,11 @@ class Workbench(App):
 
     @on(PromptEditor.GridRequested)
     def _grid_dialog(self, event: PromptEditor.GridRequested) -> None:
+        from diffdeck.tui.screens.grid_dialog import GridDialog
+
         self.push_screen(GridDialog(event.spec, self.engine.cost_note))
 
-    @on(GridDialog.Queue)
-    async def _submit_grid(self, event: GridDialog.Queue) -> None:
+    async def on_grid_dialog_queue(self, event: GridDialog.Queue) -> None:
         try:
             set_id, _jobs = await self.engine.calls.submit_set(event.variants)
         except (SpecError, RegistryError, DeviceError, DaemonError) as e:
@@ -499,7 +518,16 @@ class Workbench(App):
         except Exception:  # noqa: BLE001 - gone, or on a daemon's machine only
             return None
 
+    def _measured(self, event: Event) -> None:
+        """An image's quality measures, into the image view if it shows that image."""
+        from diffdeck.tui.screens.image_view import ImageScreen
+
+        if isinstance(self.screen, ImageScreen):
+            self.screen.measured(event.job, event.data["image"], event.data["quality"])
+
     def _show_large(self, job_id: str, image: dict[str, Any], picture: Any, stages: list[tuple[dict, Any]]) -> None:
+        from diffdeck.tui.screens.image_view import ImageScreen
+
         def in_session(shown: dict[str, Any]) -> dict[str, Any]:  # the path as the rows name it
             return {**shown, "path": os.path.relpath(shown["path"], self.session.folder)}
 
@@ -519,6 +547,9 @@ class Workbench(App):
         elif choice == "pin":
             self.pinned = [*self.pinned[-1:], (job_id, image["image"])]
             if len(self.pinned) == 2:
+                from diffdeck.tui.compare_state import Comparison
+                from diffdeck.tui.screens.compare import CompareScreen
+
                 self.push_screen(CompareScreen(Comparison.of_pinned(self.session, self.board.jobs, self.pinned),
                                                self.image_class))
             else:
@@ -581,20 +612,23 @@ class Workbench(App):
         if set_id not in self.session.sets:
             self.notify(f"{set_id} is not recorded yet; try again in a moment", severity="warning")
             return
+        from diffdeck.tui.compare_state import Comparison
+        from diffdeck.tui.screens.compare import CompareScreen
+        from diffdeck.tui.screens.grid_view import GridView
+
         comparison = Comparison.of_set(self.session, self.board.jobs, set_id)
         grid = self.session.sets[set_id]["kind"] == "grid"
         self.push_screen(GridView(comparison, self.image_class) if grid else CompareScreen(comparison, self.image_class))
 
-    @on(GridView.CompareCells)
-    def _compare_cells(self, event: GridView.CompareCells) -> None:
+    def on_grid_view_compare_cells(self, event: GridView.CompareCells) -> None:
+        from diffdeck.tui.screens.compare import CompareScreen
+
         self.push_screen(CompareScreen(event.comparison, self.image_class))
 
-    @on(CompareScreen.Picked)
-    async def _picked(self, event: CompareScreen.Picked) -> None:
+    async def on_compare_screen_picked(self, event: CompareScreen.Picked) -> None:
         await self._say(self.engine.calls.pick(event.set_id, event.image, event.left, event.right, event.winner))
 
-    @on(CompareScreen.Rated)
-    async def _rated(self, event: CompareScreen.Rated) -> None:
+    async def on_compare_screen_rated(self, event: CompareScreen.Rated) -> None:
         await self._say(self.engine.calls.rate(event.job_id, event.image, event.stars))
 
     async def _say(self, verdict: Awaitable[None]) -> None:
@@ -619,13 +653,15 @@ class Workbench(App):
 
     async def _refresh_set_view(self) -> None:
         """The compare view or grid view on top, drawn again from the session and the Board."""
+        from diffdeck.tui.screens.compare import CompareScreen
+        from diffdeck.tui.screens.grid_view import GridView
+
         if isinstance(self.screen, CompareScreen):
             self.screen.refresh_view()
         elif isinstance(self.screen, GridView):
             await self.screen.show_page()
 
-    @on(CompareScreen.Export)
-    def _export(self, event: CompareScreen.Export) -> None:
+    def on_compare_screen_export(self, event: CompareScreen.Export) -> None:
         self._write_sheet(event.set_id)
 
     @work(thread=True, group="contact-sheet", exit_on_error=False)
@@ -650,9 +686,16 @@ class Workbench(App):
             newest.focus()
 
     def action_help(self) -> None:
+        from diffdeck.tui.screens.help import HelpScreen
+
         self.push_screen(HelpScreen(list(self.key_rows())))
 
     def key_rows(self) -> Iterable[tuple[str, str, str, str]]:
+        from diffdeck.tui.screens.compare import CompareScreen
+        from diffdeck.tui.screens.grid_dialog import GridDialog
+        from diffdeck.tui.screens.grid_view import GridView
+        from diffdeck.tui.screens.image_view import ImageScreen
+
         keymap = self.config.keys
         for where, owner in (("everywhere", Workbench), ("prompt", PromptEditor), ("queue", QueueView),
                              ("gallery", Thumb), ("gallery", Gallery), ("image", ImageScreen), ("compare", CompareScreen),

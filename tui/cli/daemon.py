@@ -44,6 +44,9 @@ from diffdeck.tui.workbench_state import DeviceRow
 START_TIMEOUT_S = 60.0
 WATCH_S = 1.0  # status --watch: seconds between two drawings
 
+COMMANDS = ("serve", "status", "stop", "queue", "logs", "fetch", "attach")  # add_commands', in its order
+
+
 def add_commands(commands, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[common], help="run the engine as a daemon: renders outlive the terminal")
     serve.add_argument("--foreground", action="store_true", help="stay in this terminal (for systemd or a tmux pane)")

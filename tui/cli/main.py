@@ -49,6 +49,7 @@ from diffdeck.engines.sets.variants import (
     plan_grid,
     plan_varied,
 )
+from diffdeck.tui.cli.daemon import COMMANDS as DAEMON_COMMANDS
 from diffdeck.tui.cli.daemon import add_commands as add_daemon_commands
 from diffdeck.tui.cli.daemon import (
     add_engine_options,
@@ -64,6 +65,10 @@ from diffdeck.tui.config import IMAGE_MODES, ConfigError, load_config
 
 if TYPE_CHECKING:
     from diffdeck.engines.service.recorded_queue import RecordedQueue
+
+
+COMMANDS = ("render", "ab", "grid", "resume", "replay", "sessions", "models", "flows", "doctor", "demo-eval", "bench",
+            *DAEMON_COMMANDS)  # build_parser's, in its order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,9 +248,9 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    try:
-        args, extra = (parser if _names_a_command(argv, parser) else build_workbench_parser()).parse_known_args(argv)
+    try:  # every command's parser is a few ms: the workbench, which starts against the clock, builds only its own
+        parser = build_parser() if _names_a_command(argv) else build_workbench_parser()
+        args, extra = parser.parse_known_args(argv)
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}{_quoting_hint(argv, extra)}")
         for folder in _written_folders(args):
@@ -288,10 +293,10 @@ def _check_session_folder(folder: Path | None) -> None:
                            f"{folder} cannot be made: {nearest} is not writable")
 
 
-def _names_a_command(argv: list[str], parser: argparse.ArgumentParser) -> bool:
+def _names_a_command(argv: list[str]) -> bool:
     """Whether argv is for a command (or for help): else it opens the workbench. A first word
     that is no command and no file, but close to a command's name, is a mistyped command."""
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = COMMANDS
     words = iter(argv)
     for word in words:
         if word in ("-h", "--help", "--version"):

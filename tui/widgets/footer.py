@@ -1,35 +1,106 @@
-"""Textual's Footer, composing its keys again only when they change."""
+"""The footer: the keys the focus offers, and the command palette's at the right, in one line.
+
+Textual's Footer is a widget per key, composed again each time the screen's bindings may have
+changed: the workbench's twelve keys were 6% of the work (counted in instructions) before its
+first frame. This one is one widget drawing what Textual's draws (its colours come from the same
+theme variables), and draws it again when the keys change. A click on a key presses it, as in
+Textual's; a disabled key is dim, and its click rings the bell.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
+from typing import NamedTuple
+
+from rich.text import Text
+from textual import events
 from textual.binding import Binding
-from textual.widgets import Footer as TextualFooter
+from textual.screen import Screen
+from textual.widget import Widget
 
 
-class Footer(TextualFooter):
-    """Textual's Footer composes its keys again each time the screen says its bindings may
-    have changed, which one change of focus says up to three times: on a screen's start, the
-    first frame with keys waited for three compositions of the same keys. This one composes
-    again only when the keys it would show are not those it shows."""
+class Key(NamedTuple):
+    key: str
+    display: str
+    description: str
+    enabled: bool
 
-    _shown: tuple[bool, tuple[tuple[Binding, bool, str], ...]] | None = None
 
-    def compose(self) -> ComposeResult:
-        if self.screen.focused is not None:  # the keys are known already: drawn in the first frame it is in
-            self.set_reactive(TextualFooter._bindings_ready, True)
-        if self._bindings_ready:
-            self._shown = self._keys()
-        yield from super().compose()
+class Footer(Widget):
+    COMPONENT_CLASSES = {"footer--key", "footer--description"}
+    DEFAULT_CSS = """
+    Footer {
+        dock: bottom;
+        height: 1;
+        color: $footer-foreground;
+        background: $footer-background;
+        .footer--key {
+            color: $footer-key-foreground;
+            background: $footer-key-background;
+            text-style: bold;
+        }
+        .footer--description {
+            color: $footer-description-foreground;
+            background: $footer-description-background;
+        }
+    }
+    """
+    ALLOW_SELECT = False
 
-    async def recompose(self) -> None:
-        if not self.is_attached:  # its screen closed since (Textual's recompose does nothing then)
-            return
-        if self._keys() != self._shown:
-            await super().recompose()
+    def __init__(self) -> None:
+        super().__init__()
+        self._spans: list[tuple[int, int, Key]] = []  # where each key was drawn: [start, end) columns
 
-    def _keys(self) -> tuple[bool, tuple[tuple[Binding, bool, str], ...]]:
-        """What the keys are drawn from: every active binding as compose reads it."""
-        bindings = tuple((binding, enabled, tooltip) for _node, binding, enabled, tooltip
-                         in self.screen.active_bindings.values())
-        return self.show_command_palette, bindings
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
+
+    def _bindings_changed(self, _screen: Screen) -> None:
+        self.refresh()
+
+    def keys(self) -> tuple[list[Key], Key | None]:
+        """The keys to show, a key an action (its first binding, as Textual's footer picks), and
+        the command palette's."""
+        shown: dict[str, Key] = {}
+        palette = None
+        for _node, binding, enabled, _tooltip in self.screen.active_bindings.values():
+            if binding.key == self.app.COMMAND_PALETTE_BINDING and self.app.ENABLE_COMMAND_PALETTE:
+                palette = self._key(binding, enabled)
+            elif binding.show and binding.action not in shown:
+                shown[binding.action] = self._key(binding, enabled)
+        return list(shown.values()), palette
+
+    def _key(self, binding: Binding, enabled: bool) -> Key:
+        return Key(binding.key, self.app.get_key_display(binding), binding.description, enabled)
+
+    def render(self) -> Text:
+        key_style = self.get_component_rich_style("footer--key", partial=True)
+        description_style = self.get_component_rich_style("footer--description", partial=True)
+        keys, palette = self.keys()
+        right = Text()
+        if palette is not None:
+            right.append(palette.display, key_style)
+            right.append(f" {palette.description}", description_style)
+        width = self.content_size.width
+        left, self._spans = Text(), []
+        for key in keys:
+            start = left.cell_len
+            left.append(f" {key.display} ", key_style)
+            left.append(f"{key.description} ", description_style)
+            if not key.enabled:
+                left.stylize("dim", start)
+            self._spans.append((start, left.cell_len, key))
+        left.truncate(max(0, width - right.cell_len), pad=True)
+        if palette is not None:
+            self._spans.append((left.cell_len, width, palette))
+        return Text.assemble(left, right, no_wrap=True, end="")
+
+    def on_click(self, event: events.Click) -> None:
+        for start, end, key in self._spans:
+            if start <= event.x < end:
+                if key.enabled:
+                    self.app.simulate_key(key.key)
+                else:
+                    self.app.bell()
+                return

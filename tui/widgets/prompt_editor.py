@@ -11,13 +11,14 @@ from diffdeck.engines.core.spec import DEFAULT_SCHEDULER, SCHEDULERS, SEED_RANGE
 from diffdeck.engines.core.text import visible
 from diffdeck.engines.sets.variants import VARIANT_FIELDS
 from diffdeck.tui.plain import plain
+from diffdeck.tui.widgets.picker import Picker
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Input, Label, Select, Static, TextArea
+from textual.widgets import Input, Label, Static, TextArea
 
 SEED_MODES = (("random seed", "random"), ("fixed seed", "fixed"), ("seed +count", "increment"))
 NO_ROUTE = "-"  # the route picker's "none": the model picked beside it, one pass
@@ -115,13 +116,12 @@ class PromptEditor(Vertical):
         yield PromptArea(id="negative_prompt", soft_wrap=True, show_line_numbers=False,
                          placeholder="negative prompt")
         with Horizontal(classes="fields"):
-            yield Select([(plain(m), m) for m in self.models], value=self.initial_model, allow_blank=False, id="model")
-            route = Select([("no route", NO_ROUTE), *((plain(r), r) for r in self.routes)], value=NO_ROUTE,
-                           allow_blank=False, id="route")
+            yield Picker([(plain(m), m) for m in self.models], self.initial_model, id="model")
+            route = Picker([(plain("no route"), NO_ROUTE), *((plain(r), r) for r in self.routes)], NO_ROUTE, id="route")
             route.display = bool(self.routes)
             yield route
         with Horizontal(classes="fields"):
-            yield Select(SEED_MODES, value="random", allow_blank=False, id="seed_mode")
+            yield Picker([(plain(label), mode) for label, mode in SEED_MODES], "random", id="seed_mode")
             yield Input(placeholder="seed", id="seed", restrict=r"\d*")
         with Horizontal(classes="fields"):
             yield Label("steps")
@@ -134,8 +134,7 @@ class PromptEditor(Vertical):
             yield Input(value="1", id="count", restrict=r"\d*")
         with Horizontal(classes="fields"):
             yield Label("scheduler")
-            yield Select([(s, s) for s in (DEFAULT_SCHEDULER, *SCHEDULERS)], value=DEFAULT_SCHEDULER,
-                         allow_blank=False, id="scheduler")
+            yield Picker([(plain(s), s) for s in (DEFAULT_SCHEDULER, *SCHEDULERS)], DEFAULT_SCHEDULER, id="scheduler")
         yield Static(id="variants")
         yield Static(id="problem")
 
@@ -143,11 +142,7 @@ class PromptEditor(Vertical):
 
     def show_models(self, labels: dict[str, str]) -> None:
         """Relabel the model picker (name -> label, saying which are warm); keeps the choice."""
-        select = self.query_one("#model", Select)
-        value = select.value
-        select.set_options([(plain(labels.get(m, m)), m) for m in self.models])
-        select.value = value
-        select.mutate_reactive(Select.value)  # relabel even when the value stays
+        self.query_one("#model", Picker).set_options([(plain(labels.get(m, m)), m) for m in self.models])
 
     def show_model(self, about: dict[str, Any]) -> None:
         """The model's defaults as placeholders (an empty field means 'the model's'), an example
@@ -156,7 +151,7 @@ class PromptEditor(Vertical):
         are disabled, and left out of its jobs."""
         defaults, example, description = about["defaults"], about["example"], model_description(about)
         self.query_one("#prompt", PromptArea).placeholder = plain(f"prompt, for example: {example}" if example else "prompt")
-        self.query_one("#model", Select).tooltip = plain(description) if description else None
+        self.query_one("#model", Picker).tooltip = plain(description) if description else None
         for widget in self.query(", ".join(NOT_SENT)):
             widget.disabled = bool(about.get("hosted"))
         self.query_one("#steps", Input).placeholder = str(defaults.get("steps", ""))
@@ -178,7 +173,7 @@ class PromptEditor(Vertical):
         if not self.history or self.history[-1] != spec.prompt:
             self.history.append(spec.prompt)
         self._history_at = len(self.history)
-        if self.query_one("#seed_mode", Select).value == "increment":
+        if self.query_one("#seed_mode", Picker).value == "increment":
             self.query_one("#seed", Input).value = str((spec.seeds[-1] + 1) % SEED_RANGE)
         self._clear_marks()
         self.action_drop_variants()
@@ -188,16 +183,16 @@ class PromptEditor(Vertical):
         self.query_one("#prompt", TextArea).text = spec.get("prompt", "")
         self.query_one("#negative_prompt", TextArea).text = spec.get("negative_prompt", "")
         if spec.get("model") in self.models:
-            self.query_one("#model", Select).value = spec["model"]
-        self.query_one("#route", Select).value = spec["route"] if spec.get("route") in self.routes else NO_ROUTE
-        self.query_one("#seed_mode", Select).value = "fixed"
+            self.query_one("#model", Picker).value = spec["model"]
+        self.query_one("#route", Picker).value = spec["route"] if spec.get("route") in self.routes else NO_ROUTE
+        self.query_one("#seed_mode", Picker).value = "fixed"
         for name in ("seed", "steps", "guidance", "count"):
             value = spec.get(name)
             self.query_one(f"#{name}", Input).value = "" if value is None else str(value)
         if spec.get("width"):
             self.query_one("#size", Input).value = f"{spec['width']}x{spec['height']}"
         if spec.get("scheduler") in (DEFAULT_SCHEDULER, *SCHEDULERS):
-            self.query_one("#scheduler", Select).value = spec["scheduler"]
+            self.query_one("#scheduler", Picker).value = spec["scheduler"]
         self.query_one("#prompt", TextArea).focus()
 
     def set_text(self, area_id: str, text: str) -> None:
@@ -208,22 +203,22 @@ class PromptEditor(Vertical):
     def read_spec(self) -> JobSpec:
         """The spec the fields describe, validated. Raises SpecError naming the field."""
         value = {w.id: "" if w.disabled else w.value.strip() for w in self.query(Input)}
-        scheduler = self.query_one("#scheduler", Select)
+        scheduler = self.query_one("#scheduler", Picker)
         width, height = parse_size(value["size"]) if value["size"] else (None, None)
-        seed = None if self.query_one("#seed_mode", Select).value == "random" else _number(int, "seed", value["seed"])
-        if seed is None and self.query_one("#seed_mode", Select).value != "random":
+        seed = None if self.query_one("#seed_mode", Picker).value == "random" else _number(int, "seed", value["seed"])
+        if seed is None and self.query_one("#seed_mode", Picker).value != "random":
             raise SpecError("seed", "is empty; give a seed, or choose random seed")
         spec = JobSpec(
             prompt=self.query_one("#prompt", TextArea).text.strip(),
             negative_prompt=self.query_one("#negative_prompt", TextArea).text.strip(),
-            model=str(self.query_one("#model", Select).value),
+            model=str(self.query_one("#model", Picker).value),
             seed=seed,
             steps=_number(int, "steps", value["steps"]),
             guidance=_number(float, "guidance", value["guidance"]),
             width=width, height=height,
             scheduler=DEFAULT_SCHEDULER if scheduler.disabled else str(scheduler.value),
             count=_number(int, "count", value["count"]) or 1,
-            route=None if self.query_one("#route", Select).value == NO_ROUTE else str(self.query_one("#route", Select).value),
+            route=None if self.query_one("#route", Picker).value == NO_ROUTE else str(self.query_one("#route", Picker).value),
         )
         spec.validate()
         return spec
@@ -314,18 +309,18 @@ class PromptEditor(Vertical):
         self._history_at = at
         event.area.text = self.history[at] if at < len(self.history) else self._draft
 
-    @on(Select.Changed, "#model")
-    def _model_changed(self, event: Select.Changed) -> None:
+    @on(Picker.Changed, "#model")
+    def _model_changed(self, event: Picker.Changed) -> None:
         self.post_message(self.ModelChanged(str(event.value)))
 
-    @on(Select.Changed, "#route")
-    def _route_changed(self, event: Select.Changed) -> None:
+    @on(Picker.Changed, "#route")
+    def _route_changed(self, event: Picker.Changed) -> None:
         """What the route renders, as the picker's tooltip."""
-        event.select.tooltip = plain(self.routes[event.value]) if event.value in self.routes else None
+        event.picker.tooltip = plain(self.routes[event.value]) if event.value in self.routes else None
 
     @on(Input.Changed)
     @on(TextArea.Changed)
-    @on(Select.Changed)
+    @on(Picker.Changed)
     def _edited(self, event: Message) -> None:
         event.control.remove_class("-invalid")
         if self.variants:
