@@ -296,7 +296,6 @@ def _check_session_folder(folder: Path | None) -> None:
 def _names_a_command(argv: list[str]) -> bool:
     """Whether argv is for a command (or for help): else it opens the workbench. A first word
     that is no command and no file, but close to a command's name, is a mistyped command."""
-    commands = COMMANDS
     words = iter(argv)
     for word in words:
         if word in ("-h", "--help", "--version"):
@@ -304,10 +303,10 @@ def _names_a_command(argv: list[str]) -> bool:
         if word in ("--models", "--images", "--engine", "--remote"):
             next(words, None)
         elif not word.startswith("-"):
-            close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
-            if word not in commands and close and "--new" not in argv and not Path(word).exists():
+            close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.75)
+            if word not in COMMANDS and close and "--new" not in argv and not Path(word).exists():
                 raise UsageError(f"unknown command {word!r}; did you mean {close[0]}? (diffdeck --help lists them)")
-            return word in commands
+            return word in COMMANDS
     return False
 
 

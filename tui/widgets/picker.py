@@ -28,6 +28,7 @@ ARROW = " ▼"
 
 
 class Picker(Widget, can_focus=True):
+    COMPONENT_CLASSES = {"picker--arrow"}
     DEFAULT_CSS = """
     Picker {
         width: 1fr;
@@ -37,6 +38,7 @@ class Picker(Widget, can_focus=True):
         pointer: pointer;
         &:focus { background-tint: $foreground 5%; }
         &:disabled { color: $text-disabled; }
+        .picker--arrow { color: $foreground 50%; }
     }
     """
     BINDINGS = [Binding("enter,space,down", "open", "Open", show=False)]
@@ -82,12 +84,13 @@ class Picker(Widget, can_focus=True):
         room = max(1, self.content_size.width - len(ARROW))
         label = self.label.copy()
         label.truncate(room, overflow="ellipsis", pad=True)
-        return Text.assemble(label, (ARROW, "dim"), no_wrap=True, end="")
+        return Text.assemble(label, (ARROW, self.get_component_rich_style("picker--arrow", partial=True)),
+                             no_wrap=True, end="")
 
     def action_open(self) -> None:
         self.app.push_screen(PickerMenu(self.options, self.value, self.region), self._picked)
 
-    def _on_click(self, event: events.Click) -> None:
+    def on_click(self, event: events.Click) -> None:
         event.stop()
         if not self.disabled:
             self.action_open()
