@@ -159,6 +159,19 @@ async def test_the_footer_follows_the_focus_and_a_click_on_a_key_presses_it(tmp_
         assert "Render" not in keys(app) and keys(app).rstrip().endswith("^p palette")
 
 
+async def test_a_resized_terminal_is_laid_out_again(tmp_path):
+    """The main screen skips the resize events that bring the size it has; a new size is laid out."""
+    app = workbench(LocalEngine(load_registry(None), Session.open(tmp_path / "s")), tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: "Render" in keys(app), timeout=10, what="the first frame")
+        assert app.screen.has_class("-wide") and len(screen_text(app).splitlines()) == 30
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: len(screen_text(app).splitlines()) == 24 and "^p palette" in keys(app),
+                    timeout=10, what="the 80x24 layout")
+        assert app.screen.has_class("-narrow") and app.screen.has_class("-short")
+        assert app.query_one("#gpu").region.right <= 80
+
+
 def test_tmux_is_asked_about_graphics_only_for_a_mode_that_sends_them(tmp_path, monkeypatch):
     """Asking runs tmux, before the first frame: not for --images off or halfcell."""
     asked = tmp_path / "asked"

@@ -68,9 +68,12 @@ def breakpoint_class(size: int, breakpoints: list[tuple[int, str]]) -> str | Non
 
 
 class MainScreen(Screen):
-    """The workbench's screen. Textual restyles a screen's every widget when it resumes, which
-    the first time is right after each widget was styled as it mounted: a third of the styling
-    before the first frame, for nothing (what changes after a mount restyles what it changes)."""
+    """The workbench's screen, without two things Textual does again for nothing as it starts.
+    It restyles a screen's every widget when the screen resumes, which the first time is right
+    after each widget was styled as it mounted: a third of the styling before the first frame
+    (what changes after a mount restyles what it changes). And it lays the screen out again, all
+    of it, at each resize event, and three come at the start for the size the screen already has:
+    each a second and third frame drawn whole, while the first is on its way to the terminal."""
 
     _resumed = False
 
@@ -78,6 +81,10 @@ class MainScreen(Screen):
         if not self._resumed:  # runs before Screen's own handler, which reads this
             self._resumed = True
             event.refresh_styles = False
+
+    def on_resize(self, event: events.Resize) -> None:
+        if event.size == self._compositor.size:  # laid out at this size already
+            event.prevent_default()  # Screen's own handler, which would lay it all out again
 
 
 class Workbench(App):
