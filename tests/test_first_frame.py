@@ -22,6 +22,7 @@ from diffdeck.tui.themes import load_theme
 from diffdeck.tui.widgets.footer import Footer
 from diffdeck.tui.widgets.queue_view import QueueView
 from helpers import diffdeck, screen_text, until
+from textual.command import CommandPalette
 
 
 class RecordsTheme(Workbench):
@@ -45,7 +46,7 @@ class SeesTheScreen(LocalEngine):
     """Notes the footer's keys on the screen when the workbench starts it."""
 
     app: Workbench
-    keys_at_start: list[str] | None = None
+    keys_at_start: str | None = None
 
     async def start(self):
         self.keys_at_start = keys(self.app)
@@ -87,7 +88,7 @@ async def test_the_local_engine_starts_once_the_first_frame_is_whole(tmp_path):
 
 
 class NotesTheFirstFrame(RecordsToasts):
-    keys_in_first_frame: list[str] | None = None
+    keys_in_first_frame: str | None = None
 
     async def on_mount(self) -> None:
         await super().on_mount()
@@ -170,6 +171,22 @@ async def test_a_resized_terminal_is_laid_out_again(tmp_path):
                     timeout=10, what="the 80x24 layout")
         assert app.screen.has_class("-narrow") and app.screen.has_class("-short")
         assert app.query_one("#gpu").region.right <= 80
+        app.query_one("#model").focus()
+        await pilot.press("enter")  # a picker's list over the screen as the terminal grows
+        await pilot.resize_terminal(120, 40)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen.has_class("-wide") and app.screen.has_class("-tall"), timeout=10,
+                    what=f"the 120x40 classes, not {app.screen.classes}")
+
+
+async def test_at_80_columns_the_footer_shows_whole_keys_and_its_palette_key_opens_the_palette(tmp_path):
+    app = workbench(LocalEngine(load_registry(None), Session.open(tmp_path / "s")), tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: "Render" in keys(app), timeout=10, what="the first frame")
+        line = keys(app)
+        assert line.endswith("^p palette") and line[:line.index("^p palette")].rstrip().endswith("f1 Keys"), line
+        await pilot.click(Footer, offset=(line.index("^p"), 0))
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), timeout=10, what="the command palette")
 
 
 def test_tmux_is_asked_about_graphics_only_for_a_mode_that_sends_them(tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
 """The prompt editor's drop-downs (diffdeck.tui.widgets.picker), as a person uses them: keys and
 clicks, and what the screen shows."""
 
+import pytest
 from diffdeck.tui.plain import plain
 from diffdeck.tui.widgets.picker import Picker, PickerMenu
 from helpers import screen_text
 from textual.app import App, ComposeResult
-from textual.widgets import Input, Static
+from textual.widgets import Input, OptionList, Static
 
 CHOICES = [(plain(name), name) for name in ("default", "euler", "euler_a", "heun", "ddim")]
 
@@ -13,15 +14,15 @@ CHOICES = [(plain(name), name) for name in ("default", "euler", "euler_a", "heun
 class Pickers(App):
     CSS = ".spacer { height: 1fr; }"
 
-    def __init__(self, at_bottom: bool = False):
+    def __init__(self, at_bottom: bool = False, choices=CHOICES):
         super().__init__()
-        self.at_bottom, self.changes = at_bottom, []
+        self.at_bottom, self.choices, self.changes = at_bottom, choices, []
 
     def compose(self) -> ComposeResult:
         yield Input(id="before")
         if self.at_bottom:
             yield Static(classes="spacer")
-        yield Picker(CHOICES, "default", id="scheduler")
+        yield Picker(self.choices, self.choices[0][1], id="scheduler")
 
     def on_picker_changed(self, event: Picker.Changed) -> None:
         self.changes.append((event.control.id, event.value))
@@ -70,15 +71,18 @@ async def test_a_click_opens_it_and_a_click_beside_the_list_closes_it():
         assert not isinstance(app.screen, PickerMenu) and app.query_one(Picker).value == "default"
 
 
-async def test_at_the_bottom_of_the_screen_the_list_opens_above():
-    app = Pickers(at_bottom=True)
+@pytest.mark.parametrize("choices", [CHOICES, [(plain(f"choice {i}"), i) for i in range(30)]])
+async def test_at_the_bottom_of_the_screen_the_list_opens_above_on_the_screen(choices):
+    app = Pickers(at_bottom=True, choices=choices)
     async with app.run_test(size=(40, 12)) as pilot:
         picker = app.query_one(Picker)
         assert picker.region.bottom == 12
         picker.focus()
         await pilot.press("enter")
-        shown = lines(app)
-        assert "\n".join(shown).count("ddim") == 1, "\n".join(shown)
+        menu = app.screen.query_one(OptionList).region
+        assert 0 <= menu.y and menu.bottom <= picker.region.y, (menu, picker.region)
+        first = str(choices[0][0])
+        assert any(line.strip("▊▎ ") == first for line in lines(app)[menu.y:menu.bottom]), "\n".join(lines(app))
 
 
 async def test_new_labels_keep_the_choice_and_a_value_that_is_no_choice_is_refused():

@@ -43,6 +43,7 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.geometry import Size
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
@@ -62,9 +63,19 @@ SET_VIEW_EVENTS = frozenset({EventKind.IMAGE, EventKind.QUALITY, EventKind.DONE,
                              EventKind.CANCELLED})
 
 
+HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # the stylesheet lays out 80x24 as its own size
+VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+
+
 def breakpoint_class(size: int, breakpoints: list[tuple[int, str]]) -> str | None:
     """The class of the largest breakpoint `size` reaches (as Textual's Screen picks it)."""
     return max(((at, name) for at, name in breakpoints if size >= at), default=(0, None))[1]
+
+
+def size_classes(size: Size) -> dict[str, bool]:
+    """Each breakpoint class, on or off, for a screen of this size."""
+    on = {breakpoint_class(size.width, HORIZONTAL_BREAKPOINTS), breakpoint_class(size.height, VERTICAL_BREAKPOINTS)}
+    return {name: name in on for _, name in (*HORIZONTAL_BREAKPOINTS, *VERTICAL_BREAKPOINTS)}
 
 
 class MainScreen(Screen):
@@ -83,16 +94,17 @@ class MainScreen(Screen):
             event.refresh_styles = False
 
     def on_resize(self, event: events.Resize) -> None:
-        if event.size == self._compositor.size:  # laid out at this size already
+        if event.size == self._compositor.size:  # laid out at this size already (under a modal, say)
             event.prevent_default()  # Screen's own handler, which would lay it all out again
+            self.update_classes(size_classes(event.size))  # what that handler sets besides
 
 
 class Workbench(App):
     CSS_PATH = STYLESHEET
     TITLE = "diffdeck"
     AUTO_FOCUS = "#prompt"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # the stylesheet lays out 80x24 as its own size
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    HORIZONTAL_BREAKPOINTS = HORIZONTAL_BREAKPOINTS
+    VERTICAL_BREAKPOINTS = VERTICAL_BREAKPOINTS
     BINDINGS = [
         Binding("f1", "help", "Keys", id="help"),
         Binding("f2", "focus('prompt')", "Prompt", id="focus_prompt"),
@@ -146,6 +158,8 @@ class Workbench(App):
         """What Textual's theme watcher does, but for the reparse of the whole stylesheet it
         queues: before the app runs nothing is parsed yet, and that reparse would parse every
         source twice before the first frame (set on mount, a theme restyles every widget too)."""
+        if self.get_theme(name) is None:
+            raise ConfigError(f"theme {name!r} is not known; themes: {', '.join(self.available_themes)}")
         self.set_reactive(App.theme, name)
         dark = self.current_theme.dark
         self.update_classes({f"-theme-{name}": True, "-dark-mode": dark, "-light-mode": not dark}, update=False)
@@ -159,9 +173,7 @@ class Workbench(App):
         """The screen with its breakpoint classes for the terminal's size already set: set at its
         first resize (Textual's way), they would style every widget a second time before the
         first frame."""
-        width, height = self.size
-        classes = [breakpoint_class(width, self.HORIZONTAL_BREAKPOINTS), breakpoint_class(height, self.VERTICAL_BREAKPOINTS)]
-        return MainScreen(id="_default", classes=" ".join(c for c in classes if c))
+        return MainScreen(id="_default", classes=" ".join(name for name, on in size_classes(self.size).items() if on))
 
     def compose(self) -> ComposeResult:
         yield Static(plain(self._title_text()), id="title")

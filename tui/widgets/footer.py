@@ -4,7 +4,8 @@ Textual's Footer is a widget per key, composed again each time the screen's bind
 changed: the workbench's twelve keys were 6% of the work (counted in instructions) before its
 first frame. This one is one widget drawing what Textual's draws (its colours come from the same
 theme variables), and draws it again when the keys change. A click on a key presses it, as in
-Textual's; a disabled key is dim, and its click rings the bell.
+Textual's; a disabled key is dim, and its click rings the bell. What it leaves out: a key's
+tooltip, its look under the mouse, and scrolling to the keys that do not fit (F1 lists them all).
 """
 
 from __future__ import annotations
@@ -83,17 +84,19 @@ class Footer(Widget):
             right.append(palette.display, key_style)
             right.append(f" {palette.description}", description_style)
         width = self.content_size.width
+        room = max(0, width - right.cell_len)
         left, self._spans = Text(), []
         for key in keys:
-            start = left.cell_len
-            left.append(f" {key.display} ", key_style)
-            left.append(f"{key.description} ", description_style)
+            drawn = Text.assemble((f" {key.display} ", key_style), (f"{key.description} ", description_style))
+            if left.cell_len + drawn.cell_len - 1 > room:  # the keys that fit whole (but for the space after)
+                break
             if not key.enabled:
-                left.stylize("dim", start)
-            self._spans.append((start, left.cell_len, key))
-        left.truncate(max(0, width - right.cell_len), pad=True)
+                drawn.stylize("dim")
+            self._spans.append((left.cell_len, min(room, left.cell_len + drawn.cell_len), key))
+            left.append_text(drawn)
+        left.truncate(room, pad=True)
         if palette is not None:
-            self._spans.append((left.cell_len, width, palette))
+            self._spans.append((room, width, palette))
         return Text.assemble(left, right, no_wrap=True, end="")
 
     def on_click(self, event: events.Click) -> None:

@@ -1,6 +1,6 @@
 """A one-line drop-down of fixed choices: the choice and ▼; enter, space, down or a click opens
-its list under it, where up, down, a typed first letter, enter and escape do what they do in
-Textual's Select.
+its list under it (above it where there is no room below). There, up and down move, a typed
+letter moves to the next choice it begins, enter picks, escape or a click beside it closes it.
 
 Textual's Select is six widgets, its list (an OptionList, with its bindings and styles) built as
 it mounts and restyled as its value is first set: the prompt editor's four were 9% of the work
@@ -25,6 +25,7 @@ from textual.widgets import OptionList
 
 Options = Sequence[tuple[Text, Hashable]]  # (label, value): labels as widgets show them (diffdeck.tui.plain)
 ARROW = " ▼"
+MAX_ROWS = 10  # a longer list scrolls
 
 
 class Picker(Widget, can_focus=True):
@@ -39,6 +40,7 @@ class Picker(Widget, can_focus=True):
         &:focus { background-tint: $foreground 5%; }
         &:disabled { color: $text-disabled; }
         .picker--arrow { color: $foreground 50%; }
+        &:disabled > .picker--arrow { color: $text-disabled; }
     }
     """
     BINDINGS = [Binding("enter,space,down", "open", "Open", show=False)]
@@ -84,8 +86,7 @@ class Picker(Widget, can_focus=True):
         room = max(1, self.content_size.width - len(ARROW))
         label = self.label.copy()
         label.truncate(room, overflow="ellipsis", pad=True)
-        return Text.assemble(label, (ARROW, self.get_component_rich_style("picker--arrow", partial=True)),
-                             no_wrap=True, end="")
+        return Text.assemble(label, (ARROW, self.get_component_rich_style("picker--arrow")), no_wrap=True, end="")
 
     def action_open(self) -> None:
         self.app.push_screen(PickerMenu(self.options, self.value, self.region), self._picked)
@@ -130,11 +131,15 @@ class PickerMenu(ModalScreen[Hashable | None]):
 
     def on_mount(self) -> None:
         menu = self.query_one(OptionList)
-        height = min(len(self.options), 10) + 2  # the rows, and the border
-        below = self.size.height - self.under.bottom
-        y = self.under.bottom if below >= height or below >= self.under.y else max(0, self.under.y - height)
+        wanted = min(len(self.options), MAX_ROWS) + 2  # the rows, and the border
+        below, above = self.size.height - self.under.bottom, self.under.y
+        if below >= wanted or below >= above:
+            height, y = min(wanted, below), self.under.bottom
+        else:
+            height = min(wanted, above)
+            y = above - height
         menu.styles.width = self.under.width
-        menu.styles.max_height = max(3, below if y == self.under.bottom else self.under.y)
+        menu.styles.max_height = height
         menu.styles.offset = Offset(self.under.x, y)
         menu.highlighted = next(i for i, (_, value) in enumerate(self.options) if value == self.value)
         menu.focus()
