@@ -171,8 +171,8 @@ async def test_a_resized_terminal_is_laid_out_again(tmp_path):
                     timeout=10, what="the 80x24 layout")
         assert app.screen.has_class("-narrow") and app.screen.has_class("-short")
         assert app.query_one("#gpu").region.right <= 80
-        app.query_one("#model").focus()
-        await pilot.press("enter")  # a picker's list over the screen as the terminal grows
+        await pilot.press("f1")  # the keys' help over the screen as the terminal grows
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=10, what="the keys' help")
         await pilot.resize_terminal(120, 40)
         await pilot.press("escape")
         await until(pilot, lambda: app.screen.has_class("-wide") and app.screen.has_class("-tall"), timeout=10,

@@ -110,3 +110,17 @@ async def test_a_disabled_picker_does_not_open():
         await pilot.click(Picker)
         await pilot.press("tab", "enter")
         assert not isinstance(app.screen, PickerMenu)
+
+
+async def test_the_list_closes_when_the_terminal_is_resized_and_the_focused_picker_is_marked():
+    app = Pickers()
+    async with app.run_test(size=(40, 12)) as pilot:
+        picker = app.query_one(Picker)
+        unfocused = picker.rich_style
+        picker.focus()
+        await pilot.pause()
+        assert picker.rich_style != unfocused and picker.rich_style.bold, "the focused picker looks focused"
+        await pilot.press("enter")
+        assert isinstance(app.screen, PickerMenu)
+        await pilot.resize_terminal(60, 16)
+        assert not isinstance(app.screen, PickerMenu) and picker.value == "default" and app.focused is picker

@@ -88,11 +88,11 @@ class Footer(Widget):
         left, self._spans = Text(), []
         for key in keys:
             drawn = Text.assemble((f" {key.display} ", key_style), (f"{key.description} ", description_style))
-            if left.cell_len + drawn.cell_len - 1 > room:  # the keys that fit whole (but for the space after)
+            if left.cell_len + drawn.cell_len > room:  # the keys that fit whole, a space before the palette's
                 break
             if not key.enabled:
                 drawn.stylize("dim")
-            self._spans.append((left.cell_len, min(room, left.cell_len + drawn.cell_len), key))
+            self._spans.append((left.cell_len, left.cell_len + drawn.cell_len, key))
             left.append_text(drawn)
         left.truncate(room, pad=True)
         if palette is not None:

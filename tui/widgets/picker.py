@@ -16,7 +16,7 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.geometry import Offset, Region
+from textual.geometry import Offset, Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen
@@ -37,7 +37,7 @@ class Picker(Widget, can_focus=True):
         padding: 0 1;
         background: $surface;
         pointer: pointer;
-        &:focus { background-tint: $foreground 5%; }
+        &:focus { color: $accent; text-style: bold; background-tint: $foreground 5%; }
         &:disabled { color: $text-disabled; }
         .picker--arrow { color: $foreground 50%; }
         &:disabled > .picker--arrow { color: $text-disabled; }
@@ -125,6 +125,7 @@ class PickerMenu(ModalScreen[Hashable | None]):
     def __init__(self, options: Options, value: Hashable, under: Region):
         super().__init__()
         self.options, self.value, self.under = options, value, under
+        self.opened_at: Size | None = None
 
     def compose(self) -> ComposeResult:
         yield OptionList(*(label for label, _ in self.options))
@@ -143,6 +144,13 @@ class PickerMenu(ModalScreen[Hashable | None]):
         menu.styles.offset = Offset(self.under.x, y)
         menu.highlighted = next(i for i, (_, value) in enumerate(self.options) if value == self.value)
         menu.focus()
+        self.opened_at = self.size
+
+    def on_resize(self, event: events.Resize) -> None:
+        """A new terminal size moves the picker from under its list: the list closes."""
+        if self.opened_at is not None and event.size != self.opened_at:
+            self.opened_at = None  # one close: the resize comes as more than one event
+            self.dismiss(None)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
