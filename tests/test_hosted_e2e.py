@@ -68,8 +68,8 @@ async def test_the_workbench_renders_a_hosted_model_and_shows_what_it_waits_for(
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.board.telemetry is not None, timeout=30, what="the engine started")
             app.query_one("#model", Picker).value = "ideo"
-            await pilot.pause(0.2)
-            assert "ideo · hosted by ideogram" in screen_text(app), "the picker says who renders it"
+            await until(pilot, lambda: "ideo · hosted by ideogram" in screen_text(app), timeout=10,
+                        what="the picker saying who renders it")
             await pilot.click("#prompt")
             await pilot.press(*"a poster saying HELLO", "ctrl+j")
             await until(pilot, lambda: "waiting for ideogram" in screen_text(app), timeout=30,
@@ -77,8 +77,8 @@ async def test_the_workbench_renders_a_hosted_model_and_shows_what_it_waits_for(
             waiting = next(line for line in screen_text(app).splitlines() if "waiting for ideogram" in line)
             assert "0001" in waiting and "ideo" in waiting and "0/1" not in waiting, waiting
             await until(pilot, lambda: app.board.jobs["job-0001"].status == Status.DONE, timeout=30, what="job done")
-            await pilot.pause(0.3)
-            assert "1 image" in str(app.query_one(QueueView).get_cell("job-0001", "progress"))
+            await until(pilot, lambda: "1 image" in str(app.query_one(QueueView).get_cell("job-0001", "progress")),
+                        timeout=10, what="the queue's progress cell saying 1 image")
     assert len(fake.requests()) == 1 and fake.requests()[0].json["image_request"]["prompt"] == "a poster saying HELLO"
 
 
@@ -89,7 +89,7 @@ async def test_a_hosted_models_jobs_run_at_once_on_its_lanes_in_workers_started_
         raise AssertionError("a hosted model's worker was sent to the launcher")
 
     with FakeProvider("ideogram", key=KEY) as fake:
-        fake.then(slow(2), slow(2))
+        fake.then(slow(10), slow(10))  # the second worker starts and sends well within it, however slow its start
         registry = load_registry(write_models(tmp_path, {"ideo": ideogram(fake)}))
         async with Dispatcher(registry, tmp_path / "images", devices=[CPU], launcher=cluster) as dispatcher:
             events = dispatcher.subscribe()

@@ -145,12 +145,12 @@ async def test_the_editor_sends_no_steps_guidance_or_scheduler_for_a_hosted_mode
         app.query_one("#steps", Input).value, app.query_one("#guidance", Input).value = "20", "6.5"
         app.query_one("#scheduler", Picker).value = "euler"
         app.query_one("#model", Picker).value = "ideo"
-        await pilot.pause(0.2)
-        assert all(app.query_one(field).disabled for field in ("#steps", "#guidance", "#scheduler"))
+        await until(pilot, lambda: all(app.query_one(field).disabled for field in ("#steps", "#guidance", "#scheduler")),
+                    timeout=10, what="the fields a hosted model is not sent disabled")
         spec = editor.read_spec()
         assert (spec.model, spec.steps, spec.guidance, spec.scheduler) == ("ideo", None, None, "default")
         app.query_one("#model", Picker).value = "demo"
-        await pilot.pause(0.2)
+        await until(pilot, lambda: not app.query_one("#steps").disabled, timeout=10, what="the fields back")
         spec = editor.read_spec()
         assert (spec.steps, spec.guidance, spec.scheduler) == (20, 6.5, "euler"), "a local model has them back"
 
@@ -165,13 +165,17 @@ async def test_a_hosted_model_reads_whole_at_each_size(tmp_path, size):
         app.query_one("#model", Picker).value = "imagen"
         running_hosted_job(app.board, "job-0001", waited_s=12.3)
         app._redraw()
-        await pilot.pause(0.3)
-        lines = screen_text(app).splitlines()
-        queued = next(line for line in lines if re.match(r"^ 0001\s+running", line))
+
+        def running_line() -> str | None:
+            return next((line for line in screen_text(app).splitlines() if re.match(r"^ 0001\s+running", line)), None)
+
+        await until(pilot, running_line, timeout=10, what="job-0001 running in the queue")
+        queued = running_line()
         assert re.search(r"(waiting for ideogram 12 s|⋯ 12 s)", queued), queued
-        assert re.search(r"size 1024x1024\b", screen_text(app)), "the whole size, where the model's default shows"
+        await until(pilot, lambda: re.search(r"size 1024x1024\b", screen_text(app)), timeout=10,
+                    what="the whole size, where the model's default shows")
         await pilot.click("#model")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "ideo · hosted by" in screen_text(app), timeout=10, what="the model picker's list")
         lines = screen_text(app).splitlines()
         at = next(i for i, line in enumerate(lines) if "ideo · hosted by" in line)
         assert "imagen · hosted by" in lines[at + 1], "a model a line in the picker: " + "\n".join(lines[at:at + 3])
@@ -194,7 +198,7 @@ class ImageHost(App):
 async def test_the_image_view_of_an_unseeded_hosted_image_says_what_was_asked_returned_and_paid_and_r_warns():
     app = ImageHost(hosted_image(0, cost=0.04))
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await pilot.pause(0.2)
+        await until(pilot, lambda: "provider" in screen_text(app), timeout=10, what="the image's parameters")
         # the parameters, name: value, as the table on the right shows them
         rows = dict(re.findall(r"│.*?\s{2,}(\w[\w ]*?)\s{2,}(\S.*?)\s*│\s*$", screen_text(app), re.M))
         assert rows["provider"] == "imagen · model imagen-4.0-generate-001"

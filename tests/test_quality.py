@@ -295,8 +295,11 @@ async def test_a_large_backlog_lets_the_event_loop_run_between_images_needing_no
 
     ticker = asyncio.create_task(ticking())
     recorder.start(backlog=True)
-    await asyncio.wait_for(recorder.settled(backlog=True), 60)
-    ticker.cancel()
+    try:
+        await asyncio.wait_for(recorder.settled(backlog=True), 60)
+    finally:
+        ticker.cancel()
+        recorder.close()
     assert ticks > 250, "the workbench's screen kept being drawn as the backlog was gone through"
 
 
@@ -313,11 +316,13 @@ async def test_an_error_with_one_image_is_logged_and_the_next_is_measured(tmp_pa
 
     recorder = QualityRecorder(session, tell)
     recorder.start(backlog=False)
-    with caplog.at_level(logging.WARNING, logger="diffdeck.quality"):
-        for job in ("job-0001", "job-0002"):
-            recorder.recorded(job, 0)
-        await asyncio.wait_for(recorder.settled(), 60)
-    recorder.close()
+    try:
+        with caplog.at_level(logging.WARNING, logger="diffdeck.quality"):
+            for job in ("job-0001", "job-0002"):
+                recorder.recorded(job, 0)
+            await asyncio.wait_for(recorder.settled(), 60)
+    finally:
+        recorder.close()
     assert told == ["job-0001", "job-0002"] and "RuntimeError: a listener's bug" in caplog.text
 
 
