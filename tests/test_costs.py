@@ -18,7 +18,16 @@ from diffdeck.engines.hosted.estimate import job_estimate
 from diffdeck.engines.hosted.prices import PRICES_READ
 from diffdeck.engines.queue.devices import CPU
 from diffdeck.engines.record.session import Session
-from diffdeck.engines.record.spend import Spend, Spent, day_spent, ledger_path, record_spend, session_spent, today
+from diffdeck.engines.record.spend import (
+    DayTally,
+    Spend,
+    Spent,
+    day_spent,
+    ledger_path,
+    record_spend,
+    session_spent,
+    today,
+)
 from diffdeck.engines.service.costs import Costs
 from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.engines.sets.variants import plan_ab
@@ -335,6 +344,27 @@ def test_the_ledger_skips_a_torn_line_and_the_next_entry_starts_a_line_of_its_ow
     assert day_spent(tmp_path / "none.jsonl") == 0.0
 
 
+def test_a_day_tally_reads_what_the_ledger_gains_and_starts_again_for_a_new_day_or_a_new_file(tmp_path):
+    ledger = tmp_path / "spend.jsonl"
+    tally = DayTally(ledger)
+    assert tally.spent(today()) == 0.0
+    record_spend(ledger, Spend(today(), "s", "job-0001", 0, "ideo", 0.05))
+    record_spend(ledger, Spend("2020-01-01", "s", "job-0001", 1, "ideo", 1.0))
+    assert tally.spent(today()) == 0.05
+    with open(ledger, "ab") as f:
+        f.write(b'{"date": "' + today().encode() + b'", "usd": 0.')  # a line being written, or torn by a kill
+    assert tally.spent(today()) == 0.05
+    record_spend(ledger, Spend(today(), "s", "job-0001", 2, "ideo", 0.04))
+    assert tally.spent(today()) == 0.09 == day_spent(ledger)
+    assert tally.spent("2020-01-01") == 1.0 and tally.spent(today()) == 0.09
+    ledger.unlink()
+    record_spend(ledger, Spend(today(), "s", "job-0002", 0, "ideo", 0.5))  # a new file, longer than the read
+    assert tally.spent(today()) == 0.5
+    ledger.write_bytes(b"")
+    record_spend(ledger, Spend(today(), "s", "job-0003", 0, "ideo", 0.01))  # cut, and shorter
+    assert tally.spent(today()) == 0.01
+
+
 # what the CLI shows
 
 def test_the_cli_refuses_a_job_over_budget_in_one_line(tmp_path):
@@ -430,8 +460,8 @@ async def test_the_workbench_shows_the_spend_each_images_cost_and_a_sets_estimat
 
         await pilot.press("f4", "enter")
         await until(pilot, lambda: isinstance(app.screen, ImageScreen), timeout=10, what="the image view")
-        await pilot.pause(0.2)
-        assert any("cost" in line and "$0.05" in line for line in screen_text(app).splitlines()), screen_text(app)
+        await until(pilot, lambda: any("cost" in line and "$0.05" in line for line in screen_text(app).splitlines()),
+                    timeout=10, what="the image's cost row")
         await pilot.press("escape")
 
         app.query_one("#model", Picker).value = "ideo"

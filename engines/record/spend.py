@@ -138,10 +138,38 @@ def record_spend(ledger: Path, spend: Spend) -> None:
 def day_spent(ledger: Path, day: str | None = None) -> float:
     """What hosted images recorded in `ledger` cost on `day` (default: today), in US dollars.
     OSError when the ledger exists and cannot be read."""
-    day = day or today()
-    try:
-        data = ledger.read_bytes()
-    except FileNotFoundError:
-        return 0.0
-    entries = (Spend.from_line(line) for line in data.split(b"\n") if line.strip())
-    return round(sum(entry.usd for entry in entries if entry is not None and entry.date == day), 6)
+    return DayTally(ledger).spent(day or today())
+
+
+class DayTally:
+    """A ledger's total for one day, for a process that asks again and again (a budget checked at
+    each submit): each ask reads only the whole lines added since the last; all of it again when
+    the day changes, or the file is not the one read (replaced, or cut and written again). The
+    ledger only grows: a year of it is megabytes."""
+
+    def __init__(self, ledger: Path):
+        self.ledger = ledger
+        self._day: str | None = None
+        self._read = b""  # the last whole line counted, where it was: the file is still the one read
+        self._at = 0  # bytes of it counted
+        self._usd = 0.0
+
+    def spent(self, day: str) -> float:
+        """OSError when the ledger exists and cannot be read."""
+        try:
+            with open(self.ledger, "rb") as file:
+                file.seek(self._at - len(self._read))
+                if day != self._day or file.read(len(self._read)) != self._read:
+                    self._day, self._read, self._at, self._usd = day, b"", 0, 0.0
+                    file.seek(0)
+                data = file.read()
+        except FileNotFoundError:
+            self._day, self._read, self._at, self._usd = day, b"", 0, 0.0
+            return 0.0
+        whole = data[:data.rfind(b"\n") + 1]  # a line still being written is counted once it ends
+        if whole:
+            self._at += len(whole)
+            self._read = whole[whole.rfind(b"\n", 0, -1) + 1:]
+        entries = (Spend.from_line(line) for line in whole.split(b"\n") if line.strip())
+        self._usd += sum(entry.usd for entry in entries if entry is not None and entry.date == day)
+        return round(self._usd, 6)

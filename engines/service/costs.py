@@ -23,7 +23,7 @@ from diffdeck.engines.core.spec import JobSpec
 from diffdeck.engines.hosted.estimate import Estimate, job_estimate
 from diffdeck.engines.queue.dispatcher import Job
 from diffdeck.engines.record.session import Session
-from diffdeck.engines.record.spend import Spend, day_spent, is_cost, ledger_path, record_spend, session_spent, today
+from diffdeck.engines.record.spend import DayTally, Spend, is_cost, ledger_path, record_spend, session_spent, today
 
 log = logging.getLogger("diffdeck.costs")
 
@@ -32,6 +32,7 @@ class Costs:
     def __init__(self, registry: Registry, session: Session):
         self.registry, self.session = registry, session
         self.ledger = ledger_path()
+        self._tally = DayTally(self.ledger)  # the day budget is checked at each submit: the ledger read as it grows
         self.unwritten: list[Spend] = []  # entries the ledger could not take yet: written with the next
         self._failing = False  # the last write failed (said once in the log)
 
@@ -80,7 +81,7 @@ class Costs:
     def _day_spent(self, what: str) -> float:
         """The ledger's today, and what this process could not write to it yet."""
         try:
-            written = day_spent(self.ledger, today())
+            written = self._tally.spent(today())
         except OSError as e:
             raise BudgetError(f"{what}: the day's budget cannot be kept: {self.ledger} cannot be read "
                               f"({e.strerror or e})") from None
