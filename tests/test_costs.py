@@ -136,7 +136,7 @@ def test_a_job_is_priced_at_the_size_its_provider_is_sent(tmp_path):
         return job_estimate(JobSpec("a sign", **spec), registry).text()
 
     assert text(model="ideo", count=2) == f"about $0.10 (2 x $0.05, ideo at {PUBLISHED})"
-    assert text(model="own") == "about $0.07 (1 x $0.07, own at its price in models.yaml)"
+    assert text(model="own") == "about $0.07 (1 x $0.07, own at its price_usd in models.yaml)"
     # gpt-image-1 costs more for a size that is not square: 1100x1000 is sent as 1024x1024
     assert text(model="gpt", width=1100, height=1000) == f"about $0.011 (1 x $0.011, gpt at {PUBLISHED})"
     assert text(model="gpt", width=1500, height=1000) == f"about $0.016 (1 x $0.016, gpt at {PUBLISHED})"

@@ -54,7 +54,7 @@ def test_replay_says_what_a_hosted_image_is_and_sends_nothing_unless_asked(tmp_p
         assert (len(ideogram.requests()), len(openai.requests())) == (sent[0] + 1, sent[1] + 1), "refused: none sent"
     assert not (tmp_path / "s" / "replay-2").exists(), "refused: no replay folder left behind"
     assert ("rendering hosted images again: estimated cost about $0.06 (1 x $0.05, "
-                                               "ideo at its price in models.yaml; 1 x $0.01, gpt at its price in "
+                                               "ideo at its price_usd in models.yaml; 1 x $0.01, gpt at its price_usd in "
                                                "models.yaml)") in refused.stdout.splitlines(), refused.stdout
     replayed = [Spend.from_line(line) for line in ledger_path().read_bytes().splitlines()][-2:]
     assert sorted((entry.session, entry.job, entry.usd) for entry in replayed) == [

@@ -86,8 +86,9 @@ async def test_the_panel_shows_a_running_hosted_jobs_estimate_the_sessions_spend
         assert app.board.lanes == {"ideo": 2, "imagen": 2}, "the engine says how many jobs each runs at once"
         running_hosted_job(app.board, "job-0001", count=2)
         app._redraw()
-        await until(pilot, lambda: "job-0001 running: about $0.10" in screen_text(app), timeout=10, what="its estimate")
-        assert "today $0.30 of $1.00, $0.70 left" in screen_text(app), screen_text(app)
+        await until(pilot, lambda: "job-0001 running: about $0.10" in screen_text(app)
+                    and "today $0.30 of $1.00, $0.70 left" in screen_text(app), timeout=10,
+                    what="its estimate and the day's budget")
         app.board.apply(Event(EventKind.IMAGE, "job-0001", hosted_image(0)))
         app._redraw()
         await until(pilot, lambda: "spent $0.05 this session" in screen_text(app), timeout=10, what="the spend")

@@ -108,6 +108,8 @@ class LocalEngine:
     def day_spend(self) -> tuple[float, float | None] | None:
         """What the spend ledger holds for today, and the day's budget (None: none is set); None where
         the ledger cannot be read."""
+        if not any(model.hosted for model in self.registry.models.values()):  # nothing is paid for: not read
+            return None
         try:
             return day_spent(ledger_path()), self.registry.budgets.day_usd
         except OSError:
@@ -140,7 +142,7 @@ class LocalEngine:
         if self.started is None:
             events = self.dispatcher.subscribe()
 
-            def measured(event: Event) -> None:  # picks and ratings the workbench shows as it says them
+            def measured(event: Event) -> None:  # the quality measures the recorder makes, as it makes them
                 if event.type == EventKind.QUALITY:
                     events.put(event)
 

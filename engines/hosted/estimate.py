@@ -38,9 +38,8 @@ class Part:
         if self.price.source == LOCAL:
             return f"{self.model} free"
         if self.price.usd is None:
-            return f"{self.images} x {self.model}, whose price is not known (give it price_usd: in models.yaml)"
-        source = "its price in models.yaml" if self.price.source == "models.yaml" else self.price.source
-        return f"{self.images} x {usd(self.price.usd)}, {self.model} at {source}"
+            return f"{self.images} x {self.model}: {self.price.where()}"
+        return f"{self.images} x {usd(self.price.usd)}, {self.model} at {self.price.where()}"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,12 @@ class Price:
     def of(self, images: int) -> float | None:
         return None if self.usd is None else round(self.usd * images, 6)
 
+    def where(self) -> str:
+        """Where the price comes from, in words; or how to give one that is not known."""
+        if self.usd is None:
+            return "its price is not known (give it price_usd: in models.yaml)"
+        return "its price_usd in models.yaml" if self.source == "models.yaml" else self.source
+
 
 def price(model: ModelSpec, width: int, height: int) -> Price:
     """The price of one image of `model` at the size sent (local models: 0)."""

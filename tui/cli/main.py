@@ -772,16 +772,16 @@ def _hosted_terms(registry: Registry, name: str) -> dict[str, Any]:
 
     defaults = registry.defaults(name, None)
     price = job_estimate(JobSpec("", model=name), registry).parts[0].price
-    return {"base_url": model.base_url or providers.provider(model.kind).default_base_url,
+    return {"base_url": providers.provider(model.kind).base_url(model),
             "price": {"usd": price.usd, "source": price.source, "size": f"{defaults['width']}x{defaults['height']}"}}
 
 
-def _price_text(price: dict[str, Any]) -> str:
+def _price_text(terms: dict[str, Any]) -> str:
     """"$0.05 an image at 1024x1024 (published prices read 2026-12-01)", or that it is not known."""
-    if price["usd"] is None:
-        return "its price is not known (give it price_usd: in models.yaml)"
-    source = "its price_usd in models.yaml" if price["source"] == "models.yaml" else price["source"]
-    return f"{usd(price['usd'])} an image at {price['size']} ({source})"
+    from diffdeck.engines.hosted.prices import Price
+
+    price = Price(terms["usd"], terms["source"])
+    return price.where() if price.usd is None else f"{usd(price.usd)} an image at {terms['size']} ({price.where()})"
 
 
 # flows

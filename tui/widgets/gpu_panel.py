@@ -142,24 +142,25 @@ def workers_text(sample: dict, board: Board) -> Text:
 def timing_text(board: Board, rates: bool = True) -> Text:
     """Money spent on hosted models, the running jobs' step rates (unless the device blocks
     show them) and the last job's breakdown."""
-    out = spend_text(board)
-    for running in board.running() if rates else ():
-        if running.it_s:
-            out.append(visible(f"{running.id}: {running.it_s:.1f} it/s") + "\n")
+    running = board.running()
+    out = spend_text(board, running)
+    for row in running if rates else ():
+        if row.it_s:
+            out.append(visible(f"{row.id}: {row.it_s:.1f} it/s") + "\n")
     last = board.jobs.get(board.last_done) if board.last_done else None
     if last:
         out.append_text(breakdown(last))
     return out
 
 
-def spend_text(board: Board) -> Text:
+def spend_text(board: Board, running: list[JobRow]) -> Text:
     """Money on hosted models: each running job's estimate (and what it has cost so far), the
     session's spend, the day's and what its budget leaves; nothing where nothing is paid for."""
-    running = [line for row in board.running() if (line := running_cost(row, board.estimate_of(row)))]
+    running_costs = [line for row in running if (line := running_cost(row, board.estimate_of(row)))]
     total, day = board.spent(), board.day
-    if not (total or running or (day is not None and (day.today_usd or day.budget_usd is not None))):
+    if not (total or running_costs or (day is not None and (day.today_usd or day.budget_usd is not None))):
         return Text()
-    lines = [*running, f"spent {total.text()} this session"]
+    lines = [*running_costs, f"spent {total.text()} this session"]
     if day is not None:
         left = "" if day.budget_usd is None else \
             f" of {usd(day.budget_usd)}, {usd(max(0.0, day.budget_usd - day.today_usd))} left"
