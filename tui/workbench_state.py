@@ -14,8 +14,9 @@ from typing import Any, Callable, Literal
 from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.events import UNFINISHED, Event, JobRecord, Status, render_seconds
 from diffdeck.engines.core.flows import denoising_steps, stages_from
+from diffdeck.engines.core.validation import is_cost
 from diffdeck.engines.record.session import Session
-from diffdeck.engines.record.spend import Spent, is_cost, job_spent, today, total
+from diffdeck.engines.record.spend import Spent, job_spent, today, total
 
 HISTORY = 60  # telemetry samples kept for the sparklines (about a minute)
 # The board's own status: a job of a reopened session that could not be queued again.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from diffdeck.engines.core.validation import SpecError, check, is_finite_number
+from diffdeck.engines.core.validation import SpecError, check, is_cost
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Budgets:
         unknown = sorted(map(str, set(data) - set(keys)))
         check(not unknown, f"budgets.{unknown[0] if unknown else ''}", f"is not a budget; budgets are {', '.join(keys)}")
         for key, value in data.items():
-            check(value is None or (is_finite_number(value) and value >= 0), f"budgets.{key}",
+            check(value is None or is_cost(value), f"budgets.{key}",
                   f"must be a number of US dollars, 0 or more, got {value!r}")
         return cls(**{key: None if value is None else float(value) for key, value in data.items()})
 

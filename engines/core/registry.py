@@ -30,7 +30,7 @@ from diffdeck.engines.core.spec import (
     SpecError,
     parse_size,
 )
-from diffdeck.engines.core.validation import is_finite_number, is_int, is_number
+from diffdeck.engines.core.validation import is_cost, is_finite_number, is_int, is_number
 from diffdeck.engines.core.yamlfile import parse_yaml, read_utf8
 
 DEMO_FOLDER = Path(__file__).parents[1] / "demo_model"
@@ -501,7 +501,7 @@ def _hosted_fields(where: str, kind: str, entry: dict[str, Any]) -> dict[str, An
               "base_url": _base_url(where, entry.get("base_url"))}
     for key, ok, rule in (
         ("concurrency", lambda v: is_int(v) and 1 <= v <= MAX_CONCURRENCY, f"a whole number from 1 to {MAX_CONCURRENCY}"),
-        ("price_usd", lambda v: is_finite_number(v) and v >= 0, "a number of US dollars an image, 0 or more"),
+        ("price_usd", is_cost, "a number of US dollars an image, 0 or more"),
         ("timeout_s", lambda v: is_finite_number(v) and v > 0, "a number of seconds above 0"),
         ("options", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
          "a mapping of the provider's parameters, such as {quality: high}"),

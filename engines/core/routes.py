@@ -20,7 +20,7 @@ from typing import Any, Callable
 from diffdeck.engines.core.budgets import usd
 from diffdeck.engines.core.flows import loras_from
 from diffdeck.engines.core.spec import JobSpec, parse_size
-from diffdeck.engines.core.validation import SpecError, check, is_finite_number
+from diffdeck.engines.core.validation import SpecError, check, is_cost
 
 AUTO = "auto"
 FALLBACK = "final"  # what `auto` routes to when no rule holds
@@ -119,7 +119,7 @@ class Route:
             raise SpecError(f"{where}.{e.field}", e.message) from None
         when = Rule.from_entry(data["when"], f"{where}.when") if data.get("when") is not None else None
         cap = data.get("max_cost_usd")
-        check(cap is None or (is_finite_number(cap) and cap >= 0), f"{where}.max_cost_usd",
+        check(cap is None or is_cost(cap), f"{where}.max_cost_usd",
               f"must be a number of US dollars, 0 or more, got {cap!r}")
         return cls(name, _opt(data.get("flow")), _opt(data.get("model")), fields, when, origin,
                    None if cap is None else float(cap))

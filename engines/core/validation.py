@@ -36,6 +36,11 @@ def is_finite_number(value: Any) -> bool:
         return False
 
 
+def is_cost(value: Any) -> bool:
+    """A number of US dollars, 0 or more; None (a price not known) is not one."""
+    return is_finite_number(value) and value >= 0
+
+
 def check(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise SpecError(field_name, message)

@@ -43,9 +43,9 @@ from diffdeck.engines.core.files import write_whole
 from diffdeck.engines.core.jsontext import parse_json
 from diffdeck.engines.core.spec import MAX_COUNT, JobSpec
 from diffdeck.engines.core.text import visible
-from diffdeck.engines.core.validation import is_finite_number
+from diffdeck.engines.core.validation import is_cost, is_finite_number
 from diffdeck.engines.core.yamlfile import load_yaml, parse_yaml, read_utf8
-from diffdeck.engines.record.spend import Spent, is_cost, job_spent, session_spent
+from diffdeck.engines.record.spend import Spent, job_spent, session_spent
 
 FORMAT = 1
 DEFAULT_ROOT = Path("sessions")

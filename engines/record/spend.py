@@ -20,14 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from diffdeck.engines.core.budgets import usd
-from diffdeck.engines.core.validation import is_finite_number, is_int
+from diffdeck.engines.core.validation import is_cost, is_int
 
 LEDGER = "spend.jsonl"
-
-
-def is_cost(value: Any) -> bool:
-    """A number of US dollars, 0 or more; None (a price not known) is not one."""
-    return is_finite_number(value) and value >= 0
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from diffdeck.engines.core.budgets import BudgetError, usd
 from diffdeck.engines.core.events import UNFINISHED, Event, EventKind
 from diffdeck.engines.core.registry import Registry
 from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.core.validation import is_cost
 from diffdeck.engines.hosted.estimate import Estimate, job_estimate
 from diffdeck.engines.queue.dispatcher import Job
 from diffdeck.engines.record.session import Session
-from diffdeck.engines.record.spend import DayTally, Spend, is_cost, ledger_path, record_spend, session_spent, today
+from diffdeck.engines.record.spend import DayTally, Spend, ledger_path, record_spend, session_spent, today
 
 log = logging.getLogger("diffdeck.costs")
 

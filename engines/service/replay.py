@@ -24,6 +24,7 @@ from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.registry import Registry
 from diffdeck.engines.core.spec import JobSpec
+from diffdeck.engines.core.validation import is_cost
 from diffdeck.engines.queue.dispatcher import Dispatcher, Job
 from diffdeck.engines.queue.environment_probe import probe_environment
 from diffdeck.engines.record.session import Session, SessionError
@@ -293,7 +294,7 @@ def _hosted(result: ImageResult, recorded: dict[str, Any], rendered: bool, check
     if rendered:
         return result
     cost = recorded.get("cost_usd")
-    again = f", about {usd(cost)}" if isinstance(cost, (int, float)) else ""
+    again = f", about {usd(cost)}" if is_cost(cost) else ""
     return replace(result, hosted=f"not rendered again: a hosted model (--rerun-hosted renders it{again})")
 
 
