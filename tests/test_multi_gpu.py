@@ -55,6 +55,12 @@ def pinned_to(pid):
     return environ.get("CUDA_VISIBLE_DEVICES")
 
 
+async def record_all(session: Session, events) -> None:
+    """The Dispatcher's events into the session as they come, until cancelled."""
+    async for event in events:
+        session.record_event(event)
+
+
 def submit(dispatcher, model="demo", **spec):
     return dispatcher.submit(JobSpec(**{"prompt": "a red circle", "seed": 7, "model": model, **spec}))
 
@@ -63,7 +69,7 @@ async def test_two_devices_run_two_models_at_once_each_worker_pinned_to_its_own(
     session = Session.open(tmp_path / "session")
     async with Dispatcher(registry, session.images_dir, intervals=EVERY_STEP) as d:
         events = d.subscribe()
-        recorder = asyncio.create_task(session.record_events(d.subscribe()))
+        recorder = asyncio.create_task(record_all(session, d.subscribe()))
         a, b = submit(d, **LONG), submit(d, "demo2", **LONG)
         seen = await finished(d, events, [a, b])
         assert a.status == b.status == Status.DONE, (a.error, b.error)

@@ -249,11 +249,6 @@ class Session:
         if event.type in RECORDED_EVENTS:
             self.append({"type": event.type, "job": event.job, **event.data})
 
-    async def record_events(self, events) -> None:
-        """Record a Dispatcher event stream as it comes, until cancelled."""
-        async for event in events:
-            self.record_event(event)
-
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
         """Record one event: applied in memory, and one line appended to the journal. Returns it as
         recorded. SessionWriteError when the line cannot be written; from then on every append

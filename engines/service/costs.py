@@ -88,6 +88,11 @@ class Costs:
                               f"({e.strerror or e})") from None
         return round(written + sum(spend.usd for spend in self.unwritten if spend.date == today()), 6)
 
+    def record_event(self, event: Event) -> None:
+        """An event in the session and, a hosted image's cost, in the spend ledger after it."""
+        self.session.record_event(event)
+        self.record(event)
+
     def record(self, event: Event) -> None:
         """A hosted image's cost into the ledger, once the session has recorded the image (one of
         a price not known has no entry: its session says so). An entry the ledger cannot take is

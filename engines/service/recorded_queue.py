@@ -71,7 +71,7 @@ class RecordedQueue(Engine):
     async def _record(self, events: EventStream) -> None:
         try:
             async for event in events:
-                self._recorded(event)
+                self.costs.record_event(event)
                 if event.type == EventKind.IMAGE:
                     self.quality.recorded(event.job, event.data["image"])
                 for stream in list(self._followers):
@@ -79,11 +79,6 @@ class RecordedQueue(Engine):
         finally:
             for stream in list(self._followers):
                 stream.end()
-
-    def _recorded(self, event: Event) -> None:
-        """An event in the session and, a hosted image's cost, in the spend ledger."""
-        self.session.record_event(event)
-        self.costs.record(event)
 
     # the Engine's calls
 
@@ -171,7 +166,7 @@ class RecordedQueue(Engine):
         try:
             if self._recorder is not None:
                 for event in self._recorder.drain():  # emitted, not yet written
-                    self._recorded(event)
+                    self.costs.record_event(event)
             for job in self.dispatcher.jobs.values():
                 if job.status == Status.RUNNING:  # stopped by the user, not crashed: queued, not counted
                     self.session.append({"type": EventKind.QUEUED, "job": job.id, "spec": job.spec.to_dict(),

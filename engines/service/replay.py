@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from diffdeck.engines.core.budgets import usd
-from diffdeck.engines.core.events import Event, Status
+from diffdeck.engines.core.events import Status
 from diffdeck.engines.core.identity import model_identity
 from diffdeck.engines.core.pixels import file_pixel_sha256
 from diffdeck.engines.core.registry import Registry
@@ -214,13 +214,9 @@ async def _rendering(registry: Registry, session: Session, job_ids: list[str],
     async with dispatcher:
         events = dispatcher.subscribe()
 
-        def recorded(event: Event) -> None:
-            target.record_event(event)
-            costs.record(event)
-
         async def record() -> None:
             async for event in events:
-                recorded(event)
+                costs.record_event(event)
 
         recorder = asyncio.create_task(record())
         try:
@@ -233,7 +229,7 @@ async def _rendering(registry: Registry, session: Session, job_ids: list[str],
         finally:
             recorder.cancel()
             for event in events.drain():
-                recorded(event)
+                costs.record_event(event)
 
 
 async def _not_rendered(job_id: str) -> None:
