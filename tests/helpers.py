@@ -67,10 +67,11 @@ def one_line_error(result: subprocess.CompletedProcess[str], *says: str) -> str:
     return result.stderr
 
 
-def write_models(folder: Path, models: dict) -> Path:
-    """`folder`/models.yaml naming `models` (name: entry)."""
+def write_models(folder: Path, models: dict, budgets: dict | None = None, routes: dict | None = None) -> Path:
+    """`folder`/models.yaml naming `models` (name: entry), and its `budgets:` and `routes:` where given."""
+    sections = {"models": models, "budgets": budgets, "routes": routes}
     path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": models}))
+    path.write_text(yaml.safe_dump({name: value for name, value in sections.items() if value is not None}))
     return path
 
 

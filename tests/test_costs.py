@@ -8,7 +8,6 @@ import contextlib
 from pathlib import Path
 
 import pytest
-import yaml
 from diffdeck.engines.core.budgets import BudgetError, Budgets
 from diffdeck.engines.core.events import Event, EventKind, Status
 from diffdeck.engines.core.flow_checks import route_job
@@ -33,7 +32,7 @@ from diffdeck.engines.service.recorded_queue import RecordedQueue
 from diffdeck.engines.sets.variants import plan_ab
 from diffdeck.tui.workbench_state import Board
 from fake_providers import FakeProvider, ok, status
-from helpers import diffdeck, one_line_error, until
+from helpers import diffdeck, one_line_error, until, write_models
 from PIL import Image
 
 KEY = "test-key"
@@ -48,11 +47,7 @@ def _key(monkeypatch):
 
 
 def models_file(folder: Path, budgets=None, routes=None, **models) -> Path:
-    data = {"models": models or {"ideo": IDEO}, **({"budgets": budgets} if budgets is not None else {}),
-            **({"routes": routes} if routes else {})}
-    path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_models(folder, models or {"ideo": IDEO}, budgets, routes or None)
 
 
 def record_hosted_job(folder: Path, job_id: str, costs: tuple[float | None, ...], model: str = "ideo") -> None:

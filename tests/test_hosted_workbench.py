@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-import yaml
 from diffdeck.engines.core.events import Event, EventKind
 from diffdeck.engines.core.registry import load_registry
 from diffdeck.engines.core.spec import JobSpec
@@ -28,7 +27,7 @@ from diffdeck.tui.widgets.picker import Picker
 from diffdeck.tui.widgets.queue_view import queue_title
 from diffdeck.tui.workbench_state import Board, JobRow
 from fake_providers import FakeProvider
-from helpers import diffdeck, screen_text, until
+from helpers import diffdeck, screen_text, until, write_models
 from textual.app import App
 from textual.widgets import Input
 
@@ -48,10 +47,7 @@ def _keys(monkeypatch):
 
 
 def models_file(folder, budgets=None, **models):
-    path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": models or {"ideo": IDEO, "imagen": IMAGEN},
-                                    **({"budgets": budgets} if budgets else {})}))
-    return path
+    return write_models(folder, models or {"ideo": IDEO, "imagen": IMAGEN}, budgets or None)
 
 
 def workbench(tmp_path, budgets=None) -> Workbench:
