@@ -57,7 +57,8 @@ def no_reference(image: Image.Image, y: np.ndarray) -> dict[str, float]:
 
 def full_reference(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """SSIM and MS-SSIM of an image's luma against a reference's of its size, and how many scales
-    MS-SSIM had; both None (0 scales) for images under 11 pixels a side, too small for the window."""
+    MS-SSIM had: five, or as many as keep the smaller side at 11 pixels or more (their weights
+    scaled to sum 1); both None (0 scales) for images under 11 pixels a side, too small for the window."""
     if x.shape != y.shape:
         raise ValueError(f"SSIM compares images of one size, not {x.shape[1]}x{x.shape[0]} "
                          f"and {y.shape[1]}x{y.shape[0]}")
@@ -125,13 +126,6 @@ def ssim(x: np.ndarray, y: np.ndarray) -> float:
     """The mean structural similarity of two lumas of one size: 1 for identical images."""
     _least(x, WINDOW)
     return _rounded(_ssim_parts(x, y)[0])
-
-
-def ms_ssim(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """Multi-scale SSIM of two lumas of one size, and at how many scales: five, or as many as keep
-    the smaller side at 11 pixels or more (their weights scaled to sum 1)."""
-    _least(x, WINDOW)
-    return _multiscale(x, y)[1:]
 
 
 def _multiscale(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
